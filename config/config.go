@@ -1,0 +1,456 @@
+// Package config holds gatehouse's configuration: one struct with embedded
+// defaults (so `gatehouse serve` works with no file at all), YAML loading,
+// environment overrides and validation whose errors name the offending field.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration of a gatehouse process.
+type Config struct {
+	// Listen is the address of the HTTP listener. Default ":5000".
+	Listen string `yaml:"listen"`
+	// DataDir holds the blob store and the metadata database. Created if
+	// missing. Default "./gatehouse-data".
+	DataDir string `yaml:"dataDir"`
+	// Log configures structured logging.
+	Log Log `yaml:"log"`
+	// Cache configures the on-disk store.
+	Cache Cache `yaml:"cache"`
+	// Server holds the client-facing HTTP timeouts.
+	Server Server `yaml:"server"`
+	// DefaultUpstream names the upstream used when a request carries neither
+	// an `ns` query parameter nor a path prefix naming an upstream. Empty
+	// means such requests are refused. Default "docker.io".
+	DefaultUpstream string `yaml:"defaultUpstream"`
+	// Upstreams are the only registries gatehouse ever dials. When the file
+	// sets this list it replaces the built-in list of public registries.
+	Upstreams []Upstream `yaml:"upstreams"`
+}
+
+// Log configures the slog handler.
+type Log struct {
+	// Format is "text" (default) or "json".
+	Format string `yaml:"format"`
+	// Level is "debug", "info" (default), "warn" or "error".
+	Level string `yaml:"level"`
+}
+
+// Cache configures the content store.
+type Cache struct {
+	// MaxSize bounds the bytes of cached blobs, e.g. "50GiB". When the store
+	// grows past it, least recently used blobs that nobody is reading are
+	// evicted. "0" or empty means no limit (the default).
+	MaxSize ByteSize `yaml:"maxSize"`
+	// AccessFlushInterval is how often last-access times kept in memory are
+	// written to the database. Default 30s.
+	AccessFlushInterval Duration `yaml:"accessFlushInterval"`
+}
+
+// Server holds the HTTP server's own limits towards clients.
+type Server struct {
+	// ReadHeaderTimeout bounds how long a client may take to send request
+	// headers. Default 10s.
+	ReadHeaderTimeout Duration `yaml:"readHeaderTimeout"`
+	// IdleTimeout closes keep-alive connections idle this long. Default 2m.
+	IdleTimeout Duration `yaml:"idleTimeout"`
+	// ShutdownTimeout bounds graceful shutdown. Default 30s.
+	ShutdownTimeout Duration `yaml:"shutdownTimeout"`
+}
+
+// Upstream is one registry gatehouse may reach.
+type Upstream struct {
+	// Name is the registry host as clients name it: what containerd sends in
+	// `ns=` and what skopeo's mirror path prefix carries, e.g. "docker.io",
+	// "ghcr.io" or "registry.internal:5000". Required, unique.
+	Name string `yaml:"name"`
+	// URL is where gatehouse dials: scheme and host, e.g.
+	// "https://registry-1.docker.io". "http://" means plain HTTP. Default
+	// "https://" + Name.
+	URL string `yaml:"url"`
+	// Aliases are other host names that route to this upstream (for
+	// docker.io: registry-1.docker.io, index.docker.io).
+	Aliases []string `yaml:"aliases"`
+	// TagTTL is how long a tag → digest mapping is served without asking
+	// upstream again. Zero means revalidate every time (a HEAD upstream, with
+	// the cached mapping served if upstream fails). Default 5m.
+	TagTTL *Duration `yaml:"tagTTL"`
+	// Username and Password are credentials for basic auth or the token flow.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// PasswordFile is read instead of Password when set (e.g. a mounted
+	// Kubernetes secret).
+	PasswordFile string `yaml:"passwordFile"`
+	// DockerConfig is a docker config.json whose entry for this upstream's
+	// host supplies the credentials.
+	DockerConfig string `yaml:"dockerConfig"`
+	// CAFile is a PEM bundle of extra roots trusted for this upstream.
+	CAFile string `yaml:"caFile"`
+	// InsecureSkipVerify disables TLS certificate verification. Use only for
+	// internal test registries.
+	InsecureSkipVerify bool `yaml:"insecureSkipVerify"`
+	// ConnectTimeout bounds dialling and the TLS handshake. Default 10s.
+	ConnectTimeout Duration `yaml:"connectTimeout"`
+	// ResponseHeaderTimeout bounds the wait for response headers. Default 30s.
+	ResponseHeaderTimeout Duration `yaml:"responseHeaderTimeout"`
+	// Retries is how many times a request that failed to connect or got a
+	// 5xx is retried (with backoff) before anything reached the client.
+	// Default 2; 0 via "retries: 0" is honoured only when set explicitly.
+	Retries *int `yaml:"retries"`
+}
+
+// DockerHub is the name of Docker Hub's upstream, whose one-element
+// repository names get the "library/" prefix.
+const DockerHub = "docker.io"
+
+// Default returns the configuration used when no file is given: listen on
+// :5000 and proxy the well-known public registries.
+func Default() *Config {
+	return &Config{
+		Listen:          ":5000",
+		DataDir:         "./gatehouse-data",
+		Log:             Log{Format: "text", Level: "info"},
+		DefaultUpstream: DockerHub,
+		Upstreams: []Upstream{
+			{Name: DockerHub, URL: "https://registry-1.docker.io", Aliases: []string{"registry-1.docker.io", "index.docker.io"}},
+			{Name: "ghcr.io"},
+			{Name: "quay.io"},
+			{Name: "registry.k8s.io"},
+			{Name: "gcr.io"},
+			{Name: "mcr.microsoft.com"},
+			{Name: "public.ecr.aws"},
+		},
+	}
+}
+
+// Load reads the YAML file at path (if path is non-empty) over the defaults,
+// applies GATEHOUSE_* environment overrides, fills in defaults and validates.
+func Load(path string) (*Config, error) {
+	cfg := Default()
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		if err := cfg.parse(data); err != nil {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := cfg.applyEnv(os.LookupEnv); err != nil {
+		return nil, err
+	}
+	if err := cfg.Finish(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML over the defaults and finishes the result.
+func Parse(data []byte) (*Config, error) {
+	cfg := Default()
+	if err := cfg.parse(data); err != nil {
+		return nil, err
+	}
+	if err := cfg.Finish(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) parse(data []byte) error {
+	// Upstreams in a file replace the built-in list as a whole: the list of
+	// reachable registries is exactly what the operator wrote.
+	c.Upstreams = nil
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
+		return err
+	}
+	if c.Upstreams == nil {
+		c.Upstreams = Default().Upstreams
+	}
+	return nil
+}
+
+// Environment overrides, for containers and quick experiments.
+var envVars = []struct {
+	name string
+	set  func(c *Config, v string) error
+}{
+	{"GATEHOUSE_LISTEN", func(c *Config, v string) error { c.Listen = v; return nil }},
+	{"GATEHOUSE_DATA_DIR", func(c *Config, v string) error { c.DataDir = v; return nil }},
+	{"GATEHOUSE_LOG_FORMAT", func(c *Config, v string) error { c.Log.Format = v; return nil }},
+	{"GATEHOUSE_LOG_LEVEL", func(c *Config, v string) error { c.Log.Level = v; return nil }},
+	{"GATEHOUSE_DEFAULT_UPSTREAM", func(c *Config, v string) error { c.DefaultUpstream = v; return nil }},
+	{"GATEHOUSE_CACHE_MAX_SIZE", func(c *Config, v string) error { return c.Cache.MaxSize.parse(v) }},
+}
+
+func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
+	for _, e := range envVars {
+		if v, ok := lookup(e.name); ok {
+			if err := e.set(c, v); err != nil {
+				return fmt.Errorf("config: environment %s: %w", e.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Finish fills in defaults of unset fields and validates the whole
+// configuration. Errors name the field, e.g. `upstreams[2].url`.
+func (c *Config) Finish() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.Listen == "" {
+		c.Listen = ":5000"
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	}
+	if c.DataDir == "" {
+		bad("dataDir", "must not be empty")
+	}
+	switch c.Log.Format {
+	case "":
+		c.Log.Format = "text"
+	case "text", "json":
+	default:
+		bad("log.format", "%q is not text or json", c.Log.Format)
+	}
+	switch c.Log.Level {
+	case "":
+		c.Log.Level = "info"
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	if c.Cache.MaxSize < 0 {
+		bad("cache.maxSize", "must not be negative")
+	}
+	setDur(&c.Cache.AccessFlushInterval, 30*time.Second)
+	setDur(&c.Server.ReadHeaderTimeout, 10*time.Second)
+	setDur(&c.Server.IdleTimeout, 2*time.Minute)
+	setDur(&c.Server.ShutdownTimeout, 30*time.Second)
+
+	if len(c.Upstreams) == 0 {
+		bad("upstreams", "at least one upstream is required")
+	}
+	seen := map[string]string{}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		field := fmt.Sprintf("upstreams[%d]", i)
+		errs = append(errs, u.finish(field)...)
+		for _, n := range append([]string{u.Name}, u.Aliases...) {
+			key := strings.ToLower(n)
+			if prev, ok := seen[key]; ok && n != "" {
+				bad(field, "name %q is already used by %s", n, prev)
+			}
+			seen[key] = field
+		}
+	}
+	if c.DefaultUpstream != "" && c.Upstream(c.DefaultUpstream) == nil {
+		bad("defaultUpstream", "%q is not the name of a configured upstream", c.DefaultUpstream)
+	}
+	return errors.Join(errs...)
+}
+
+func (u *Upstream) finish(field string) []error {
+	var errs []error
+	bad := func(sub, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
+	}
+	if err := ValidHost(u.Name); err != nil {
+		bad("name", "%v", err)
+	}
+	for j, a := range u.Aliases {
+		if err := ValidHost(a); err != nil {
+			bad(fmt.Sprintf("aliases[%d]", j), "%v", err)
+		}
+	}
+	if u.URL == "" && u.Name != "" {
+		u.URL = "https://" + u.Name
+	}
+	if pu, err := url.Parse(u.URL); err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" || (pu.Path != "" && pu.Path != "/") || pu.RawQuery != "" || pu.User != nil {
+		bad("url", "%q must be http(s)://host[:port] with no path, query or credentials", u.URL)
+	} else {
+		u.URL = pu.Scheme + "://" + pu.Host
+	}
+	if u.TagTTL == nil {
+		d := Duration(5 * time.Minute)
+		u.TagTTL = &d
+	} else if *u.TagTTL < 0 {
+		bad("tagTTL", "must not be negative")
+	}
+	if u.Password != "" && u.PasswordFile != "" {
+		bad("passwordFile", "set either password or passwordFile, not both")
+	}
+	if (u.Password != "" || u.PasswordFile != "") && u.Username == "" {
+		bad("username", "required when a password is set")
+	}
+	if u.DockerConfig != "" && u.Username != "" {
+		bad("dockerConfig", "set either username/password or dockerConfig, not both")
+	}
+	for name, p := range map[string]string{"passwordFile": u.PasswordFile, "dockerConfig": u.DockerConfig, "caFile": u.CAFile} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			bad(name, "%v", err)
+		}
+	}
+	setDur(&u.ConnectTimeout, 10*time.Second)
+	setDur(&u.ResponseHeaderTimeout, 30*time.Second)
+	if u.Retries == nil {
+		n := 2
+		u.Retries = &n
+	} else if *u.Retries < 0 || *u.Retries > 10 {
+		bad("retries", "must be between 0 and 10")
+	}
+	return errs
+}
+
+// Upstream returns the upstream whose name or alias is host (case
+// insensitive), or nil.
+func (c *Config) Upstream(host string) *Upstream {
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if strings.EqualFold(u.Name, host) {
+			return u
+		}
+		for _, a := range u.Aliases {
+			if strings.EqualFold(a, host) {
+				return u
+			}
+		}
+	}
+	return nil
+}
+
+// Secret returns the upstream password, reading PasswordFile if set.
+func (u *Upstream) Secret() (string, error) {
+	if u.PasswordFile == "" {
+		return u.Password, nil
+	}
+	b, err := os.ReadFile(u.PasswordFile)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// ValidHost reports whether s is a registry host: a DNS name or IP literal
+// with an optional port, as used in image references.
+func ValidHost(s string) error {
+	if s == "" {
+		return errors.New("empty host")
+	}
+	if len(s) > 255 {
+		return errors.New("host longer than 255 characters")
+	}
+	host, port := s, ""
+	if h, p, err := net.SplitHostPort(s); err == nil {
+		host, port = h, p
+	} else if strings.Contains(s, ":") && !strings.HasPrefix(s, "[") {
+		return fmt.Errorf("%q is not host[:port]", s)
+	}
+	if port != "" {
+		n, err := strconv.Atoi(port)
+		if err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%q has an invalid port", s)
+		}
+	}
+	if net.ParseIP(host) != nil {
+		return nil
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("%q is not a valid host name", s)
+		}
+		for i, r := range label {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (r == '-' && i > 0 && i < len(label)-1)
+			if !ok {
+				return fmt.Errorf("%q is not a valid host name", s)
+			}
+		}
+	}
+	return nil
+}
+
+func setDur(d *Duration, def time.Duration) {
+	if *d == 0 {
+		*d = Duration(def)
+	}
+}
+
+// Duration is a time.Duration written as "30s", "5m" in YAML.
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 30s or 5m", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ByteSize is a size in bytes written as "512MiB", "20GiB", "1GB" or a plain
+// number in YAML.
+type ByteSize int64
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	if err := b.parse(n.Value); err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	return nil
+}
+
+var units = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1},
+}
+
+func (b *ByteSize) parse(s string) error {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		*b = 0
+		return nil
+	}
+	mult := int64(1)
+	num := s
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			mult, num = u.mult, strings.TrimSpace(strings.TrimSuffix(s, u.suffix))
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 || v*float64(mult) > 1<<62 {
+		return fmt.Errorf("%q is not a size such as 500MiB or 20GiB", s)
+	}
+	*b = ByteSize(v * float64(mult))
+	return nil
+}

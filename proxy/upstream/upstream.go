@@ -1,0 +1,372 @@
+// Package upstream is gatehouse's client for one upstream registry: the
+// anonymous or credentialed token flow of go-containerregistry's transport,
+// per-upstream TLS and timeouts, and retries of idempotent requests that
+// failed before anything reached the client.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	dockerconfig "github.com/docker/cli/cli/config"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/gatehouse/gatehouse/config"
+)
+
+// ManifestAccept lists every manifest media type gatehouse handles, sent as
+// the Accept header of manifest requests so that upstream returns indexes
+// and OCI manifests as they are (never a converted schema1).
+const ManifestAccept = "application/vnd.oci.image.index.v1+json, " +
+	"application/vnd.docker.distribution.manifest.list.v2+json, " +
+	"application/vnd.oci.image.manifest.v1+json, " +
+	"application/vnd.docker.distribution.manifest.v2+json"
+
+// maxErrorBody caps how much of an upstream error body is read.
+const maxErrorBody = 64 << 10
+
+// maxTransports bounds the per-repository transports (and their tokens)
+// kept in memory.
+const maxTransports = 4096
+
+// Client talks to one upstream registry.
+type Client struct {
+	name     string // as clients name it, e.g. docker.io
+	base     *url.URL
+	reg      name.Registry
+	auth     authn.Authenticator
+	rt       http.RoundTripper // TLS, timeouts, retries; no auth
+	log      *slog.Logger
+	redirect func(*http.Request, []*http.Request) error
+
+	mu    sync.Mutex
+	repos map[string]http.RoundTripper // repository → authenticated transport
+
+	rateRemaining atomic.Int64 // last ratelimit-remaining seen, -1 unknown
+}
+
+// New builds the client for an upstream from its (finished) configuration.
+func New(u *config.Upstream, log *slog.Logger) (*Client, error) {
+	base, err := url.Parse(u.URL)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: url: %w", u.Name, err)
+	}
+	opts := []name.Option{name.StrictValidation}
+	if base.Scheme == "http" {
+		opts = append(opts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(base.Host, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+	}
+	auth, err := authenticator(u, base.Host)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: credentials: %w", u.Name, err)
+	}
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: u.InsecureSkipVerify} //nolint:gosec // opt-in per upstream
+	if u.CAFile != "" {
+		pem, err := os.ReadFile(u.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: caFile: %w", u.Name, err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream %s: caFile %s: no PEM certificates", u.Name, u.CAFile)
+		}
+		tlsConf.RootCAs = pool
+	}
+	dialer := &net.Dialer{Timeout: u.ConnectTimeout.D(), KeepAlive: 30 * time.Second}
+	ht := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		TLSClientConfig:       tlsConf,
+		TLSHandshakeTimeout:   u.ConnectTimeout.D(),
+		ResponseHeaderTimeout: u.ResponseHeaderTimeout.D(),
+		ExpectContinueTimeout: time.Second,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+		// Bytes must reach clients exactly as upstream stored them: never
+		// let the transport negotiate and undo a content encoding.
+		DisableCompression: true,
+	}
+	c := &Client{
+		name:  u.Name,
+		base:  base,
+		reg:   reg,
+		auth:  auth,
+		rt:    &retryTransport{inner: ht, retries: *u.Retries, base: 200 * time.Millisecond},
+		log:   log.With("upstream", u.Name),
+		repos: map[string]http.RoundTripper{},
+	}
+	c.redirect = checkRedirect
+	c.rateRemaining.Store(-1)
+	return c, nil
+}
+
+// Name returns the upstream's name as clients use it.
+func (c *Client) Name() string { return c.name }
+
+// RateLimitRemaining returns the last `ratelimit-remaining` value the
+// upstream sent (Docker Hub), or -1 when none was seen.
+func (c *Client) RateLimitRemaining() int64 { return c.rateRemaining.Load() }
+
+func authenticator(u *config.Upstream, host string) (authn.Authenticator, error) {
+	if u.DockerConfig != "" {
+		f, err := os.Open(u.DockerConfig)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		cf, err := dockerconfig.LoadFromReader(f)
+		if err != nil {
+			return nil, fmt.Errorf("dockerConfig %s: %w", u.DockerConfig, err)
+		}
+		keys := []string{u.Name, host}
+		if u.Name == config.DockerHub {
+			keys = append(keys, "https://index.docker.io/v1/", "index.docker.io")
+		}
+		for _, k := range keys {
+			if ac, ok := cf.GetAuthConfigs()[k]; ok && (ac.Username != "" || ac.Auth != "" || ac.IdentityToken != "") {
+				return authn.FromConfig(authn.AuthConfig{
+					Username: ac.Username, Password: ac.Password, Auth: ac.Auth,
+					IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken,
+				}), nil
+			}
+		}
+		return nil, fmt.Errorf("dockerConfig %s has no entry for %s", u.DockerConfig, u.Name)
+	}
+	if u.Username == "" {
+		return authn.Anonymous, nil
+	}
+	pw, err := u.Secret()
+	if err != nil {
+		return nil, err
+	}
+	return &authn.Basic{Username: u.Username, Password: pw}, nil
+}
+
+// checkRedirect follows at most five redirects, and only to http(s) URLs
+// (blob downloads are commonly redirected to a CDN).
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 5 {
+		return errors.New("stopped after 5 redirects")
+	}
+	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+		return fmt.Errorf("redirect to unsupported scheme %q", req.URL.Scheme)
+	}
+	return nil
+}
+
+// transport returns the authenticated transport for a repository, pinging
+// the registry and fetching a pull token the first time.
+func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
+	c.mu.Lock()
+	t, ok := c.repos[repo]
+	c.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	scope := c.reg.Repo(repo).Scope(transport.PullScope)
+	t, err := transport.NewWithContext(ctx, c.reg, c.auth, c.rt, []string{scope})
+	if err != nil {
+		return nil, c.wrapErr(err)
+	}
+	c.mu.Lock()
+	if len(c.repos) >= maxTransports {
+		for k := range c.repos { // drop an arbitrary one; tokens are cheap to renew
+			delete(c.repos, k)
+			break
+		}
+	}
+	c.repos[repo] = t
+	c.mu.Unlock()
+	return t, nil
+}
+
+// Do sends method (GET or HEAD) for /v2/<repo>/<suffix> with the query q.
+// A 2xx response is returned with its body for the caller to close; any
+// other status becomes an *Error with the body read (capped) and closed.
+func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Values, hdr http.Header) (*http.Response, error) {
+	rt, err := c.transport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	u := *c.base
+	u.Path = "/v2/" + repo + "/" + suffix
+	u.RawQuery = q.Encode()
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	hc := &http.Client{Transport: rt, CheckRedirect: c.redirect}
+	start := time.Now()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, c.wrapErr(err)
+	}
+	if v := resp.Header.Get("Ratelimit-Remaining"); v != "" {
+		// "76;w=21600": the count before the window.
+		if n, err := strconv.ParseInt(strings.SplitN(v, ";", 2)[0], 10, 64); err == nil {
+			c.rateRemaining.Store(n)
+		}
+	}
+	c.log.Debug("upstream request", "method", method, "repo", repo, "path", suffix,
+		"status", resp.StatusCode, "duration", time.Since(start))
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	return nil, readError(c.name, resp)
+}
+
+// wrapErr turns a transport failure (also a failed ping or token exchange)
+// into an *Error that says which upstream failed, keeping the status of a
+// registry error.
+func (c *Client) wrapErr(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		e := &Error{Upstream: c.name, Status: te.StatusCode}
+		for _, d := range te.Errors {
+			e.Codes = append(e.Codes, string(d.Code))
+			if e.Message == "" {
+				e.Message = d.Message
+			}
+		}
+		if e.Message == "" {
+			e.Message = http.StatusText(te.StatusCode)
+		}
+		return e
+	}
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return &Error{Upstream: c.name, Message: redactURL(err.Error()), Err: err}
+}
+
+// redactURL keeps error text short and free of query strings (pre-signed
+// CDN URLs carry credentials in them).
+func redactURL(s string) string {
+	if i := strings.Index(s, "?"); i >= 0 {
+		if j := strings.IndexAny(s[i:], "\": "); j > 0 {
+			return s[:i] + s[i+j:]
+		}
+		return s[:i]
+	}
+	return s
+}
+
+// Error is an upstream failure: a non-2xx status (Status > 0) or a network
+// error (Status == 0).
+type Error struct {
+	Upstream   string
+	Status     int
+	Codes      []string // OCI error codes from the body
+	Message    string
+	RetryAfter string // Retry-After of a 429 or 503, as sent
+	Err        error
+}
+
+func (e *Error) Error() string {
+	if e.Status == 0 {
+		return fmt.Sprintf("upstream %s unreachable: %s", e.Upstream, e.Message)
+	}
+	return fmt.Sprintf("upstream %s: %d %s", e.Upstream, e.Status, e.Message)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// NotFound reports whether upstream said the object does not exist.
+func (e *Error) NotFound() bool { return e.Status == http.StatusNotFound }
+
+func readError(upstream string, resp *http.Response) *Error {
+	e := &Error{Upstream: upstream, Status: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	var oci struct {
+		Errors []struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"errors"`
+	}
+	if json.Unmarshal(body, &oci) == nil {
+		for _, d := range oci.Errors {
+			e.Codes = append(e.Codes, d.Code)
+			if e.Message == "" {
+				e.Message = d.Message
+			}
+		}
+	}
+	if e.Message == "" {
+		e.Message = http.StatusText(resp.StatusCode)
+	}
+	if len(e.Message) > 512 {
+		e.Message = e.Message[:512]
+	}
+	return e
+}
+
+// retryTransport retries GET and HEAD requests that failed to connect or got
+// a 5xx (other than 501), with exponential backoff and jitter. Nothing has
+// reached gatehouse's client at this point, so a retry is invisible to it.
+type retryTransport struct {
+	inner   http.RoundTripper
+	retries int
+	base    time.Duration
+}
+
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	idempotent := req.Method == http.MethodGet || req.Method == http.MethodHead
+	for attempt := 0; ; attempt++ {
+		resp, err := t.inner.RoundTrip(req)
+		if !idempotent || attempt >= t.retries || req.Context().Err() != nil || !retryable(resp, err) {
+			return resp, err
+		}
+		if resp != nil {
+			io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+			resp.Body.Close()
+		}
+		d := t.base << attempt
+		d += time.Duration(rand.Int64N(int64(d)/5 + 1))
+		select {
+		case <-time.After(d):
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		}
+	}
+}
+
+func retryable(resp *http.Response, err error) bool {
+	if err != nil {
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	}
+	switch resp.StatusCode {
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
