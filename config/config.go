@@ -82,25 +82,25 @@ type Upstream struct {
 	URL string `yaml:"url"`
 	// Aliases are other host names that route to this upstream (for
 	// docker.io: registry-1.docker.io, index.docker.io).
-	Aliases []string `yaml:"aliases"`
+	Aliases []string `yaml:"aliases,omitempty"`
 	// TagTTL is how long a tag → digest mapping is served without asking
 	// upstream again. Zero means revalidate every time (a HEAD upstream, with
 	// the cached mapping served if upstream fails). Default 5m.
 	TagTTL *Duration `yaml:"tagTTL"`
 	// Username and Password are credentials for basic auth or the token flow.
-	Username string `yaml:"username"`
-	Password string `yaml:"password"`
+	Username string `yaml:"username,omitempty"`
+	Password string `yaml:"password,omitempty"`
 	// PasswordFile is read instead of Password when set (e.g. a mounted
 	// Kubernetes secret).
-	PasswordFile string `yaml:"passwordFile"`
+	PasswordFile string `yaml:"passwordFile,omitempty"`
 	// DockerConfig is a docker config.json whose entry for this upstream's
 	// host supplies the credentials.
-	DockerConfig string `yaml:"dockerConfig"`
+	DockerConfig string `yaml:"dockerConfig,omitempty"`
 	// CAFile is a PEM bundle of extra roots trusted for this upstream.
-	CAFile string `yaml:"caFile"`
+	CAFile string `yaml:"caFile,omitempty"`
 	// InsecureSkipVerify disables TLS certificate verification. Use only for
 	// internal test registries.
-	InsecureSkipVerify bool `yaml:"insecureSkipVerify"`
+	InsecureSkipVerify bool `yaml:"insecureSkipVerify,omitempty"`
 	// ConnectTimeout bounds dialling and the TLS handshake. Default 10s.
 	ConnectTimeout Duration `yaml:"connectTimeout"`
 	// ResponseHeaderTimeout bounds the wait for response headers. Default 30s.
@@ -402,6 +402,9 @@ type Duration time.Duration
 // D returns the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// MarshalYAML writes the duration as "30s".
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
@@ -415,6 +418,9 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // ByteSize is a size in bytes written as "512MiB", "20GiB", "1GB" or a plain
 // number in YAML.
 type ByteSize int64
+
+// MarshalYAML writes the size in bytes.
+func (b ByteSize) MarshalYAML() (any, error) { return int64(b), nil }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {

@@ -1,0 +1,131 @@
+package cache
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Manifest is a verified manifest as upstream served it.
+type Manifest struct {
+	Digest    v1.Hash   `json:"-"`
+	Data      []byte    `json:"-"` // the exact bytes upstream sent
+	MediaType string    `json:"mediaType"`
+	Upstream  string    `json:"upstream"`
+	Repo      string    `json:"repo"`
+	Created   time.Time `json:"created"`
+}
+
+// Tag is a cached tag → digest mapping.
+type Tag struct {
+	Digest    v1.Hash   `json:"digest"`
+	MediaType string    `json:"mediaType"`
+	Size      int64     `json:"size"`
+	Fetched   time.Time `json:"fetched"` // when upstream last confirmed it
+}
+
+// Manifest returns the cached manifest with digest dgst, or ErrNotFound.
+func (s *Store) Manifest(dgst v1.Hash) (*Manifest, error) {
+	var m *Manifest
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketManifests).Get([]byte(dgst.String()))
+		if v == nil {
+			return ErrNotFound
+		}
+		var err error
+		m, err = decodeManifest(v)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.Digest = dgst
+	return m, nil
+}
+
+// PutManifest stores a manifest the caller has verified against its digest.
+func (s *Store) PutManifest(m *Manifest) error {
+	meta, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	v := make([]byte, 4, 4+len(meta)+len(m.Data))
+	binary.BigEndian.PutUint32(v, uint32(len(meta)))
+	v = append(append(v, meta...), m.Data...)
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketManifests).Put([]byte(m.Digest.String()), v)
+	})
+}
+
+func decodeManifest(v []byte) (*Manifest, error) {
+	if len(v) < 4 {
+		return nil, errors.New("cache: corrupt manifest record")
+	}
+	n := binary.BigEndian.Uint32(v)
+	if uint64(n) > uint64(len(v)-4) {
+		return nil, errors.New("cache: corrupt manifest record")
+	}
+	var m Manifest
+	if err := json.Unmarshal(v[4:4+n], &m); err != nil {
+		return nil, fmt.Errorf("cache: corrupt manifest record: %w", err)
+	}
+	m.Data = append([]byte(nil), v[4+n:]...) // v is only valid inside the transaction
+	return &m, nil
+}
+
+func tagKey(upstream, repo, tag string) []byte {
+	return []byte(upstream + "/" + repo + ":" + tag)
+}
+
+// Tag returns the cached mapping of upstream/repo:tag, or ErrNotFound.
+func (s *Store) Tag(upstream, repo, tag string) (*Tag, error) {
+	var t Tag
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketTags).Get(tagKey(upstream, repo, tag))
+		if v == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(v, &t)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// PutTag records upstream/repo:tag → t.
+func (s *Store) PutTag(upstream, repo, tag string, t *Tag) error {
+	v, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTags).Put(tagKey(upstream, repo, tag), v)
+	})
+}
+
+// TagInfo is one cached tag mapping, for listings.
+type TagInfo struct {
+	Name string // upstream/repo:tag
+	Tag
+}
+
+// Tags lists the cached tag mappings.
+func (s *Store) Tags() ([]TagInfo, error) {
+	var out []TagInfo
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTags).ForEach(func(k, v []byte) error {
+			var t Tag
+			if json.Unmarshal(v, &t) == nil {
+				out = append(out, TagInfo{Name: string(k), Tag: t})
+			}
+			return nil
+		})
+	})
+	return out, err
+}

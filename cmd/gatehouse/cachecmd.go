@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"text/tabwriter"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/gatehouse/gatehouse/cache"
+	"github.com/gatehouse/gatehouse/config"
+)
+
+func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: cache needs a subcommand: ls, verify or gc", errUsage)
+	}
+	var cf commonFlags
+	var remove bool
+	var maxSize string
+	sub := args[0]
+	if err := newFlagSet("cache "+sub, args[1:], func(fs *flag.FlagSet) {
+		cf.register(fs)
+		switch sub {
+		case "verify":
+			fs.BoolVar(&remove, "remove", false, "delete blobs whose content does not match their digest")
+		case "gc":
+			fs.StringVar(&maxSize, "max-size", "", "evict down to this `size` instead of cache.maxSize")
+		}
+	}); err != nil {
+		return err
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		return err
+	}
+	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, MaxSize: int64(cfg.Cache.MaxSize), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	switch sub {
+	case "ls":
+		return cacheLs(store, stdout)
+	case "verify":
+		return cacheVerify(ctx, store, remove, stdout)
+	case "gc":
+		var limit config.ByteSize
+		if maxSize != "" {
+			if err := yaml.Unmarshal([]byte(maxSize), &limit); err != nil {
+				return fmt.Errorf("%w: --max-size: %v", errUsage, err)
+			}
+		}
+		if limit <= 0 && cfg.Cache.MaxSize <= 0 {
+			return fmt.Errorf("%w: cache gc needs cache.maxSize in the configuration or --max-size", errUsage)
+		}
+		n, freed := store.Evict(int64(limit))
+		size, count := store.Usage()
+		fmt.Fprintf(stdout, "evicted %d blobs (%d bytes); %d blobs (%d bytes) remain\n", n, freed, count, size)
+		return nil
+	}
+	return fmt.Errorf("%w: unknown cache subcommand %q", errUsage, sub)
+}
+
+func cacheLs(store *cache.Store, stdout io.Writer) error {
+	blobs, err := store.Blobs()
+	if err != nil {
+		return err
+	}
+	tags, err := store.Tags()
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BLOB\tSIZE\tUPSTREAM\tLAST ACCESS")
+	for _, b := range blobs {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", b.Digest, b.Size, b.Upstream, b.Accessed.Format(time.RFC3339))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "TAG\tDIGEST\tCONFIRMED")
+	for _, t := range tags {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.Digest, t.Fetched.Format(time.RFC3339))
+	}
+	size, count := store.Usage()
+	fmt.Fprintf(tw, "\n%d blobs, %d bytes\n", count, size)
+	return tw.Flush()
+}
+
+func cacheVerify(ctx context.Context, store *cache.Store, remove bool, stdout io.Writer) error {
+	blobs, err := store.Blobs()
+	if err != nil {
+		return err
+	}
+	bad := 0
+	for _, b := range blobs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f, err := store.OpenBlob(b.Digest)
+		if err != nil {
+			fmt.Fprintf(stdout, "MISSING %s: %v\n", b.Digest, err)
+			bad++
+			continue
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, f.File)
+		f.Close()
+		got := "sha256:" + hex.EncodeToString(h.Sum(nil))
+		if err == nil && got == b.Digest.String() && n == f.Size {
+			continue
+		}
+		bad++
+		fmt.Fprintf(stdout, "BAD %s: content hashes to %s (%d bytes, expected %d)\n", b.Digest, got, n, f.Size)
+		if remove {
+			if err := store.RemoveBlob(b.Digest); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "removed %s\n", b.Digest)
+		}
+	}
+	fmt.Fprintf(stdout, "verified %d blobs, %d bad\n", len(blobs), bad)
+	if bad > 0 && !remove {
+		return fmt.Errorf("%d blobs do not match their digest (run with --remove to delete them)", bad)
+	}
+	return nil
+}
+
+func cmdConfig(args []string, stdout io.Writer) error {
+	var cf commonFlags
+	if err := newFlagSet("config", args, cf.register); err != nil {
+		return err
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		return err
+	}
+	redacted := *cfg
+	redacted.Upstreams = append([]config.Upstream(nil), cfg.Upstreams...)
+	for i := range redacted.Upstreams {
+		if redacted.Upstreams[i].Password != "" {
+			redacted.Upstreams[i].Password = "<redacted>"
+		}
+	}
+	out, err := yaml.Marshal(&redacted)
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(out)
+	return err
+}

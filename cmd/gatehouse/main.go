@@ -1,0 +1,96 @@
+// Command gatehouse is a pull-through caching proxy for OCI and Docker
+// registries with a security gate.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `gatehouse — one caching, gated door between your clusters and the registries.
+
+Usage:
+  gatehouse serve [--config FILE] [--listen ADDR] [--data-dir DIR]
+        Run the proxy. With no config file it listens on :5000, keeps its
+        data in ./gatehouse-data and proxies docker.io, ghcr.io, quay.io,
+        registry.k8s.io, gcr.io, mcr.microsoft.com and public.ecr.aws.
+  gatehouse cache ls [--config FILE] [--data-dir DIR]
+        List cached blobs and tag mappings.
+  gatehouse cache verify [--config FILE] [--data-dir DIR] [--remove]
+        Re-hash every cached blob; report (and with --remove delete) bad ones.
+  gatehouse cache gc [--config FILE] [--data-dir DIR] [--max-size SIZE]
+        Evict least recently used blobs down to cache.maxSize (or SIZE).
+  gatehouse config [--config FILE]
+        Print the effective configuration (defaults, file and environment).
+  gatehouse version
+        Print the version.
+
+Pointing clients at it:
+  containerd: /etc/containerd/certs.d/<registry>/hosts.toml with
+      server = "https://<registry>"   (or the gatehouse URL itself, see README)
+      [host."http://gatehouse.internal:5000"]
+        capabilities = ["pull", "resolve"]
+  podman/skopeo/CRI-O: registries.conf
+      [[registry]]
+      location = "docker.io"
+      [[registry.mirror]]
+      location = "gatehouse.internal:5000/docker.io"
+
+Environment: GATEHOUSE_LISTEN, GATEHOUSE_DATA_DIR, GATEHOUSE_LOG_FORMAT,
+GATEHOUSE_LOG_LEVEL, GATEHOUSE_DEFAULT_UPSTREAM, GATEHOUSE_CACHE_MAX_SIZE
+override the file. See README.md for the configuration reference.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// errUsage marks errors that should be followed by the usage text.
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stderr)
+	case "cache":
+		err = cmdCache(ctx, args[1:], stdout)
+	case "config":
+		err = cmdConfig(args[1:], stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "gatehouse", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		err = fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "gatehouse: %v\n\n%s", err, usage)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "gatehouse: %v\n", err)
+		return 1
+	}
+}

@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gatehouse/gatehouse/cache"
+)
+
+func (h *Handler) blobHeaders(w http.ResponseWriter, rt *Route) {
+	hd := w.Header()
+	hd.Set("Docker-Content-Digest", rt.Digest.String())
+	hd.Set("Content-Type", "application/octet-stream")
+	hd.Set("Etag", `"`+rt.Digest.String()+`"`)
+	hd.Set("Accept-Ranges", "bytes")
+	hd.Set("Cache-Control", "max-age=31536000, immutable")
+}
+
+// headBlob answers from the cache, else with upstream's HEAD: a HEAD never
+// starts a download.
+func (h *Handler) headBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Error {
+	size, ok := h.store.StatBlob(rt.Digest)
+	if !ok {
+		resp, err := h.client(rt).Do(r.Context(), http.MethodHead, rt.Repo, "blobs/"+rt.Ref, nil, nil)
+		if err != nil {
+			return asError(err, CodeBlobUnknown)
+		}
+		resp.Body.Close()
+		if resp.ContentLength < 0 {
+			return &Error{Code: CodeUnknown, Status: http.StatusBadGateway, Message: "upstream " + rt.Upstream.Name + " sent no Content-Length for a blob HEAD"}
+		}
+		size = resp.ContentLength
+	}
+	h.blobHeaders(w, rt)
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+// getBlob serves a blob: from the cached file (sendfile, ranges), or by
+// streaming the one upstream download of it while it is written to the cache.
+func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Error {
+	client := h.client(rt)
+	src := func(ctx context.Context) (io.ReadCloser, int64, error) {
+		resp, err := client.Do(ctx, http.MethodGet, rt.Repo, "blobs/"+rt.Ref, nil, nil)
+		if err != nil {
+			return nil, 0, err
+		}
+		if d := resp.Header.Get("Docker-Content-Digest"); d != "" && d != rt.Ref {
+			resp.Body.Close()
+			return nil, 0, &Error{Code: CodeDigestInvalid, Status: http.StatusBadGateway,
+				Message: fmt.Sprintf("upstream %s answered for blob %s with %s", rt.Upstream.Name, rt.Ref, truncate(d, 80))}
+		}
+		return resp.Body, resp.ContentLength, nil
+	}
+	st, err := h.store.Fetch(r.Context(), rt.Digest, rt.Upstream.Name, src)
+	if err != nil {
+		return asError(err, CodeBlobUnknown)
+	}
+	defer st.Close()
+	if err := st.Wait(r.Context()); err != nil {
+		return asError(err, CodeBlobUnknown)
+	}
+	h.blobHeaders(w, rt)
+	if f := st.File(); f != nil {
+		// A committed file: ServeContent does Range (single and multiple),
+		// If-None-Match and HEAD, and the copy uses sendfile.
+		http.ServeContent(w, r, "", time.Time{}, f)
+		return nil
+	}
+	return h.streamFetch(w, r, rt, st)
+}
+
+// streamFetch serves a blob whose download is in progress. A single byte
+// range is honoured when the size is known (resumed downloads send
+// `bytes=N-`); other Range headers are ignored, as RFC 9110 allows.
+func (h *Handler) streamFetch(w http.ResponseWriter, r *http.Request, rt *Route, st *cache.Stream) *Error {
+	size := st.Size()
+	start, end := int64(0), size-1
+	status := http.StatusOK
+	if rh := r.Header.Get("Range"); rh != "" && size >= 0 {
+		s, e, ok, satisfiable := parseRange(rh, size)
+		if ok && !satisfiable {
+			return &Error{Code: CodeRangeUnsatisfied, Message: "range not satisfiable: " + truncate(rh, 100),
+				Header: http.Header{"Content-Range": {fmt.Sprintf("bytes */%d", size)}}}
+		}
+		if ok {
+			start, end, status = s, e, http.StatusPartialContent
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
+		}
+	}
+	if size >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(end-start+1, 10))
+	}
+	w.WriteHeader(status)
+
+	rc := http.NewResponseController(w)
+	flush := func() { _ = rc.Flush() }
+	var rd io.Reader = st.Reader(r.Context(), start, flush)
+	if size >= 0 {
+		rd = io.LimitReader(rd, end-start+1)
+	}
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	if _, err := io.CopyBuffer(writerOnly{w}, rd, *bufp); err != nil {
+		if !errors.Is(err, context.Canceled) {
+			h.log.Warn("blob transfer aborted", "digest", rt.Digest, "upstream", rt.Upstream.Name, "err", err)
+		}
+		// Headers are out: break the connection so that the client sees a
+		// failed transfer, never a short body that looks complete.
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// writerOnly hides the ResponseWriter's ReadFrom, so that io.CopyBuffer uses
+// our large buffer instead of the server's small one.
+type writerOnly struct{ io.Writer }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// parseRange parses a single-range `bytes=` header against size. ok is
+// false for anything that is not exactly one well-formed byte range (the
+// header is then ignored); satisfiable is false when the range lies outside
+// the blob.
+func parseRange(h string, size int64) (start, end int64, ok, satisfiable bool) {
+	spec, found := strings.CutPrefix(h, "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return 0, 0, false, false
+	}
+	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, 0, false, false
+	}
+	if a == "" { // suffix range: the last b bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n < 0 {
+			return 0, 0, false, false
+		}
+		if n == 0 || size == 0 {
+			return 0, 0, true, false
+		}
+		if n > size {
+			n = size
+		}
+		return size - n, size - 1, true, true
+	}
+	start, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || start < 0 {
+		return 0, 0, false, false
+	}
+	end = size - 1
+	if b != "" {
+		e, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || e < start {
+			return 0, 0, false, false
+		}
+		if e < end {
+			end = e
+		}
+	}
+	if start >= size {
+		return 0, 0, true, false
+	}
+	return start, end, true, true
+}

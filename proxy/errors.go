@@ -1,0 +1,179 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/gatehouse/gatehouse/proxy/upstream"
+)
+
+// Code is an OCI distribution error code; it knows its HTTP status.
+type Code string
+
+// The codes gatehouse answers with (OCI distribution spec, "Error Codes",
+// plus distribution's UNAVAILABLE and TOOMANYREQUESTS).
+const (
+	CodeBlobUnknown      Code = "BLOB_UNKNOWN"
+	CodeDigestInvalid    Code = "DIGEST_INVALID"
+	CodeManifestUnknown  Code = "MANIFEST_UNKNOWN"
+	CodeManifestInvalid  Code = "MANIFEST_INVALID"
+	CodeNameInvalid      Code = "NAME_INVALID"
+	CodeNameUnknown      Code = "NAME_UNKNOWN"
+	CodeSizeInvalid      Code = "SIZE_INVALID"
+	CodeUnauthorized     Code = "UNAUTHORIZED"
+	CodeDenied           Code = "DENIED"
+	CodeUnsupported      Code = "UNSUPPORTED"
+	CodeTooManyRequests  Code = "TOOMANYREQUESTS"
+	CodeUnavailable      Code = "UNAVAILABLE"
+	CodeRangeUnsatisfied Code = "RANGE_INVALID"
+	CodeUnknown          Code = "UNKNOWN"
+)
+
+// Status returns the HTTP status that goes with the code.
+func (c Code) Status() int {
+	switch c {
+	case CodeBlobUnknown, CodeManifestUnknown, CodeNameUnknown:
+		return http.StatusNotFound
+	case CodeDigestInvalid, CodeManifestInvalid, CodeNameInvalid, CodeSizeInvalid:
+		return http.StatusBadRequest
+	case CodeUnauthorized:
+		return http.StatusUnauthorized
+	case CodeDenied:
+		return http.StatusForbidden
+	case CodeUnsupported:
+		return http.StatusMethodNotAllowed
+	case CodeTooManyRequests:
+		return http.StatusTooManyRequests
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case CodeRangeUnsatisfied:
+		return http.StatusRequestedRangeNotSatisfiable
+	}
+	return http.StatusInternalServerError
+}
+
+// Error is an OCI error response.
+type Error struct {
+	Code    Code
+	Message string
+	Detail  any
+	// Status overrides Code.Status() when non-zero (e.g. 502 for an
+	// upstream that answered garbage).
+	Status int
+	// Header is added to the response (Retry-After, Content-Range).
+	Header http.Header
+}
+
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
+
+func errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func (e *Error) status() int {
+	if e.Status != 0 {
+		return e.Status
+	}
+	return e.Code.Status()
+}
+
+// asError maps any error of the pull path to an OCI error. kind says what
+// was asked for, so that an upstream 404 gets the right *_UNKNOWN code.
+func asError(err error, notFound Code) *Error {
+	var oe *Error
+	if errors.As(err, &oe) {
+		return oe
+	}
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		return fromUpstream(ue, notFound)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return &Error{Code: CodeUnavailable, Message: "request cancelled or timed out: " + err.Error()}
+	}
+	return &Error{Code: CodeUnknown, Message: err.Error()}
+}
+
+func fromUpstream(ue *upstream.Error, notFound Code) *Error {
+	msg := ue.Error()
+	switch {
+	case ue.Status == 0:
+		return &Error{Code: CodeUnavailable, Status: http.StatusBadGateway, Message: msg}
+	case ue.Status == http.StatusNotFound:
+		code := notFound
+		for _, c := range ue.Codes {
+			if c == string(CodeNameUnknown) {
+				code = CodeNameUnknown
+			}
+		}
+		return &Error{Code: code, Message: msg}
+	case ue.Status == http.StatusTooManyRequests:
+		e := &Error{Code: CodeTooManyRequests, Message: msg}
+		if ue.RetryAfter != "" {
+			e.Header = http.Header{"Retry-After": {ue.RetryAfter}}
+		}
+		return e
+	case ue.Status == http.StatusUnauthorized || ue.Status == http.StatusForbidden:
+		// Upstream refused gatehouse (missing or wrong credentials, or a
+		// repository it hides behind 401). The client cannot fix that by
+		// authenticating to us, so this is not a 401.
+		return &Error{Code: CodeDenied, Message: msg + " (check the upstream's credentials in gatehouse's configuration, and the repository name)"}
+	case ue.Status >= 500:
+		e := &Error{Code: CodeUnavailable, Status: http.StatusBadGateway, Message: msg}
+		if ue.RetryAfter != "" {
+			e.Header = http.Header{"Retry-After": {ue.RetryAfter}}
+		}
+		return e
+	}
+	return &Error{Code: CodeUnknown, Status: http.StatusBadGateway, Message: msg}
+}
+
+// writeError writes err as an OCI error body. It must only be called
+// before anything else was written to w.
+func writeError(w http.ResponseWriter, r *http.Request, err *Error) {
+	h := w.Header()
+	for k, v := range err.Header {
+		h[k] = v
+	}
+	h.Del("Content-Length")
+	h.Del("Docker-Content-Digest")
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	body, _ := json.Marshal(struct {
+		Errors []errorJSON `json:"errors"`
+	}{[]errorJSON{{Code: err.Code, Message: err.Message, Detail: err.Detail}}})
+	status := err.status()
+	if r.Method == http.MethodHead {
+		// No body on HEAD; some clients only see the status line, so keep
+		// the reason in a header they can log.
+		h.Set("X-Gatehouse-Error", strings.Map(printableASCII, truncate(err.Message, 512)))
+		w.WriteHeader(status)
+		return
+	}
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}
+
+type errorJSON struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+	Detail  any    `json:"detail,omitempty"`
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+func printableASCII(r rune) rune {
+	if r < 0x20 || r > 0x7e {
+		return ' '
+	}
+	return r
+}

@@ -1,0 +1,218 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/gatehouse/gatehouse/cache"
+	"github.com/gatehouse/gatehouse/proxy/upstream"
+)
+
+// MaxManifestSize caps a manifest read from upstream (containerd refuses
+// larger ones too).
+const MaxManifestSize = 4 << 20
+
+// Manifest media types gatehouse serves.
+const (
+	MediaTypeOCIIndex     = "application/vnd.oci.image.index.v1+json"
+	MediaTypeOCIManifest  = "application/vnd.oci.image.manifest.v1+json"
+	MediaTypeDockerList   = "application/vnd.docker.distribution.manifest.list.v2+json"
+	MediaTypeDockerSchema = "application/vnd.docker.distribution.manifest.v2+json"
+)
+
+var manifestAccept = http.Header{"Accept": {upstream.ManifestAccept}}
+
+func (h *Handler) serveManifest(w http.ResponseWriter, r *http.Request, rt *Route) *Error {
+	m, stale, err := h.manifest(r.Context(), rt)
+	if err != nil {
+		return asError(err, CodeManifestUnknown)
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", m.MediaType)
+	hd.Set("Docker-Content-Digest", m.Digest.String())
+	hd.Set("Content-Length", strconv.Itoa(len(m.Data)))
+	hd.Set("Etag", `"`+m.Digest.String()+`"`)
+	if stale {
+		// RFC 9111 §5.5: the mapping could not be revalidated upstream.
+		hd.Set("Warning", `110 gatehouse "Response is Stale"`)
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		w.Write(m.Data)
+	}
+	return nil
+}
+
+// manifest resolves the route's reference to a verified manifest. stale is
+// true when a tag mapping whose TTL ran out was served because upstream
+// could not be asked.
+func (h *Handler) manifest(ctx context.Context, rt *Route) (m *cache.Manifest, stale bool, err error) {
+	if rt.ByDigest {
+		m, err = h.manifestByDigest(ctx, rt, rt.Digest)
+		return m, false, err
+	}
+	up := rt.Upstream.Name
+	cached, terr := h.store.Tag(up, rt.Repo, rt.Ref)
+	if terr == nil && h.now().Sub(cached.Fetched) < rt.Upstream.TagTTL.D() {
+		m, err = h.manifestByDigest(ctx, rt, cached.Digest)
+		return m, false, err
+	}
+	dgst, err := h.revalidateTag(ctx, rt)
+	if err != nil {
+		var ue *upstream.Error
+		if terr == nil && (!errors.As(err, &ue) || !ue.NotFound()) {
+			// stale-if-error: upstream down, 429 or 5xx; serve what we know.
+			if m, merr := h.store.Manifest(cached.Digest); merr == nil {
+				h.log.Warn("serving stale tag mapping", "upstream", up, "repo", rt.Repo, "tag", rt.Ref, "err", err)
+				return m, true, nil
+			}
+		}
+		return nil, false, err
+	}
+	m, err = h.manifestByDigest(ctx, rt, dgst)
+	return m, false, err
+}
+
+// revalidateTag asks upstream for the digest of a tag with a HEAD (Docker
+// Hub does not count HEADs against its rate limit) and records the mapping.
+// Concurrent requests for one tag share one upstream request.
+func (h *Handler) revalidateTag(ctx context.Context, rt *Route) (v1.Hash, error) {
+	key := "tag\x00" + rt.Upstream.Name + "\x00" + rt.Repo + "\x00" + rt.Ref
+	v, err, _ := h.flight.Do(key, func() (any, error) {
+		ctx := context.WithoutCancel(ctx)
+		resp, err := h.client(rt).Do(ctx, http.MethodHead, rt.Repo, "manifests/"+rt.Ref, nil, manifestAccept)
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		resp.Body.Close()
+		var dgst v1.Hash
+		if d, derr := parseDigest(resp.Header.Get("Docker-Content-Digest")); derr == nil {
+			dgst = d
+		} else {
+			// No usable digest header: fetch the manifest by tag and hash it.
+			m, err := h.fetchManifest(ctx, rt, rt.Ref, nil)
+			if err != nil {
+				return v1.Hash{}, err
+			}
+			dgst = m.Digest
+		}
+		t := &cache.Tag{Digest: dgst, Fetched: h.now()}
+		if err := h.store.PutTag(rt.Upstream.Name, rt.Repo, rt.Ref, t); err != nil {
+			h.log.Error("recording tag mapping", "err", err)
+		}
+		return dgst, nil
+	})
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	return v.(v1.Hash), nil
+}
+
+// manifestByDigest returns a manifest from the cache, or fetches, verifies
+// and caches it. A cached manifest never costs an upstream request.
+func (h *Handler) manifestByDigest(ctx context.Context, rt *Route, dgst v1.Hash) (*cache.Manifest, error) {
+	if m, err := h.store.Manifest(dgst); err == nil {
+		return m, nil
+	} else if !errors.Is(err, cache.ErrNotFound) {
+		h.log.Error("reading cached manifest; fetching it again", "digest", dgst, "err", err)
+	}
+	v, err, _ := h.flight.Do("manifest\x00"+dgst.String(), func() (any, error) {
+		return h.fetchManifest(context.WithoutCancel(ctx), rt, dgst.String(), &dgst)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*cache.Manifest), nil
+}
+
+// fetchManifest GETs a manifest, caps and verifies it (against want when
+// given), and stores it.
+func (h *Handler) fetchManifest(ctx context.Context, rt *Route, ref string, want *v1.Hash) (*cache.Manifest, error) {
+	resp, err := h.client(rt).Do(ctx, http.MethodGet, rt.Repo, "manifests/"+ref, nil, manifestAccept)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > MaxManifestSize {
+		return nil, &Error{Code: CodeManifestInvalid, Status: http.StatusBadGateway, Message: "upstream manifest is larger than 4 MiB"}
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	if err != nil {
+		return nil, &Error{Code: CodeUnavailable, Status: http.StatusBadGateway, Message: "reading manifest from upstream " + rt.Upstream.Name + ": " + err.Error()}
+	}
+	if len(data) > MaxManifestSize {
+		return nil, &Error{Code: CodeManifestInvalid, Status: http.StatusBadGateway, Message: "upstream manifest is larger than 4 MiB"}
+	}
+	sum := sha256.Sum256(data)
+	dgst := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	if want != nil && dgst != *want {
+		return nil, &Error{Code: CodeManifestInvalid, Status: http.StatusBadGateway,
+			Message: "upstream " + rt.Upstream.Name + " sent a manifest whose digest is " + dgst.String() + ", not " + want.String()}
+	}
+	mt, verr := manifestMediaType(data, resp.Header.Get("Content-Type"))
+	if verr != nil {
+		verr.Status = http.StatusBadGateway
+		return nil, verr
+	}
+	m := &cache.Manifest{Digest: dgst, Data: data, MediaType: mt, Upstream: rt.Upstream.Name, Repo: rt.Repo, Created: h.now()}
+	if err := h.store.PutManifest(m); err != nil {
+		h.log.Error("caching manifest", "digest", dgst, "err", err)
+	}
+	return m, nil
+}
+
+// manifestMediaType validates a manifest and returns its media type: the
+// mediaType field when set, else the Content-Type, else inferred from the
+// content. Schema 1 and unknown types are refused.
+func manifestMediaType(data []byte, contentType string) (string, *Error) {
+	var doc struct {
+		SchemaVersion int              `json:"schemaVersion"`
+		MediaType     string           `json:"mediaType"`
+		Config        *json.RawMessage `json:"config"`
+		Layers        *json.RawMessage `json:"layers"`
+		Manifests     *json.RawMessage `json:"manifests"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return "", errorf(CodeManifestInvalid, "upstream manifest is not valid JSON: %v", err)
+	}
+	if doc.SchemaVersion != 2 {
+		return "", errorf(CodeManifestInvalid, "manifest schemaVersion %d is not supported (only schema 2 and OCI)", doc.SchemaVersion)
+	}
+	ct, _, _ := mime.ParseMediaType(contentType)
+	mt := doc.MediaType
+	if mt == "" {
+		mt = ct
+	}
+	if !knownManifestType(mt) {
+		switch {
+		case doc.Manifests != nil:
+			mt = MediaTypeOCIIndex
+		case doc.Config != nil:
+			mt = MediaTypeOCIManifest
+		default:
+			return "", errorf(CodeManifestInvalid, "unsupported manifest media type %q", truncate(mt, 100))
+		}
+	}
+	isIndex := mt == MediaTypeOCIIndex || mt == MediaTypeDockerList
+	if isIndex && doc.Manifests == nil || !isIndex && doc.Config == nil {
+		return "", errorf(CodeManifestInvalid, "manifest content does not match its media type %s", mt)
+	}
+	return mt, nil
+}
+
+func knownManifestType(mt string) bool {
+	switch mt {
+	case MediaTypeOCIIndex, MediaTypeOCIManifest, MediaTypeDockerList, MediaTypeDockerSchema:
+		return true
+	}
+	return false
+}

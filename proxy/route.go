@@ -1,0 +1,204 @@
+package proxy
+
+import (
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/gatehouse/gatehouse/config"
+)
+
+// Kind is what a /v2/ path asks for.
+type Kind int
+
+// The kinds of /v2/ requests.
+const (
+	KindBase      Kind = iota // /v2/
+	KindManifest              // /v2/<name>/manifests/<reference>
+	KindBlob                  // /v2/<name>/blobs/<digest>
+	KindTags                  // /v2/<name>/tags/list
+	KindReferrers             // /v2/<name>/referrers/<digest>
+	KindUpload                // /v2/<name>/blobs/uploads/...
+)
+
+// String returns the route pattern of the kind, used in logs and metrics.
+func (k Kind) String() string {
+	return [...]string{"base", "manifest", "blob", "tags", "referrers", "upload"}[k]
+}
+
+// Route is a parsed and resolved /v2/ request.
+type Route struct {
+	Kind Kind
+	// Name is the repository as the client wrote it (with any upstream
+	// prefix), used to build Link headers the client can follow.
+	Name string
+	// Upstream is the configured upstream that serves the request.
+	Upstream *config.Upstream
+	// Repo is the repository at the upstream (docker.io: with "library/").
+	Repo string
+	// Ref is the tag or digest of a manifest request, the digest otherwise.
+	Ref string
+	// Digest is set when Ref is a digest.
+	Digest   v1.Hash
+	ByDigest bool
+	// NS is the ns query parameter, echoed as OCI-Namespace.
+	NS    string
+	Query url.Values
+}
+
+// maxNameLength bounds a repository name (distribution's limit).
+const maxNameLength = 255
+
+var (
+	// One path component of a repository name (OCI distribution spec).
+	componentRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$`)
+	tagRE       = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+)
+
+// parsePath splits a /v2/ path into kind, repository name and reference.
+// Repository names contain "/", so the kind is found from the end.
+func parsePath(p string) (kind Kind, name, ref string, err *Error) {
+	rest, ok := strings.CutPrefix(p, "/v2/")
+	if !ok {
+		if p == "/v2" {
+			return KindBase, "", "", nil
+		}
+		return 0, "", "", errorf(CodeNameInvalid, "not a registry API path")
+	}
+	if rest == "" {
+		return KindBase, "", "", nil
+	}
+	if n, ok := strings.CutSuffix(rest, "/tags/list"); ok {
+		return KindTags, n, "", nil
+	}
+	if i := strings.Index(rest, "/blobs/uploads"); i > 0 && (len(rest) == i+len("/blobs/uploads") || rest[i+len("/blobs/uploads")] == '/') {
+		return KindUpload, rest[:i], "", nil
+	}
+	slash := strings.LastIndexByte(rest, '/')
+	if slash <= 0 {
+		return 0, "", "", errorf(CodeNameInvalid, "unknown registry API path %q", truncate(p, 300))
+	}
+	ref = rest[slash+1:]
+	head := rest[:slash]
+	kslash := strings.LastIndexByte(head, '/')
+	if kslash <= 0 {
+		return 0, "", "", errorf(CodeNameInvalid, "unknown registry API path %q", truncate(p, 300))
+	}
+	switch head[kslash+1:] {
+	case "manifests":
+		kind = KindManifest
+	case "blobs":
+		kind = KindBlob
+	case "referrers":
+		kind = KindReferrers
+	default:
+		return 0, "", "", errorf(CodeNameInvalid, "unknown registry API path %q", truncate(p, 300))
+	}
+	if ref == "" {
+		return 0, "", "", errorf(CodeNameInvalid, "missing reference in %q", truncate(p, 300))
+	}
+	return kind, head[:kslash], ref, nil
+}
+
+// validRepo checks a repository name against the OCI distribution grammar.
+func validRepo(name string) *Error {
+	if len(name) > maxNameLength {
+		return errorf(CodeNameInvalid, "repository name longer than %d characters", maxNameLength)
+	}
+	for _, c := range strings.Split(name, "/") {
+		if !componentRE.MatchString(c) {
+			return errorf(CodeNameInvalid, "invalid repository name %q", truncate(name, 300))
+		}
+	}
+	return nil
+}
+
+// parseDigest accepts sha256 digests only: every blob gatehouse caches is
+// verified with it.
+func parseDigest(s string) (v1.Hash, *Error) {
+	algo, hex, ok := strings.Cut(s, ":")
+	if !ok {
+		return v1.Hash{}, errorf(CodeDigestInvalid, "invalid digest %q", truncate(s, 100))
+	}
+	if algo != "sha256" {
+		return v1.Hash{}, errorf(CodeDigestInvalid, "unsupported digest algorithm %q: gatehouse verifies sha256 digests", truncate(algo, 20))
+	}
+	if len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
+		return v1.Hash{}, errorf(CodeDigestInvalid, "invalid sha256 digest %q", truncate(s, 100))
+	}
+	return v1.Hash{Algorithm: algo, Hex: hex}, nil
+}
+
+// route parses r's path and resolves the upstream: the ns query parameter,
+// else a first path element naming a configured upstream, else the default
+// upstream. Nothing is dialed here; an upstream that is not configured is
+// refused.
+func route(cfg *config.Config, r *http.Request) (*Route, *Error) {
+	kind, name, ref, perr := parsePath(r.URL.Path)
+	if perr != nil {
+		return nil, perr
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, errorf(CodeNameInvalid, "malformed query string")
+	}
+	rt := &Route{Kind: kind, Name: name, Query: q}
+	if kind == KindBase {
+		return rt, nil
+	}
+	if vs, ok := q["ns"]; ok {
+		if len(vs) != 1 {
+			return nil, errorf(CodeNameInvalid, "ns must be given once")
+		}
+		rt.NS = vs[0]
+		if err := config.ValidHost(rt.NS); err != nil {
+			return nil, errorf(CodeNameInvalid, "invalid ns %q: %v", truncate(rt.NS, 100), err)
+		}
+		rt.Upstream = cfg.Upstream(rt.NS)
+		if rt.Upstream == nil {
+			return nil, errorf(CodeDenied, "registry %q is not an upstream of this gatehouse", rt.NS)
+		}
+	}
+	repo := name
+	if first, rest, ok := strings.Cut(name, "/"); ok {
+		if u := cfg.Upstream(first); u != nil && (rt.Upstream == nil || rt.Upstream == u) {
+			rt.Upstream, repo = u, rest
+		}
+	}
+	if rt.Upstream == nil {
+		if cfg.DefaultUpstream == "" {
+			return nil, errorf(CodeNameUnknown, "no upstream named in the request (ns or path prefix) and no default upstream configured")
+		}
+		rt.Upstream = cfg.Upstream(cfg.DefaultUpstream)
+	}
+	if rt.Upstream.Name == config.DockerHub && !strings.Contains(repo, "/") {
+		repo = "library/" + repo
+	}
+	if err := validRepo(repo); err != nil {
+		return nil, err
+	}
+	rt.Repo = repo
+	switch kind {
+	case KindManifest:
+		if strings.Contains(ref, ":") {
+			d, err := parseDigest(ref)
+			if err != nil {
+				return nil, err
+			}
+			rt.Digest, rt.ByDigest = d, true
+		} else if !tagRE.MatchString(ref) {
+			return nil, errorf(CodeManifestInvalid, "invalid tag %q", truncate(ref, 200))
+		}
+		rt.Ref = ref
+	case KindBlob, KindReferrers:
+		d, err := parseDigest(ref)
+		if err != nil {
+			return nil, err
+		}
+		rt.Digest, rt.ByDigest, rt.Ref = d, true, ref
+	}
+	return rt, nil
+}
