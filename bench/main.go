@@ -1,0 +1,173 @@
+// Command bench measures gatehouse side by side with its peers on loopback
+// and writes the results to a Markdown file (BENCHMARKS.md).
+//
+// In one run it starts, in a private temporary directory:
+//
+//   - the upstream: Debian's docker-registry (distribution 2.8) with
+//     filesystem storage, holding one test image whose single layer is a
+//     -size blob of random bytes;
+//   - the distribution pull-through cache: a second docker-registry with
+//     "proxy: {remoteurl: ...}" and its own storage;
+//   - nginx serving the same blob file from disk with sendfile;
+//   - gatehouse (the binary given by -gatehouse; left out when empty);
+//   - a counting reverse proxy (in this process) in front of the upstream,
+//     used where the bytes the upstream serves must be known.
+//
+// and measures warm and cold blob throughput, warm manifest requests per
+// second, eight concurrent cold clients of one blob (wall time, upstream
+// bytes) and the peak RSS of each proxy. See report.go for the explanation
+// written next to the figures.
+//
+// Usage:
+//
+//	go run ./bench -gatehouse ./bin/gatehouse -out BENCHMARKS.md
+//	go run ./bench -quick          # 64 MiB blob, 2 s loads: a smoke test
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options is everything one benchmark run needs to know.
+type options struct {
+	gatehouse string // gatehouse binary; empty leaves gatehouse out
+	registry  string // docker-registry binary
+	nginx     string // nginx binary
+	out       string // Markdown report; empty writes it to stdout
+	command   string // the command line recorded in the report
+
+	size        int64         // blob size in bytes (a multiple of 512)
+	quick       bool          // smoke-test mode (recorded in the report)
+	duration    time.Duration // length of one manifest load run
+	concurrency int           // goroutines of the manifest load generator
+	clients     int           // concurrent cold clients of scenario 4
+	warmRuns    int           // timed warm GETs per target
+	coldRuns    int           // cold GETs per target, each on a fresh proxy
+	loadRounds  int           // rounds of manifest load runs per target
+	verify      bool          // hash every body read, not only the untimed ones
+	keep        bool          // keep the temporary directory
+	tmpRoot     string        // parent of the temporary directory ("" = os.TempDir)
+
+	progress io.Writer // progress lines; never nil
+}
+
+func main() {
+	opts, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// After the first signal, a second one kills the program at once;
+		// the child processes die with it (Pdeathsig).
+		<-ctx.Done()
+		stop()
+	}()
+	if err := run(ctx, opts); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string) (options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var (
+		opts options
+		size string
+	)
+	fs.StringVar(&opts.gatehouse, "gatehouse", "", "gatehouse binary (empty: measure the peers only)")
+	fs.StringVar(&opts.registry, "registry", "docker-registry", "docker-registry (distribution 2.8) binary")
+	fs.StringVar(&opts.nginx, "nginx", "nginx", "nginx binary")
+	fs.StringVar(&opts.out, "out", "", "write the Markdown report here (default: stdout)")
+	fs.StringVar(&size, "size", "", "blob size, e.g. 1GiB, 64MiB, 512MB, 1048576 (default 1GiB, 64MiB with -quick)")
+	fs.BoolVar(&opts.quick, "quick", false, "smoke test: small blob, short loads, fewer repetitions")
+	fs.DurationVar(&opts.duration, "duration", 0, "length of one manifest load run (default 5s, 2s with -quick)")
+	fs.IntVar(&opts.concurrency, "concurrency", 32, "concurrent keep-alive connections of the manifest load generator")
+	fs.IntVar(&opts.clients, "clients", 8, "concurrent cold clients of one blob")
+	fs.IntVar(&opts.warmRuns, "warm-runs", 0, "timed warm GETs per target (default 5, 3 with -quick)")
+	fs.IntVar(&opts.coldRuns, "cold-runs", 0, "cold GETs per target, each on a fresh proxy (default 3, 1 with -quick)")
+	fs.IntVar(&opts.loadRounds, "rounds", 0, "rounds of manifest load runs (default 3, 1 with -quick)")
+	fs.BoolVar(&opts.verify, "verify", false, "check the sha256 of every body read (slows the clients down)")
+	fs.BoolVar(&opts.keep, "keep", false, "keep the temporary directory (logs, configs, stores)")
+	if err := fs.Parse(args); err != nil {
+		return opts, err
+	}
+	if fs.NArg() > 0 {
+		return opts, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	def := func(v *int, full, quick int) {
+		if *v == 0 {
+			*v = full
+			if opts.quick {
+				*v = quick
+			}
+		}
+	}
+	def(&opts.warmRuns, 5, 3)
+	def(&opts.coldRuns, 3, 1)
+	def(&opts.loadRounds, 3, 1)
+	if opts.duration == 0 {
+		opts.duration = 5 * time.Second
+		if opts.quick {
+			opts.duration = 2 * time.Second
+		}
+	}
+	switch {
+	case size != "":
+		n, err := parseSize(size)
+		if err != nil {
+			return opts, err
+		}
+		opts.size = n
+	case opts.quick:
+		opts.size = 64 << 20
+	default:
+		opts.size = 1 << 30
+	}
+	if opts.concurrency < 1 || opts.clients < 1 || opts.warmRuns < 1 || opts.coldRuns < 1 || opts.loadRounds < 1 {
+		return opts, errors.New("-concurrency, -clients, -warm-runs, -cold-runs and -rounds must be positive")
+	}
+	opts.command = "go run ./bench " + strings.Join(args, " ")
+	opts.progress = os.Stderr
+	return opts, nil
+}
+
+// parseSize reads "1GiB", "64MiB", "512KiB", "1GB", "10MB", "4096" and
+// rounds the result up to a multiple of 512 bytes (the layer is a tar
+// archive, see image.go). Sizes run from 4 KiB to just under 8 GiB (the
+// limit of a ustar header).
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{
+		{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
+		{"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"kB", 1e3},
+		{"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1},
+	}
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(num, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f <= 0 || f*float64(mult) > 8<<30-4096 {
+		return 0, fmt.Errorf("bad -size %q (want e.g. 1GiB, 64MiB, 1048576)", s)
+	}
+	n := int64(f * float64(mult))
+	n = (n + 511) / 512 * 512
+	return max(n, 4096), nil
+}

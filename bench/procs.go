@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// proc is one server process started by the benchmark, in its own process
+// group, with its output in a log file.
+type proc struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{} // closed when the process has exited
+	waitErr error         // valid after done is closed
+}
+
+// startProc starts bin with args, output to logPath. The process gets its
+// own process group (a Ctrl-C in the terminal reaches only the benchmark,
+// which then stops its children in order) and dies with the benchmark
+// (Pdeathsig) if the benchmark is killed outright.
+func startProc(name, logPath, bin string, args ...string) (*proc, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close() // the child holds its own descriptor
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// pid returns the process id.
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// stop ends the process group: SIGTERM, then SIGKILL after a grace period.
+// It is safe to call more than once.
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	pgid := p.pid()
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		<-p.done
+	}
+	// Reap anything left in the group (none of the servers fork, but be sure).
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+}
+
+// logTail returns the last lines of the process's log, for error messages.
+func (p *proc) logTail() string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// peakRSS returns VmHWM, the peak resident set size of the process, in bytes.
+func (p *proc) peakRSS() (int64, error) {
+	return procStatusKB(p.pid(), "VmHWM:")
+}
+
+func procStatusKB(pid int, field string) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("%s not found in /proc/%d/status", field, pid)
+}
+
+// waitReady polls url until it answers 200, the process exits or the
+// timeout passes.
+func (p *proc) waitReady(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	client := &http.Client{Timeout: 2 * time.Second}
+	var last string
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited before it was ready (%v); log:\n%s", p.name, p.waitErr, p.logTail())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready at %s: %s (%w); log:\n%s", p.name, url, last, ctx.Err(), p.logTail())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// server is a started process and the base URL it answers on.
+type server struct {
+	*proc
+	base string // http://127.0.0.1:PORT
+	dir  string // private directory (config, storage, log)
+}
+
+// startRegistry starts a docker-registry in dir with filesystem storage.
+// With remote set it is a pull-through cache of that registry URL.
+func startRegistry(ctx context.Context, bin, name, dir, remote string) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	var cfg bytes.Buffer
+	// Access logs and info-level logs are off, as they are for nginx and
+	// gatehouse (level warn): no server pays for logging in this benchmark.
+	fmt.Fprintf(&cfg, `version: 0.1
+log:
+  level: error
+  formatter: text
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %s
+  cache:
+    blobdescriptor: inmemory
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:%d
+  secret: gatehouse-bench
+`, filepath.Join(dir, "storage"), port)
+	if remote != "" {
+		fmt.Fprintf(&cfg, "proxy:\n  remoteurl: %s\n", remote)
+	}
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, cfg.Bytes(), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := startProc(name, filepath.Join(dir, "registry.log"), bin, "serve", cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{proc: p, base: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir}
+	if err := p.waitReady(ctx, s.base+"/v2/"); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// registryStored waits until the docker-registry s holds the blob desc in
+// its filesystem storage (distribution's storage layout: blobs are
+// committed by renaming them to .../blobs/sha256/<2 hex>/<hex>/data).
+func registryStored(ctx context.Context, s *server, desc descriptor) error {
+	hex := strings.TrimPrefix(desc.Digest, "sha256:")
+	path := filepath.Join(s.dir, "storage", "docker", "registry", "v2", "blobs", "sha256", hex[:2], hex, "data")
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	for {
+		if st, err := os.Stat(path); err == nil && st.Size() == desc.Size {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s has not stored %s: %w", s.name, desc.Digest, ctx.Err())
+		case <-s.done:
+			return fmt.Errorf("%s exited: %v", s.name, s.waitErr)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// startNginx starts nginx in dir serving the files of root (a directory)
+// with sendfile, as a single process (master_process off) so that the
+// benchmark owns exactly one pid. One process serves a single connection
+// exactly as a worker of a multi-process nginx does.
+func startNginx(ctx context.Context, bin, dir, root, probe string) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return nil, err
+	}
+	conf := fmt.Sprintf(`daemon off;
+master_process off;
+worker_processes 1;
+user root;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  default_type application/octet-stream;
+  types { }
+  client_body_temp_path %[2]s/body;
+  proxy_temp_path %[2]s/proxy;
+  fastcgi_temp_path %[2]s/fastcgi;
+  uwsgi_temp_path %[2]s/uwsgi;
+  scgi_temp_path %[2]s/scgi;
+  server {
+    listen 127.0.0.1:%[3]d;
+    root %[4]s;
+  }
+}
+`, dir, tmp, port, root)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := startProc("nginx", filepath.Join(dir, "nginx.log"), bin,
+		"-p", dir, "-e", filepath.Join(dir, "error.log"), "-c", confPath)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{proc: p, base: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir}
+	if err := p.waitReady(ctx, s.base+probe); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// startGatehouse starts `gatehouse serve` in dir with a fresh data
+// directory and upstream (host:port, plain HTTP) as its default upstream.
+func startGatehouse(ctx context.Context, bin, dir, upstream string) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf(`listen: "127.0.0.1:%d"
+dataDir: %s
+log: {format: json, level: warn}
+defaultUpstream: %q
+upstreams:
+  - name: %q
+    url: "http://%s"
+    tagTTL: 1h
+`, port, filepath.Join(dir, "data"), upstream, upstream, upstream)
+	cfgPath := filepath.Join(dir, "gatehouse.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := startProc("gatehouse", filepath.Join(dir, "gatehouse.log"), bin, "serve", "--config", cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	s := &server{proc: p, base: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir}
+	if err := p.waitReady(ctx, s.base+"/readyz"); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// toolVersion runs bin with args and returns the first line of its output,
+// or "" when that fails.
+func toolVersion(bin string, args ...string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	if err != nil && len(out) == 0 {
+		return ""
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return line
+}
+
+var errSkipped = errors.New("not measured")

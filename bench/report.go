@@ -1,0 +1,432 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Targets of the acceptance issue, checked against the figures of the same
+// run.
+const (
+	targetWarmBlob     = 0.9  // gatehouse warm blob MB/s ≥ 0.9 × nginx
+	targetDigest       = 10.0 // manifest by digest req/s ≥ 10 × distribution proxy
+	targetTag          = 30.0 // manifest by tag req/s ≥ 30 × distribution proxy
+	targetCold         = 0.8  // cold blob MB/s ≥ 0.8 × direct from the upstream
+	targetFanoutBytes  = 1.0  // upstream bytes for N cold clients = 1 × the blob
+	targetFanoutTime   = 0.5  // wall time of N cold clients ≤ 0.5 × distribution's
+	targetRSSMiB       = 150  // peak RSS during the N-client run < 150 MiB
+	mb                 = 1e6  // MB/s are decimal megabytes per second
+	mib                = 1 << 20
+	verdictPass        = "PASS"
+	verdictFail        = "FAIL"
+	verdictNotMeasured = "not measured"
+)
+
+// rates turns GET times of size bytes into MB/s, in run order.
+func rates(size int64, ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = float64(size) / mb / d.Seconds()
+	}
+	return out
+}
+
+// median of xs (mean of the two middle values for an even count); 0 for
+// none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func best(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	return slices.Max(xs)
+}
+
+func (r *results) rateMedian(m map[string][]time.Duration, target string) float64 {
+	return median(rates(r.Size, m[target]))
+}
+
+func (r *results) loadMedian(key string) float64 {
+	var xs []float64
+	for _, lr := range r.Manifest[key] {
+		xs = append(xs, lr.PerSecond())
+	}
+	return median(xs)
+}
+
+// summaryRow is one line of the summary table.
+type summaryRow struct {
+	measure, gatehouse, peer, ratio, target, verdict string
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return verdictPass
+	}
+	return verdictFail
+}
+
+// summary compares gatehouse with its peers against the targets.
+func (r *results) summary() []summaryRow {
+	size := fmtBytes(r.Size)
+	gh := slices.Contains(r.Proxies, tGatehouse)
+	var rows []summaryRow
+
+	ratioRow := func(measure string, g, p float64, peer, unit string, target float64, targetText string) summaryRow {
+		row := summaryRow{measure: measure, peer: fmt.Sprintf("%s: %s", peer, fmtNum(p, unit)), target: targetText}
+		if !gh || g == 0 || p == 0 {
+			row.gatehouse, row.ratio, row.verdict = "—", "—", verdictNotMeasured
+			return row
+		}
+		ratio := g / p
+		row.gatehouse = fmtNum(g, unit)
+		row.ratio = fmt.Sprintf("%.2f×", ratio)
+		row.verdict = verdict(ratio >= target)
+		return row
+	}
+	rows = append(rows,
+		ratioRow("1. warm "+size+" blob, median MB/s", r.rateMedian(r.Warm, tGatehouse), r.rateMedian(r.Warm, tNginx),
+			"nginx", "MB/s", targetWarmBlob, fmt.Sprintf("≥ %.1f× nginx", targetWarmBlob)),
+		ratioRow("2. warm manifest by digest, req/s", r.loadMedian(tGatehouse+"/digest"), r.loadMedian(tDistribution+"/digest"),
+			"distribution", "req/s", targetDigest, fmt.Sprintf("≥ %.0f× distribution", targetDigest)),
+		ratioRow("2. warm manifest by tag, req/s", r.loadMedian(tGatehouse+"/tag"), r.loadMedian(tDistribution+"/tag"),
+			"distribution", "req/s", targetTag, fmt.Sprintf("≥ %.0f× distribution", targetTag)),
+		ratioRow("3. cold "+size+" blob, median MB/s", r.rateMedian(r.Cold, tGatehouse), r.rateMedian(r.Cold, tUpstream),
+			"direct from upstream", "MB/s", targetCold, fmt.Sprintf("≥ %.1f× direct", targetCold)),
+	)
+	if d, ok := r.Cold[tDistribution]; ok && len(d) > 0 {
+		// Not a target: the distribution proxy's own cold ratio, for context.
+		rows = append(rows, summaryRow{
+			measure:   "3. cold " + size + " blob, distribution proxy (context)",
+			gatehouse: "",
+			peer:      fmt.Sprintf("distribution: %s", fmtNum(r.rateMedian(r.Cold, tDistribution), "MB/s")),
+			ratio:     fmt.Sprintf("%.2f× direct", r.rateMedian(r.Cold, tDistribution)/r.rateMedian(r.Cold, tUpstream)),
+			target:    "—",
+			verdict:   "—",
+		})
+	}
+
+	g, gok := r.Fanout[tGatehouse]
+	d, dok := r.Fanout[tDistribution]
+	n := 8
+	if gok {
+		n = g.Clients
+	} else if dok {
+		n = d.Clients
+	}
+	row := summaryRow{measure: fmt.Sprintf("4. %d cold clients: upstream blob bytes", n), target: "= 1× blob", gatehouse: "—", ratio: "—", verdict: verdictNotMeasured}
+	if dok {
+		row.peer = fmt.Sprintf("distribution: %.2f× blob (%d GETs)", float64(d.Upstream.BlobBytes)/float64(r.Size), d.Upstream.BlobGets)
+	}
+	if gok {
+		x := float64(g.Upstream.BlobBytes) / float64(r.Size)
+		row.gatehouse = fmt.Sprintf("%.2f× blob (%d GETs)", x, g.Upstream.BlobGets)
+		row.ratio = fmt.Sprintf("%.2f×", x)
+		row.verdict = verdict(g.Upstream.BlobBytes == int64(targetFanoutBytes*float64(r.Size)))
+	}
+	rows = append(rows, row)
+
+	row = summaryRow{measure: fmt.Sprintf("4. %d cold clients: wall time", n), target: fmt.Sprintf("≤ %.1f× distribution", targetFanoutTime), gatehouse: "—", ratio: "—", verdict: verdictNotMeasured}
+	if dok {
+		row.peer = "distribution: " + fmtDur(d.Wall)
+	}
+	if gok {
+		row.gatehouse = fmtDur(g.Wall)
+		if dok {
+			x := g.Wall.Seconds() / d.Wall.Seconds()
+			row.ratio = fmt.Sprintf("%.2f×", x)
+			row.verdict = verdict(x <= targetFanoutTime)
+		}
+	}
+	rows = append(rows, row)
+
+	row = summaryRow{measure: fmt.Sprintf("5. peak RSS during the %d-client run", n), target: fmt.Sprintf("< %d MiB", targetRSSMiB), gatehouse: "—", ratio: "—", verdict: verdictNotMeasured}
+	if dok {
+		row.peer = fmt.Sprintf("distribution: %.0f MiB", float64(d.PeakRSS)/mib)
+	}
+	if gok {
+		row.gatehouse = fmt.Sprintf("%.0f MiB", float64(g.PeakRSS)/mib)
+		row.verdict = verdict(g.PeakRSS < targetRSSMiB*mib)
+	}
+	rows = append(rows, row)
+	return rows
+}
+
+func writeSummaryTable(w io.Writer, rows []summaryRow) {
+	fmt.Fprintln(w, "| measurement | gatehouse | peer | ratio | target | result |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---|---|")
+	for _, r := range rows {
+		v := r.verdict
+		if v == verdictPass || v == verdictFail {
+			v = "**" + v + "**"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", r.measure, r.gatehouse, r.peer, r.ratio, r.target, v)
+	}
+}
+
+// printSummary writes the summary table to the terminal.
+func printSummary(w io.Writer, opts options, r *results) {
+	fmt.Fprintln(w)
+	writeSummaryTable(w, r.summary())
+	if len(r.Failures) > 0 {
+		fmt.Fprintln(w, "\nfailures:")
+		for _, k := range sortedKeys(r.Failures) {
+			fmt.Fprintf(w, "  %s: %s\n", k, r.Failures[k])
+		}
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// label names a target in the detail tables.
+var label = map[string]string{
+	tGatehouse:    "gatehouse",
+	tDistribution: "distribution proxy (docker-registry, proxy mode)",
+	tNginx:        "nginx (file, sendfile)",
+	tUpstream:     "upstream docker-registry (direct)",
+}
+
+// writeReport writes BENCHMARKS.md.
+func writeReport(w io.Writer, opts options, r *results) error {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	size := fmtBytes(r.Size)
+
+	p("# Benchmarks\n\n")
+	p("gatehouse measured side by side with its peers, in one run, on loopback.\n")
+	p("Generated by `bench/` — do not edit by hand; run `make bench` to refresh.\n\n")
+	p("- **Date:** %s (%s of running)\n", r.Started.Format("2006-01-02 15:04 MST"), r.Finished.Sub(r.Started).Round(time.Second))
+	p("- **Command:** `%s` (what `make bench` runs after `make build`)\n", opts.command)
+	p("- **Blob:** %s (%d bytes), an uncompressed tar layer of random bytes, `%s`\n", size, r.Size, r.LayerDigest)
+	if opts.quick {
+		p("- **Mode:** `-quick` (smoke test; figures are not representative)\n")
+	}
+	p("\n## Summary\n\n")
+	writeSummaryTable(&b, r.summary())
+	if len(r.Failures) > 0 {
+		p("\n**Failures** (no figure for these):\n\n")
+		for _, k := range sortedKeys(r.Failures) {
+			p("- `%s`: %s\n", k, oneLine(r.Failures[k]))
+		}
+	}
+
+	p("\n## Machine\n\n")
+	m := r.Machine
+	p("| | |\n|---|---|\n")
+	p("| CPUs (nproc) | %d × %s |\n", m.CPUs, m.CPUModel)
+	p("| memory | %s |\n", m.MemTotal)
+	p("| kernel | Linux %s (%s) |\n", m.Kernel, m.Arch)
+	p("| Go | %s (GOEXPERIMENT=jsonv2) |\n", m.GoVersion)
+	p("| load average (1/5/15 min) at start / end | %s / %s |\n", m.LoadStart, m.LoadEnd)
+	for _, t := range []string{tGatehouse, tUpstream, tNginx} {
+		if v := r.Versions[t]; v != "" {
+			name := map[string]string{tGatehouse: "gatehouse", tUpstream: "docker-registry (upstream and distribution proxy)", tNginx: "nginx"}[t]
+			p("| %s | `%s` |\n", name, v)
+		}
+	}
+	p("\nEverything — servers, load generator, clients — shares these CPUs; the\n")
+	p("figures are for comparison within this run, not absolute capacities.\n")
+
+	p("\n## Details\n\n")
+	p("### 1. Warm %s blob\n\n", size)
+	p("| target | median MB/s | best MB/s | runs |\n|---|---:|---:|---:|\n")
+	for _, t := range []string{tGatehouse, tDistribution, tNginx, tUpstream} {
+		if xs := rates(r.Size, r.Warm[t]); len(xs) > 0 {
+			p("| %s | %.0f | %.0f | %d |\n", label[t], median(xs), best(xs), len(xs))
+		}
+	}
+
+	p("\n### 2. Warm manifest requests\n\n")
+	p("%d concurrent keep-alive connections, %d round(s) of %s per target and kind.\n\n", opts.concurrency, opts.loadRounds, opts.duration)
+	p("| target | request | median req/s | best req/s | p50 | p99 | errors |\n|---|---|---:|---:|---:|---:|---:|\n")
+	for _, mode := range []string{"digest", "tag"} {
+		for _, t := range []string{tGatehouse, tDistribution, tUpstream} {
+			lrs := r.Manifest[t+"/"+mode]
+			if len(lrs) == 0 {
+				continue
+			}
+			var xs []float64
+			errs := 0
+			for _, lr := range lrs {
+				xs = append(xs, lr.PerSecond())
+				errs += lr.Errors
+			}
+			// Latencies of the median round.
+			mid := slices.IndexFunc(lrs, func(lr loadResult) bool { return lr.PerSecond() == median(xs) })
+			if mid < 0 {
+				mid = 0
+			}
+			req := "GET by digest"
+			if mode == "tag" {
+				req = "HEAD by tag"
+			}
+			p("| %s | %s | %.0f | %.0f | %s | %s | %d |\n", label[t], req, median(xs), best(xs),
+				fmtLatency(lrs[mid].P50), fmtLatency(lrs[mid].P99), errs)
+		}
+	}
+
+	p("\n### 3. Cold %s blob\n\n", size)
+	p("| target | median MB/s | best MB/s | runs |\n|---|---:|---:|---:|\n")
+	for _, t := range []string{tGatehouse, tDistribution, tUpstream} {
+		if xs := rates(r.Size, r.Cold[t]); len(xs) > 0 {
+			p("| %s | %.0f | %.0f | %d |\n", label[t], median(xs), best(xs), len(xs))
+		}
+	}
+
+	p("\n### 4 and 5. Concurrent cold clients of one %s blob\n\n", size)
+	p("| target | clients | wall time | median client time | upstream blob GETs | upstream blob bytes | all upstream requests | peak RSS |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, t := range []string{tGatehouse, tDistribution, tUpstream} {
+		fo, ok := r.Fanout[t]
+		if !ok {
+			continue
+		}
+		var pc []float64
+		for _, d := range fo.PerClient {
+			pc = append(pc, d.Seconds())
+		}
+		rss := "—"
+		if fo.PeakRSS > 0 {
+			rss = fmt.Sprintf("%.0f MiB", float64(fo.PeakRSS)/mib)
+		}
+		name := label[t]
+		if t == tUpstream {
+			name = "upstream docker-registry (direct, through the counting hop)"
+		}
+		p("| %s | %d | %s | %s | %d | %s (%.2f× blob) | %d | %s |\n", name, fo.Clients, fmtDur(fo.Wall),
+			fmtDur(time.Duration(median(pc)*float64(time.Second))), fo.Upstream.BlobGets,
+			fmtBytes(fo.Upstream.BlobBytes), float64(fo.Upstream.BlobBytes)/float64(r.Size), fo.Upstream.Requests, rss)
+	}
+
+	p(explanation, size, opts.clients, opts.warmRuns, opts.coldRuns, opts.concurrency, opts.duration, opts.loadRounds)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+const explanation = `
+## What is measured
+
+Every server runs on 127.0.0.1 with its own temporary directory, and all
+of them serve the same image: one OCI manifest whose single layer is the
+%[1]s blob. Access logs are off everywhere (docker-registry at level error,
+gatehouse at level warn, nginx ` + "`access_log off`" + `). Within each round the
+targets take turns, so that background noise on the machine spreads over
+all of them. MB/s are 10^6 bytes per second of blob body, measured from
+sending the request to reading the last byte; a client reads to a discard
+sink with 1 MiB reads and checks the length of every body (and the sha256
+of the untimed ones).
+
+- **The peers.** The *upstream* is Debian's docker-registry (distribution
+  2.8) with filesystem storage; the image is pushed into it first. The
+  *distribution proxy* is a second docker-registry configured with
+  ` + "`proxy: {remoteurl: <upstream>}`" + ` and its own storage: the pull-through cache
+  of the reference implementation. *nginx* serves the layer file from disk
+  with ` + "`sendfile on`" + ` (one process): the cost of shipping a file from the page
+  cache to a socket, the ceiling for a cache hit.
+- **1. Warm blob.** Each proxy has the blob in its store (fetched once
+  before); one untimed GET checks the digest, then %[3]d timed GETs per
+  target. The summary compares medians: gatehouse against nginx.
+- **2. Warm manifests.** A load generator in this program keeps
+  %[5]d concurrent keep-alive connections busy for %[6]s per run (%[7]d
+  round(s), after a short unmeasured warm-up), with containerd's ` + "`Accept`" + `
+  header: ` + "`GET /v2/<repo>/manifests/<digest>`" + ` (how a client fetches a
+  manifest it has resolved) and ` + "`HEAD /v2/<repo>/manifests/<tag>`" + ` (how
+  containerd resolves a tag). The tag is within gatehouse's tag TTL (1 h),
+  so gatehouse answers from its cache; the distribution proxy asks the
+  upstream on every tag request by design. Only 2xx answers count.
+- **3. Cold blob.** A GET of the blob through a freshly started proxy with
+  an empty store, against a GET straight from the upstream; %[4]d run(s)
+  each, every proxy run on a new process and store. The proxies talk to the
+  upstream directly here (no counting hop).
+- **4. %[2]d cold clients.** A fresh proxy (empty store) in front of a
+  counting reverse proxy (Go ` + "`httputil.ReverseProxy`" + ` in this program) that
+  sits before the upstream; %[2]d clients GET the blob at the same moment.
+  Wall time runs from the first request to the last byte of the last
+  client; *upstream blob bytes* is what the counting hop relayed for blob
+  GETs. The direct row sends the same clients to the upstream through the
+  same hop, as a reference.
+- **5. Peak RSS.** VmHWM from ` + "`/proc/<pid>/status`" + ` of the proxy process,
+  read at the end of the run of scenario 4. Each proxy is a new process for
+  that run, so the high-water mark belongs to it alone.
+
+## Targets
+
+| measurement | target | why |
+|---|---|---|
+| warm blob | ≥ 0.9× nginx | a cache hit should cost little more than sending the file |
+| warm manifest by digest | ≥ 10× distribution proxy | digests are immutable: answer from memory or disk |
+| warm manifest by tag | ≥ 30× distribution proxy | within the tag TTL no upstream round trip is needed |
+| cold blob | ≥ 0.8× direct from upstream | streaming while caching must not slow the first pull much |
+| concurrent cold clients, bytes | = 1× blob from upstream | one upstream fetch per digest, shared by every reader |
+| concurrent cold clients, time | ≤ 0.5× distribution proxy's | "well under": the distribution proxy fetches once per client |
+| peak RSS, concurrent cold clients | < 150 MiB | blobs are streamed, never held in memory |
+`
+
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func fmtRate(size int64, d time.Duration) string {
+	return fmt.Sprintf("%.0f MB/s (%s)", float64(size)/mb/d.Seconds(), fmtDur(d))
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2f s", d.Seconds())
+	default:
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	}
+}
+
+func fmtLatency(d time.Duration) string {
+	if d < time.Millisecond {
+		return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+	}
+	return fmtDur(d)
+}
+
+func fmtNum(x float64, unit string) string {
+	return fmt.Sprintf("%.0f %s", x, unit)
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ⏎ ")
+	s = strings.ReplaceAll(s, "|", "\\|")
+	if len(s) > 600 {
+		s = s[:600] + "…"
+	}
+	return s
+}

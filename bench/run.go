@@ -1,0 +1,532 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Target names, as they appear in results and in the report.
+const (
+	tGatehouse    = "gatehouse"
+	tDistribution = "distribution"
+	tNginx        = "nginx"
+	tUpstream     = "upstream"
+)
+
+// results holds every figure of one run.
+type results struct {
+	Started, Finished time.Time
+	Machine           machine
+	Versions          map[string]string // target -> version line
+	Size              int64
+	LayerDigest       string
+	ManifestDigest    string
+	Proxies           []string // proxies measured, in report order
+
+	Cold     map[string][]time.Duration // target -> cold GET times (upstream: direct)
+	Warm     map[string][]time.Duration // target -> warm GET times
+	Manifest map[string][]loadResult    // target+"/"+mode -> one result per round
+	Fanout   map[string]fanout          // target -> the concurrent cold clients run
+	Failures map[string]string          // scenario+"/"+target -> why it has no figure
+}
+
+// fanout is the outcome of N concurrent cold clients of one blob.
+type fanout struct {
+	Clients   int
+	Wall      time.Duration   // start of the first request to the end of the last body
+	PerClient []time.Duration // each client's time
+	Upstream  counts          // what the upstream served meanwhile
+	PeakRSS   int64           // VmHWM of the (fresh) proxy process; 0 for the upstream row
+}
+
+// proxyKind starts one kind of pull-through proxy of upstream (a base URL)
+// in a fresh private directory.
+type proxyKind struct {
+	name  string
+	start func(ctx context.Context, dir, upstream string) (*server, error)
+	// stored waits until the proxy s has the blob in its own store, after
+	// a first GET (nil: the proxy stores before the first GET ends).
+	stored func(ctx context.Context, s *server, desc descriptor) error
+}
+
+// bench is the state of one run: its directory, its servers, its results.
+type bench struct {
+	opts     options
+	root     string
+	img      *testImage
+	upstream *server
+	nginx    *server
+	counter  *counter
+	kinds    []proxyKind
+	client   *http.Client // for blob GETs
+	res      *results
+
+	mu      sync.Mutex
+	servers []*server // every server started, stopped by close
+	dirs    int
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.opts.progress, "bench: "+format+"\n", args...)
+}
+
+// newDir makes a fresh directory under the run's root.
+func (b *bench) newDir(name string) (string, error) {
+	b.mu.Lock()
+	b.dirs++
+	dir := filepath.Join(b.root, fmt.Sprintf("%02d-%s", b.dirs, name))
+	b.mu.Unlock()
+	return dir, os.MkdirAll(dir, 0o755)
+}
+
+func (b *bench) track(s *server) *server {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.servers = append(b.servers, s)
+	return s
+}
+
+// retire stops a proxy and deletes its directory (its cache copy of the
+// blob), so that disk use stays at a few copies of the blob.
+func (b *bench) retire(s *server) {
+	if s == nil {
+		return
+	}
+	s.stop()
+	if !b.opts.keep {
+		_ = os.RemoveAll(s.dir)
+	}
+}
+
+// close stops every server and the counter and removes the directory.
+func (b *bench) close() {
+	b.mu.Lock()
+	servers := b.servers
+	b.mu.Unlock()
+	for i := len(servers) - 1; i >= 0; i-- {
+		servers[i].stop()
+	}
+	if b.counter != nil {
+		b.counter.close()
+	}
+	if b.root != "" {
+		if b.opts.keep {
+			b.logf("kept %s", b.root)
+		} else {
+			_ = os.RemoveAll(b.root)
+		}
+	}
+}
+
+// run performs the whole benchmark and writes the report.
+func run(ctx context.Context, opts options) error {
+	res, err := measure(ctx, opts)
+	if err != nil {
+		return err
+	}
+	w := io.Writer(os.Stdout)
+	if opts.out != "" {
+		f, err := os.Create(opts.out)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		w = f
+	}
+	if err := writeReport(w, opts, res); err != nil {
+		return err
+	}
+	if opts.out != "" {
+		fmt.Fprintf(opts.progress, "bench: wrote %s\n", opts.out)
+		printSummary(opts.progress, opts, res)
+	}
+	return nil
+}
+
+// measure sets everything up, runs the scenarios and tears everything
+// down, also when ctx is canceled.
+func measure(ctx context.Context, opts options) (res *results, err error) {
+	if opts.progress == nil {
+		opts.progress = io.Discard
+	}
+	b := &bench{opts: opts, client: newBlobClient()}
+	b.res = &results{
+		Started:  time.Now().UTC(),
+		Machine:  readMachine(),
+		Versions: map[string]string{},
+		Size:     opts.size,
+		Cold:     map[string][]time.Duration{},
+		Warm:     map[string][]time.Duration{},
+		Manifest: map[string][]loadResult{},
+		Fanout:   map[string]fanout{},
+		Failures: map[string]string{},
+	}
+	b.root, err = os.MkdirTemp(opts.tmpRoot, "gatehouse-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer b.close()
+	defer b.client.CloseIdleConnections()
+
+	if err := b.setup(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.coldAndWarm(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.fanout(ctx); err != nil {
+		return nil, err
+	}
+	b.res.Machine.LoadEnd = readLoadavg()
+	b.res.Finished = time.Now().UTC()
+	return b.res, nil
+}
+
+// setup writes the layer, starts the upstream and pushes the image to it,
+// starts nginx on the same file and the counting proxy.
+func (b *bench) setup(ctx context.Context) error {
+	opts := b.opts
+	b.res.Versions[tUpstream] = toolVersion(opts.registry, "--version")
+	b.res.Versions[tDistribution] = b.res.Versions[tUpstream]
+	b.res.Versions[tNginx] = toolVersion(opts.nginx, "-v")
+
+	b.kinds = nil
+	if opts.gatehouse != "" {
+		if _, err := os.Stat(opts.gatehouse); err != nil {
+			return fmt.Errorf("-gatehouse: %w", err)
+		}
+		b.res.Versions[tGatehouse] = toolVersion(opts.gatehouse, "version")
+		bin := opts.gatehouse
+		b.kinds = append(b.kinds, proxyKind{
+			name: tGatehouse,
+			start: func(ctx context.Context, dir, upstream string) (*server, error) {
+				return startGatehouse(ctx, bin, dir, hostPort(upstream))
+			},
+		})
+	}
+	b.kinds = append(b.kinds, proxyKind{
+		name: tDistribution,
+		start: func(ctx context.Context, dir, upstream string) (*server, error) {
+			return startRegistry(ctx, opts.registry, tDistribution, dir, upstream)
+		},
+		stored: registryStored,
+	})
+	for _, k := range b.kinds {
+		b.res.Proxies = append(b.res.Proxies, k.name)
+	}
+
+	www, err := b.newDir("www")
+	if err != nil {
+		return err
+	}
+	layerPath := filepath.Join(www, "layer.tar")
+	b.logf("writing a %s layer of random bytes to %s", fmtBytes(opts.size), layerPath)
+	layer, err := writeLayer(layerPath, opts.size)
+	if err != nil {
+		return fmt.Errorf("write layer: %w", err)
+	}
+	b.img, err = newTestImage("bench/big", "v1", layerPath, layer)
+	if err != nil {
+		return err
+	}
+	b.res.LayerDigest, b.res.ManifestDigest = layer.Digest, b.img.digest
+
+	dir, err := b.newDir("upstream")
+	if err != nil {
+		return err
+	}
+	s, err := startRegistry(ctx, opts.registry, "upstream docker-registry", dir, "")
+	if err != nil {
+		return err
+	}
+	b.upstream = b.track(s)
+	b.logf("upstream docker-registry at %s; pushing %s:%s", s.base, b.img.repo, b.img.tag)
+	if err := b.img.push(ctx, s.base); err != nil {
+		return fmt.Errorf("push to upstream: %w", err)
+	}
+
+	dir, err = b.newDir("nginx")
+	if err != nil {
+		return err
+	}
+	s, err = startNginx(ctx, opts.nginx, dir, www, "/layer.tar")
+	if err != nil {
+		return err
+	}
+	b.nginx = b.track(s)
+
+	b.counter, err = startCounter(b.upstream.base)
+	if err != nil {
+		return err
+	}
+	b.logf("nginx at %s, counting proxy at %s", b.nginx.base, b.counter.base)
+	return nil
+}
+
+// startProxy starts a fresh proxy of kind k in front of upstream.
+func (b *bench) startProxy(ctx context.Context, k proxyKind, upstream string) (*server, error) {
+	dir, err := b.newDir(k.name)
+	if err != nil {
+		return nil, err
+	}
+	s, err := k.start(ctx, dir, upstream)
+	if err != nil {
+		return nil, err
+	}
+	return b.track(s), nil
+}
+
+// fail records why target has no figure in scenario and logs it.
+func (b *bench) fail(scenario, target string, err error) {
+	key := scenario + "/" + target
+	if _, ok := b.res.Failures[key]; !ok {
+		b.res.Failures[key] = err.Error()
+	}
+	b.logf("%s: %s: %v", scenario, target, err)
+}
+
+// Scenario names (keys of results.Failures).
+const (
+	sCold     = "cold"
+	sWarm     = "warm"
+	sManifest = "manifest"
+	sFanout   = "fanout"
+)
+
+// coldAndWarm runs scenarios 3 (cold blob), 1 (warm blob) and 2 (warm
+// manifests). The proxies read straight from the upstream (no counting hop
+// in between). Each cold GET goes to a freshly started proxy with an empty
+// store; the proxies of the last cold round then serve the warm scenarios.
+// Targets take turns within each round, so that noise from other work on
+// the machine spreads over all of them.
+func (b *bench) coldAndWarm(ctx context.Context) error {
+	blobURL := func(base string) string { return base + b.img.blobPath() }
+	size, dgst := b.img.layer.Size, b.img.layer.Digest
+	verify := func() string {
+		if b.opts.verify {
+			return dgst
+		}
+		return ""
+	}
+
+	// Scenario 3: cold.
+	warm := map[string]*server{}
+	for r := range b.opts.coldRuns {
+		d, err := fetch(ctx, b.client, blobURL(b.upstream.base), size, verify())
+		if err != nil {
+			return fmt.Errorf("direct GET from the upstream: %w", err)
+		}
+		b.res.Cold[tUpstream] = append(b.res.Cold[tUpstream], d)
+		b.logf("cold %d/%d: upstream (direct) %s", r+1, b.opts.coldRuns, fmtRate(size, d))
+		for _, k := range b.kinds {
+			if _, failed := b.res.Failures[sCold+"/"+k.name]; failed {
+				continue
+			}
+			b.retire(warm[k.name])
+			delete(warm, k.name)
+			s, err := b.startProxy(ctx, k, b.upstream.base)
+			if err != nil {
+				return err
+			}
+			warm[k.name] = s
+			d, err := fetch(ctx, b.client, blobURL(s.base), size, verify())
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				b.fail(sCold, k.name, err)
+				continue
+			}
+			b.res.Cold[k.name] = append(b.res.Cold[k.name], d)
+			b.logf("cold %d/%d: %s %s", r+1, b.opts.coldRuns, k.name, fmtRate(size, d))
+		}
+	}
+
+	// The distribution proxy goes on writing the blob to its store after
+	// the client has its last byte (and until then serves further GETs
+	// from the upstream again): wait until the blob is stored.
+	for _, k := range b.kinds {
+		if s := warm[k.name]; s != nil && k.stored != nil {
+			if err := k.stored(ctx, s, b.img.layer); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				b.fail(sWarm, k.name, err)
+			}
+		}
+	}
+
+	// Scenario 1: warm blob. One untimed GET per target, with the digest
+	// checked, makes sure that the content is cached and right.
+	type target struct {
+		name string
+		url  string
+	}
+	targets := []target{{tNginx, b.nginx.base + "/layer.tar"}}
+	for _, k := range b.kinds {
+		if s := warm[k.name]; s != nil {
+			targets = append(targets, target{k.name, blobURL(s.base)})
+		}
+	}
+	targets = append(targets, target{tUpstream, blobURL(b.upstream.base)})
+	live := map[string]bool{}
+	for _, t := range targets {
+		if _, err := fetch(ctx, b.client, t.url, size, dgst); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if t.name == tNginx || t.name == tUpstream {
+				return err
+			}
+			b.fail(sWarm, t.name, err)
+			continue
+		}
+		live[t.name] = true
+	}
+	for r := range b.opts.warmRuns {
+		for _, t := range targets {
+			if !live[t.name] {
+				continue
+			}
+			d, err := fetch(ctx, b.client, t.url, size, verify())
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				b.fail(sWarm, t.name, err)
+				live[t.name] = false
+				continue
+			}
+			b.res.Warm[t.name] = append(b.res.Warm[t.name], d)
+			b.logf("warm %d/%d: %s %s", r+1, b.opts.warmRuns, t.name, fmtRate(size, d))
+		}
+	}
+	b.client.CloseIdleConnections()
+
+	// Scenario 2: warm manifests, by digest (GET, as a client fetches a
+	// manifest it has resolved) and by tag (HEAD, as containerd resolves a
+	// tag). One request of each first puts the manifest and the tag into
+	// the proxy's cache.
+	mtargets := []target{}
+	for _, k := range b.kinds {
+		if s := warm[k.name]; s != nil {
+			mtargets = append(mtargets, target{k.name, s.base})
+		}
+	}
+	mtargets = append(mtargets, target{tUpstream, b.upstream.base})
+	type mode struct{ name, method, ref string }
+	modes := []mode{{"digest", http.MethodGet, b.img.digest}, {"tag", http.MethodHead, b.img.tag}}
+	buf := make([]byte, 32<<10)
+	for _, t := range mtargets {
+		for _, m := range modes {
+			url := t.url + b.img.manifestPath(m.ref)
+			for _, method := range []string{http.MethodGet, m.method} {
+				if err := oneRequest(ctx, http.DefaultClient, method, url, buf); err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					b.fail(sManifest, t.name+"/"+m.name, err)
+				}
+			}
+		}
+	}
+	for r := range b.opts.loadRounds {
+		for _, m := range modes {
+			for _, t := range mtargets {
+				if _, failed := b.res.Failures[sManifest+"/"+t.name+"/"+m.name]; failed {
+					continue
+				}
+				lr, err := load(ctx, m.method, t.url+b.img.manifestPath(m.ref), b.opts.concurrency, b.opts.duration)
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					b.fail(sManifest, t.name+"/"+m.name, err)
+					continue
+				}
+				key := t.name + "/" + m.name
+				b.res.Manifest[key] = append(b.res.Manifest[key], lr)
+				b.logf("manifest by %s %d/%d: %s %.0f req/s (%d errors)", m.name, r+1, b.opts.loadRounds, t.name, lr.PerSecond(), lr.Errors)
+			}
+		}
+	}
+	for _, s := range warm {
+		b.retire(s)
+	}
+	return nil
+}
+
+// fanout runs scenarios 4 and 5: opts.clients concurrent GETs of the blob
+// against a freshly started proxy (empty store, fresh process so that its
+// VmHWM belongs to this run) in front of the counting proxy; as a
+// reference, the same clients straight against the upstream, through the
+// same counting hop.
+func (b *bench) fanout(ctx context.Context) error {
+	one := func(name, url string, s *server) error {
+		b.counter.reset()
+		fo := fanout{Clients: b.opts.clients, PerClient: make([]time.Duration, b.opts.clients)}
+		errs := make([]error, b.opts.clients)
+		client := newBlobClient()
+		defer client.CloseIdleConnections()
+		verify := ""
+		if b.opts.verify {
+			verify = b.img.layer.Digest
+		}
+		var wg sync.WaitGroup
+		start := time.Now()
+		for i := range b.opts.clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fo.PerClient[i], errs[i] = fetch(ctx, client, url, b.img.layer.Size, verify)
+			}()
+		}
+		wg.Wait()
+		fo.Wall = time.Since(start)
+		// Count what the proxy fetched for these clients, also after they
+		// were served.
+		if err := b.counter.settle(ctx); err != nil {
+			return err
+		}
+		fo.Upstream = b.counter.snapshot()
+		if s != nil {
+			rss, err := s.peakRSS()
+			if err != nil {
+				return fmt.Errorf("peak RSS of %s: %w", name, err)
+			}
+			fo.PeakRSS = rss
+		}
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		b.res.Fanout[name] = fo
+		b.logf("%d clients: %s %s wall, upstream served %s in %d blob GETs, peak RSS %s",
+			fo.Clients, name, fo.Wall.Round(time.Millisecond), fmtBytes(fo.Upstream.BlobBytes), fo.Upstream.BlobGets, fmtBytes(fo.PeakRSS))
+		return nil
+	}
+	if err := one(tUpstream, b.counter.base+b.img.blobPath(), nil); err != nil {
+		return fmt.Errorf("direct clients through the counting proxy: %w", err)
+	}
+	for _, k := range b.kinds {
+		s, err := b.startProxy(ctx, k, b.counter.base)
+		if err != nil {
+			return err
+		}
+		err = one(k.name, s.base+b.img.blobPath(), s)
+		b.retire(s)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.fail(sFanout, k.name, err)
+		}
+	}
+	return nil
+}
