@@ -1,0 +1,192 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// GatehouseUpstream is one entry of the config's upstreams list.
+type GatehouseUpstream struct {
+	// Name is the registry host as clients name it (containerd's ns=).
+	Name string `yaml:"name"`
+	// URL is where gatehouse dials; http:// is plain HTTP.
+	URL      string   `yaml:"url"`
+	Aliases  []string `yaml:"aliases,omitempty"`
+	TagTTL   string   `yaml:"tagTTL,omitempty"`
+	Username string   `yaml:"username,omitempty"`
+	Password string   `yaml:"password,omitempty"`
+}
+
+// GatehouseConfig is what a test chooses of gatehouse's config; the harness
+// fills in listen, dataDir and log.
+type GatehouseConfig struct {
+	// DefaultUpstream routes requests with neither ns nor a path prefix;
+	// empty refuses them.
+	DefaultUpstream string
+	Upstreams       []GatehouseUpstream
+	// Extra holds further top-level keys, written as they are (for the
+	// gate, metrics, ... sections of later tests).
+	Extra map[string]any
+}
+
+// Upstream is the config entry that makes gatehouse proxy this registry
+// under its own host name, with its credentials.
+func (r *Registry) Upstream() GatehouseUpstream {
+	return GatehouseUpstream{Name: r.Host, URL: r.URL, TagTTL: "1h", Username: r.opts.Username, Password: r.opts.Password}
+}
+
+// Gatehouse is the gatehouse binary serving on a loopback port with a data
+// directory that survives Restart.
+type Gatehouse struct {
+	// Host is "127.0.0.1:port"; URL is "http://" + Host.
+	Host, URL  string
+	DataDir    string
+	ConfigPath string
+	LogPath    string
+
+	bin  string
+	proc *Process
+}
+
+// StartGatehouse writes a config file, starts `gatehouse serve --config` and
+// waits for /readyz. It is stopped (SIGTERM, and it must exit cleanly) in
+// t.Cleanup; its log is dumped if the test failed.
+func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
+	t.Helper()
+	bin := requireGatehouse(t)
+	dir := t.TempDir()
+	g := &Gatehouse{
+		Host:       loopback(FreePort(t)),
+		DataDir:    filepath.Join(dir, "data"),
+		ConfigPath: filepath.Join(dir, "gatehouse.yaml"),
+		LogPath:    filepath.Join(dir, "gatehouse.log"),
+		bin:        bin,
+	}
+	g.URL = "http://" + g.Host
+	doc := map[string]any{}
+	for k, v := range cfg.Extra {
+		doc[k] = v
+	}
+	doc["listen"] = g.Host
+	doc["dataDir"] = g.DataDir
+	doc["log"] = map[string]string{"format": "json", "level": "debug"}
+	doc["upstreams"] = cfg.Upstreams
+	// Always explicit: empty means requests without ns or path prefix are
+	// refused, which proves the other routes are really taken.
+	doc["defaultUpstream"] = cfg.DefaultUpstream
+	b, err := yaml.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(g.ConfigPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g.Start(t)
+	return g
+}
+
+// Start starts gatehouse (again) with the same config, port and data dir.
+func (g *Gatehouse) Start(t testing.TB) {
+	t.Helper()
+	if g.proc != nil {
+		if exited, _ := g.proc.Exited(); !exited {
+			t.Fatalf("gatehouse %s is already running", g.Host)
+		}
+	}
+	g.proc = StartProcess(t, "gatehouse "+g.Host, g.LogPath, hermeticEnv(), g.bin, "serve", "--config", g.ConfigPath)
+	WaitHTTP(t, g.proc, g.URL+"/readyz", 60*time.Second, func(s int) bool { return s == http.StatusOK })
+}
+
+// Stop sends SIGTERM and checks that gatehouse exits cleanly.
+func (g *Gatehouse) Stop(t testing.TB) {
+	t.Helper()
+	if err := g.proc.Stop(t); err != nil {
+		t.Errorf("gatehouse did not exit cleanly on SIGTERM: %v", err)
+	}
+}
+
+// Restart stops gatehouse and starts it again on the same data directory.
+func (g *Gatehouse) Restart(t testing.TB) {
+	t.Helper()
+	g.Stop(t)
+	g.Start(t)
+}
+
+// Log returns gatehouse's log so far.
+func (g *Gatehouse) Log() string { return g.proc.Log() }
+
+// hermeticEnv unsets the GATEHOUSE_* variables gatehouse reads, so a
+// developer's environment cannot override the test's config file.
+func hermeticEnv() []string {
+	var unset []string
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "GATEHOUSE_") {
+			unset = append(unset, k)
+		}
+	}
+	return unset
+}
+
+// Response is an HTTP response with its body read (capped at 1 MiB).
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// OCIErrors decodes an OCI error body; nil if the body is not one.
+func (r Response) OCIErrors() []OCIError {
+	var body struct {
+		Errors []OCIError `json:"errors"`
+	}
+	if json.Unmarshal(r.Body, &body) != nil {
+		return nil
+	}
+	return body.Errors
+}
+
+// OCIError is one entry of an OCI distribution error body.
+type OCIError struct {
+	Code    string          `json:"code"`
+	Message string          `json:"message"`
+	Detail  json.RawMessage `json:"detail,omitempty"`
+}
+
+// Do sends one request to gatehouse: path is e.g.
+// "/v2/e2e/single/manifests/v1?ns=...". headers are "Key: value" strings.
+func (g *Gatehouse) Do(t testing.TB, method, path string, headers ...string) Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, g.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, ":")
+		req.Header.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, path, err)
+	}
+	return Response{Status: resp.StatusCode, Header: resp.Header, Body: body}
+}
+
+// String describes the response for test messages.
+func (r Response) String() string {
+	return fmt.Sprintf("%d %s %.500q", r.Status, http.StatusText(r.Status), r.Body)
+}

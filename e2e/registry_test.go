@@ -1,0 +1,209 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// RegistryOptions configure a docker-registry upstream.
+type RegistryOptions struct {
+	// Username and Password, when both set, protect the registry with
+	// htpasswd (basic) auth. Empty: anonymous read and write.
+	Username, Password string
+}
+
+// Registry is Debian's docker-registry (distribution 2.8) serving plain HTTP
+// on a loopback port, with filesystem storage in a temporary directory.
+type Registry struct {
+	// Host is "127.0.0.1:port", the name clients use for it.
+	Host string
+	// URL is "http://" + Host.
+	URL string
+
+	opts    RegistryOptions
+	dir     string
+	config  string
+	logPath string
+	proc    *Process
+}
+
+// StartRegistry starts a docker-registry and waits until it answers /v2/.
+// It is stopped in t.Cleanup.
+func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
+	t.Helper()
+	requireE2E(t)
+	dir := t.TempDir()
+	r := &Registry{
+		Host:    loopback(FreePort(t)),
+		opts:    opts,
+		dir:     dir,
+		config:  filepath.Join(dir, "config.yml"),
+		logPath: filepath.Join(dir, "registry.log"),
+	}
+	r.URL = "http://" + r.Host
+
+	auth := ""
+	if opts.Username != "" && opts.Password != "" {
+		// distribution accepts bcrypt entries only: htpasswd -B.
+		res := runCmd(t.Context(), 30*time.Second, nil, "htpasswd", "-Bbn", opts.Username, opts.Password)
+		if res.Err != nil {
+			t.Fatalf("htpasswd: %v", res)
+		}
+		htpasswd := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(htpasswd, res.Stdout, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: e2e\n    path: %s\n", htpasswd)
+	}
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+  secret: e2e-not-a-secret
+%s`, filepath.Join(dir, "storage"), r.Host, auth)
+	if err := os.WriteFile(r.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.Start(t)
+	return r
+}
+
+// Start (re)starts the registry process on the same port and storage.
+func (r *Registry) Start(t testing.TB) {
+	t.Helper()
+	if r.proc != nil {
+		if exited, _ := r.proc.Exited(); !exited {
+			t.Fatalf("registry %s is already running", r.Host)
+		}
+	}
+	r.proc = StartProcess(t, "docker-registry "+r.Host, r.logPath, nil, "docker-registry", "serve", r.config)
+	WaitHTTP(t, r.proc, r.URL+"/v2/", 15*time.Second, func(s int) bool {
+		return s == http.StatusOK || s == http.StatusUnauthorized
+	})
+}
+
+// Stop stops the registry process; its storage is kept for Start.
+func (r *Registry) Stop(t testing.TB) {
+	t.Helper()
+	if err := r.proc.Stop(t); err != nil {
+		t.Logf("docker-registry %s exit: %v", r.Host, err)
+	}
+	// Make sure nothing answers any more: a test relying on a stopped
+	// upstream must not be fooled.
+	c := &http.Client{Timeout: time.Second}
+	if resp, err := c.Get(r.URL + "/v2/"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("registry %s still answers after Stop: %s", r.Host, resp.Status)
+	}
+}
+
+// Log returns the registry's log so far.
+func (r *Registry) Log() string { return r.proc.Log() }
+
+// Repo names a repository on this registry.
+func (r *Registry) Repo(t testing.TB, repo string) name.Repository {
+	t.Helper()
+	n, err := name.NewRepository(r.Host+"/"+repo, name.Insecure, name.StrictValidation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// RemoteOptions are the go-containerregistry options to read from or write
+// to this registry directly (with its credentials, if any).
+func (r *Registry) RemoteOptions() []remote.Option {
+	opts := []remote.Option{remote.WithTransport(http.DefaultTransport)}
+	if r.opts.Username != "" {
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: r.opts.Username, Password: r.opts.Password}))
+	}
+	return opts
+}
+
+// Tripwire is a reverse proxy to an upstream that records every request. It
+// stands where a client would fall back to when the mirror (gatehouse)
+// fails, so a pull still works the way it would in production, but a test
+// can prove that gatehouse served everything: the tripwire stays untouched.
+type Tripwire struct {
+	// Host is "127.0.0.1:port".
+	Host string
+	// URL is "http://" + Host.
+	URL string
+
+	mu   sync.Mutex
+	hits []string
+}
+
+// StartTripwire starts a tripwire in front of target (a base URL such as
+// Registry.URL). A nil target makes it answer 502 to everything.
+func StartTripwire(t testing.TB, target string) *Tripwire {
+	t.Helper()
+	tw := &Tripwire{}
+	var next http.Handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "tripwire: no upstream", http.StatusBadGateway)
+	})
+	if target != "" {
+		u, err := url.Parse(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next = httputil.NewSingleHostReverseProxy(u)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		tw.mu.Lock()
+		tw.hits = append(tw.hits, fmt.Sprintf("%s %s (User-Agent %q)", req.Method, req.URL.RequestURI(), req.UserAgent()))
+		tw.mu.Unlock()
+		next.ServeHTTP(w, req)
+	}))
+	t.Cleanup(srv.Close)
+	tw.URL = srv.URL
+	tw.Host = strings.TrimPrefix(srv.URL, "http://")
+	return tw
+}
+
+// Hits returns the requests the tripwire has seen.
+func (tw *Tripwire) Hits() []string {
+	tw.mu.Lock()
+	defer tw.mu.Unlock()
+	return append([]string(nil), tw.hits...)
+}
+
+// Reset forgets the requests seen so far.
+func (tw *Tripwire) Reset() {
+	tw.mu.Lock()
+	tw.hits = nil
+	tw.mu.Unlock()
+}
+
+// AssertUntouched fails the test if any request reached the tripwire, i.e.
+// the client went around gatehouse.
+func (tw *Tripwire) AssertUntouched(t testing.TB) {
+	t.Helper()
+	if hits := tw.Hits(); len(hits) > 0 {
+		t.Errorf("the client bypassed gatehouse: %d request(s) reached the fallback upstream %s directly:\n  %s",
+			len(hits), tw.Host, strings.Join(hits, "\n  "))
+	}
+}
