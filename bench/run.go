@@ -424,11 +424,13 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 	type mode struct{ name, method, ref string }
 	modes := []mode{{"digest", http.MethodGet, b.img.digest}, {"tag", http.MethodHead, b.img.tag}}
 	buf := make([]byte, 32<<10)
+	mclient := &http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}
+	defer mclient.CloseIdleConnections()
 	for _, t := range mtargets {
 		for _, m := range modes {
 			url := t.url + b.img.manifestPath(m.ref)
 			for _, method := range []string{http.MethodGet, m.method} {
-				if err := oneRequest(ctx, http.DefaultClient, method, url, buf); err != nil {
+				if err := oneRequest(ctx, mclient, method, url, buf); err != nil {
 					if ctx.Err() != nil {
 						return ctx.Err()
 					}

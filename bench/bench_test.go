@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		err  bool
+	}{
+		{in: "1GiB", want: 1 << 30},
+		{in: "64MiB", want: 64 << 20},
+		{in: "64M", want: 64 << 20},
+		{in: "1.5GiB", want: 3 << 29},
+		{in: "10MB", want: 10_000_384}, // rounded up to 512 bytes
+		{in: "1048576", want: 1 << 20},
+		{in: "1", want: 4096},
+		{in: "0", err: true},
+		{in: "-3MiB", err: true},
+		{in: "lots", err: true},
+		{in: "9GiB", err: true},
+	} {
+		got, err := parseSize(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestQuick runs the whole benchmark in quick mode against the real peers
+// (docker-registry, nginx) and gatehouse built from this tree, and checks
+// the behaviour the figures rest on — never wall-clock thresholds: every
+// scenario produced figures; the counting hop counts exactly; N concurrent
+// cold clients of gatehouse cost one upstream fetch of the blob.
+func TestQuick(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts docker-registry, nginx and gatehouse; not in -short")
+	}
+	dir := t.TempDir()
+	gatehouse := buildGatehouse(t, dir)
+
+	var progress strings.Builder
+	opts := options{
+		gatehouse:   gatehouse,
+		registry:    "docker-registry",
+		nginx:       "nginx",
+		command:     "go test ./bench -run TestQuick",
+		size:        16 << 20,
+		quick:       true,
+		duration:    time.Second,
+		concurrency: 8,
+		clients:     8,
+		warmRuns:    2,
+		coldRuns:    1,
+		loadRounds:  1,
+		verify:      true,
+		tmpRoot:     dir,
+		progress:    &progress,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	res, err := measure(ctx, opts)
+	t.Log(progress.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range res.Failures {
+		t.Errorf("failure %s: %s", k, v)
+	}
+
+	// Every target has figures in every scenario.
+	for _, p := range res.Proxies {
+		if len(res.Cold[p]) != opts.coldRuns {
+			t.Errorf("cold %s: %d runs, want %d", p, len(res.Cold[p]), opts.coldRuns)
+		}
+		for _, mode := range []string{"digest", "tag"} {
+			lrs := res.Manifest[p+"/"+mode]
+			if len(lrs) != opts.loadRounds || lrs[0].Requests == 0 {
+				t.Errorf("manifest %s by %s: %+v, want %d round(s) with requests", p, mode, lrs, opts.loadRounds)
+			}
+		}
+		fo, ok := res.Fanout[p]
+		if !ok || fo.PeakRSS <= 0 {
+			t.Errorf("fanout %s: %+v, want a run with a peak RSS", p, fo)
+		}
+	}
+	for _, name := range append([]string{tNginx, tUpstream}, res.Proxies...) {
+		if len(res.Warm[name]) != opts.warmRuns {
+			t.Errorf("warm %s: %d runs, want %d", name, len(res.Warm[name]), opts.warmRuns)
+		}
+	}
+
+	// The counting hop counts exactly: N direct clients, N blobs.
+	up := res.Fanout[tUpstream].Upstream
+	if up.BlobGets != int64(opts.clients) || up.BlobBytes != int64(opts.clients)*opts.size {
+		t.Errorf("direct clients through the counter: %d blob GETs, %d bytes; want %d, %d",
+			up.BlobGets, up.BlobBytes, opts.clients, int64(opts.clients)*opts.size)
+	}
+	t.Logf("distribution proxy, %d cold clients: %d upstream blob GETs, %d bytes",
+		opts.clients, res.Fanout[tDistribution].Upstream.BlobGets, res.Fanout[tDistribution].Upstream.BlobBytes)
+
+	if gatehouse != "" {
+		for _, mode := range []string{"digest", "tag"} {
+			for _, lr := range res.Manifest[tGatehouse+"/"+mode] {
+				if lr.Errors != 0 {
+					t.Errorf("gatehouse manifest by %s: %d failed requests (first: %s)", mode, lr.Errors, lr.FirstErr)
+				}
+			}
+		}
+		g := res.Fanout[tGatehouse].Upstream
+		if g.BlobGets != 1 || g.BlobBytes != opts.size {
+			t.Errorf("gatehouse, %d cold clients: upstream served %d blob GETs, %d bytes; want 1 GET of %d bytes",
+				opts.clients, g.BlobGets, g.BlobBytes, opts.size)
+		}
+	}
+
+	// The report renders, with every section.
+	var report strings.Builder
+	if err := writeReport(&report, opts, res); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"## Summary", "## Machine", "### 1. Warm", "### 2. Warm manifest", "### 3. Cold", "### 4 and 5.", "## Targets", opts.command} {
+		if !strings.Contains(report.String(), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(report.String())
+	}
+
+	// Nothing is left behind: no temporary directory, no child process.
+	if matches, _ := filepath.Glob(filepath.Join(dir, "gatehouse-bench-*")); len(matches) > 0 {
+		t.Errorf("temporary directory left behind: %v", matches)
+	}
+	if kids := children(t); len(kids) > 0 {
+		t.Errorf("child processes left running: %v", kids)
+	}
+}
+
+// children lists the processes whose parent is this test process.
+func children(t *testing.T) []string {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...; comm may contain spaces.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
+			kids = append(kids, s[:i+1])
+		}
+	}
+	return kids
+}
+
+// buildGatehouse builds ./cmd/gatehouse into dir and returns the binary,
+// or "" (peers only) while the command does not exist yet.
+func buildGatehouse(t *testing.T, dir string) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "cmd", "gatehouse")); errors.Is(err, os.ErrNotExist) {
+		t.Log("no cmd/gatehouse yet: measuring the peers only")
+		return ""
+	}
+	bin := filepath.Join(dir, "gatehouse")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/gatehouse")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "GOEXPERIMENT=jsonv2", "CGO_ENABLED=0")
+	cmd.Stdout, cmd.Stderr = io.Discard, &strings.Builder{}
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("go build ./cmd/gatehouse: %v\n%s", err, cmd.Stderr)
+	}
+	return bin
+}
