@@ -428,7 +428,7 @@ func TestColdRangeResume(t *testing.T) {
 
 func TestCorruptUpstreamBlobAbortsAndKeepsNothing(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
+		name   string
 		break_ func(w http.ResponseWriter, body []byte)
 	}{
 		{"digest mismatch", func(w http.ResponseWriter, body []byte) {
