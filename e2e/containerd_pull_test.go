@@ -165,7 +165,7 @@ func TestContainerdUnconfiguredNamespace(t *testing.T) {
 				t.Fatalf("pull of %s/e2e/x:y through gatehouse succeeded; want it refused", tc.host)
 			}
 			out := res.Output()
-			t.Logf("ctr says: %s", out)
+			t.Logf("ctr says: %s", res.LastLine())
 			if !strings.Contains(out, "403") {
 				t.Errorf("ctr's error does not show the 403 refusal:\n%s", out)
 			}

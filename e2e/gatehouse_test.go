@@ -136,7 +136,7 @@ func hermeticEnv() []string {
 	return unset
 }
 
-// Response is an HTTP response with its body read (capped at 1 MiB).
+// Response is an HTTP response with its body read (capped at 64 MiB).
 type Response struct {
 	Status int
 	Header http.Header
@@ -179,7 +179,7 @@ func (g *Gatehouse) Do(t testing.TB, method, path string, headers ...string) Res
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		t.Fatalf("%s %s: reading body: %v", method, path, err)
 	}

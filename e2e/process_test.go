@@ -226,6 +226,13 @@ func (r CmdResult) Output() string {
 	return string(bytes.TrimSpace(append(append([]byte{}, r.Stdout...), r.Stderr...)))
 }
 
+// LastLine is the last non-empty line of stderr: where ctr and skopeo put
+// their error, after any progress output.
+func (r CmdResult) LastLine() string {
+	lines := strings.Split(strings.TrimSpace(string(r.Stderr)), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
+}
+
 func (r CmdResult) String() string {
 	return fmt.Sprintf("%q: err=%v\n%s", r.Argv, r.Err, r.Output())
 }

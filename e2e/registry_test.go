@@ -70,7 +70,7 @@ func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
 	}
 	cfg := fmt.Sprintf(`version: 0.1
 log:
-  level: info
+  level: warn
   formatter: text
 storage:
   filesystem:
