@@ -28,6 +28,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"go.uber.org/goleak"
+
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/proxy"
@@ -814,4 +816,12 @@ func TestEvictionLRU(t *testing.T) {
 	if _, ok := e.store.StatBlob(must(layers[2].Digest())); !ok {
 		t.Fatal("most recently used blob was evicted")
 	}
+}
+
+func TestMain(m *testing.M) {
+	// Idle keep-alive connections of http.DefaultClient are not leaks.
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
 }

@@ -1,0 +1,229 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func open(t *testing.T, dir string, max int64) *Store {
+	t.Helper()
+	s, err := Open(Options{Dir: dir, MaxSize: max, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func blob(n int, seed byte) ([]byte, v1.Hash) {
+	b := bytes.Repeat([]byte{seed}, n)
+	sum := sha256.Sum256(b)
+	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+func source(data []byte) Source {
+	return func(ctx context.Context) (io.ReadCloser, int64, error) {
+		return io.NopCloser(bytes.NewReader(data)), int64(len(data)), nil
+	}
+}
+
+// fetchAll reads a blob through the store and waits for its commit.
+func fetchAll(t *testing.T, s *Store, d v1.Hash, src Source) []byte {
+	t.Helper()
+	st, err := s.Fetch(context.Background(), d, "up", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(st.Reader(context.Background(), 0, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if _, ok := s.StatBlob(d); ok {
+			break
+		}
+	}
+	return got
+}
+
+func TestBlobsAndMetadataSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, 0)
+	data, d := blob(1000, 'a')
+	if got := fetchAll(t, s, d, source(data)); !bytes.Equal(got, data) {
+		t.Fatal("content differs")
+	}
+	m := &Manifest{Digest: d, Data: []byte(`{"schemaVersion":2}`), MediaType: "x", Upstream: "up", Repo: "r", Created: time.Now()}
+	if err := s.PutManifest(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutTag("up", "r", "v1", &Tag{Digest: d, Fetched: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = open(t, dir, 0)
+	defer s.Close()
+	b, err := s.OpenBlob(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(b)
+	b.Close()
+	if !bytes.Equal(got, data) {
+		t.Fatal("blob differs after restart")
+	}
+	if gm, err := s.Manifest(d); err != nil || !bytes.Equal(gm.Data, m.Data) || gm.MediaType != "x" {
+		t.Fatalf("manifest after restart: %+v %v", gm, err)
+	}
+	if tg, err := s.Tag("up", "r", "v1"); err != nil || tg.Digest != d {
+		t.Fatalf("tag after restart: %+v %v", tg, err)
+	}
+	if _, err := s.Tag("up", "r", "v2"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown tag: %v", err)
+	}
+}
+
+func TestOpenCleansPartialDownloadsAndReconciles(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, 0)
+	data, d := blob(100, 'b')
+	fetchAll(t, s, d, source(data))
+	s.Close()
+
+	// A crash leaves a partial download, and a committed file whose record
+	// was not written yet; a record whose file is gone is dropped.
+	os.WriteFile(filepath.Join(dir, "tmp", "partial"), []byte("half"), 0o600)
+	data2, d2 := blob(50, 'c')
+	os.MkdirAll(filepath.Dir(filepath.Join(dir, "blobs", "sha256", d2.Hex[:2], d2.Hex)), 0o750)
+	os.WriteFile(filepath.Join(dir, "blobs", "sha256", d2.Hex[:2], d2.Hex), data2, 0o600)
+	os.Remove(filepath.Join(dir, "blobs", "sha256", d.Hex[:2], d.Hex))
+
+	s = open(t, dir, 0)
+	defer s.Close()
+	if ents, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(ents) != 0 {
+		t.Fatalf("partial downloads left: %v", ents)
+	}
+	if _, ok := s.StatBlob(d); ok {
+		t.Fatal("record without file kept")
+	}
+	if size, ok := s.StatBlob(d2); !ok || size != 50 {
+		t.Fatal("committed file without record not adopted")
+	}
+	if size, n := s.Usage(); size != 50 || n != 1 {
+		t.Fatalf("usage %d/%d", size, n)
+	}
+}
+
+func TestFailedFetchKeepsNothing(t *testing.T) {
+	s := open(t, t.TempDir(), 0)
+	defer s.Close()
+	data, d := blob(1000, 'd')
+	bad := append(bytes.Clone(data[:999]), 'x')
+	for name, src := range map[string]Source{
+		"digest": source(bad),
+		"short": func(ctx context.Context) (io.ReadCloser, int64, error) {
+			return io.NopCloser(bytes.NewReader(data[:10])), 1000, nil
+		},
+		"upstream error": func(ctx context.Context) (io.ReadCloser, int64, error) { return nil, 0, errors.New("boom") },
+	} {
+		st, err := s.Fetch(context.Background(), d, "up", src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rerr error
+		if rerr = st.Wait(context.Background()); rerr == nil {
+			_, rerr = io.ReadAll(st.Reader(context.Background(), 0, nil))
+		}
+		st.Close()
+		if rerr == nil {
+			t.Errorf("%s: reader saw no error", name)
+		}
+		s.wg.Wait()
+		if _, ok := s.StatBlob(d); ok {
+			t.Errorf("%s: blob kept", name)
+		}
+		if ents, _ := os.ReadDir(s.tmpDir()); len(ents) != 0 {
+			t.Errorf("%s: temp files left", name)
+		}
+	}
+}
+
+func TestStalledUpstreamFailsFetch(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), StallTimeout: 50 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, d := blob(10, 'e')
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	st, err := s.Fetch(context.Background(), d, "up", func(ctx context.Context) (io.ReadCloser, int64, error) {
+		go func() { <-ctx.Done(); pr.CloseWithError(ctx.Err()) }()
+		return pr, 10, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.Wait(context.Background())
+	if _, err := io.ReadAll(st.Reader(context.Background(), 0, nil)); !errors.Is(err, errStalled) {
+		t.Fatalf("want stall error, got %v", err)
+	}
+}
+
+func TestAccessTimesPersistedForLRU(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, 0)
+	a, da := blob(100, 'f')
+	b, db := blob(100, 'g')
+	fetchAll(t, s, da, source(a))
+	fetchAll(t, s, db, source(b))
+	time.Sleep(10 * time.Millisecond)
+	f, _ := s.OpenBlob(da) // a is now the most recently used
+	f.Close()
+	s.Close()
+
+	s = open(t, dir, 150)
+	defer s.Close()
+	if n, _ := s.Evict(0); n != 1 {
+		t.Fatalf("evicted %d", n)
+	}
+	if _, ok := s.StatBlob(da); !ok {
+		t.Fatal("recently used blob evicted after restart")
+	}
+}
+
+func TestEvictionSkipsBlobsInUse(t *testing.T) {
+	s := open(t, t.TempDir(), 0)
+	defer s.Close()
+	a, da := blob(100, 'h')
+	fetchAll(t, s, da, source(a))
+	f, _ := s.OpenBlob(da)
+	if n, _ := s.Evict(1); n != 0 {
+		t.Fatal("evicted a blob being read")
+	}
+	f.Close()
+	if n, _ := s.Evict(1); n != 1 {
+		t.Fatal("released blob not evicted")
+	}
+}

@@ -1,0 +1,134 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultsAreValid(t *testing.T) {
+	cfg := Default()
+	if err := cfg.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != ":5000" || cfg.DefaultUpstream != "docker.io" {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	for _, name := range []string{"docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "gcr.io", "mcr.microsoft.com", "public.ecr.aws"} {
+		if cfg.Upstream(name) == nil {
+			t.Errorf("default upstream %s missing", name)
+		}
+	}
+	if u := cfg.Upstream("registry-1.docker.io"); u == nil || u.Name != "docker.io" || u.URL != "https://registry-1.docker.io" {
+		t.Errorf("docker.io alias: %+v", u)
+	}
+	if u := cfg.Upstream("ghcr.io"); u.URL != "https://ghcr.io" || u.TagTTL.D() != 5*time.Minute || *u.Retries != 2 {
+		t.Errorf("upstream defaults: %+v", u)
+	}
+}
+
+func TestFileReplacesUpstreamsAndKeepsOtherDefaults(t *testing.T) {
+	cfg, err := Parse([]byte(`
+upstreams:
+  - name: registry.internal:5000
+    url: http://registry.internal:5000
+    tagTTL: 0s
+defaultUpstream: registry.internal:5000
+cache:
+  maxSize: 20GiB
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Upstreams) != 1 || cfg.Upstream("docker.io") != nil {
+		t.Fatalf("upstreams not replaced: %+v", cfg.Upstreams)
+	}
+	if cfg.Upstreams[0].TagTTL.D() != 0 {
+		t.Fatalf("explicit tagTTL 0 not kept")
+	}
+	if cfg.Cache.MaxSize != 20<<30 || cfg.Listen != ":5000" {
+		t.Fatalf("cfg %+v", cfg)
+	}
+}
+
+func TestEmptyFileIsDefaults(t *testing.T) {
+	cfg, err := Parse(nil)
+	if err != nil || len(cfg.Upstreams) != 7 {
+		t.Fatalf("%v %+v", err, cfg)
+	}
+}
+
+func TestErrorsNameTheField(t *testing.T) {
+	for _, tc := range []struct{ yaml, field string }{
+		{"listen: nope", "listen"},
+		{"log: {format: xml}", "log.format"},
+		{"log: {level: loud}", "log.level"},
+		{"cache: {maxSize: lots}", "lots"},
+		{"upstreams: [{name: 'bad host'}]", "upstreams[0].name"},
+		{"upstreams: [{name: a.io, url: 'ftp://a.io'}]", "upstreams[0].url"},
+		{"upstreams: [{name: a.io, url: 'https://a.io/path'}]", "upstreams[0].url"},
+		{"upstreams: [{name: a.io, password: x}]", "upstreams[0].username"},
+		{"upstreams: [{name: a.io, tagTTL: soon}]", "soon"},
+		{"upstreams: [{name: a.io, retries: 99}]", "upstreams[0].retries"},
+		{"upstreams: [{name: a.io, caFile: /does/not/exist}]", "upstreams[0].caFile"},
+		{"upstreams: [{name: a.io}, {name: A.io}]", "upstreams[1]"},
+		{"upstreams: [{name: a.io}]\ndefaultUpstream: b.io", "defaultUpstream"},
+		{"upstreams: []", "upstreams"},
+		{"listne: ':5000'", "listne"},
+	} {
+		_, err := Parse([]byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%q: error %v does not name %s", tc.yaml, err, tc.field)
+		}
+	}
+}
+
+func TestEnvironmentOverrides(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "gatehouse.yaml")
+	os.WriteFile(file, []byte("listen: ':6000'\n"), 0o600)
+	t.Setenv("GATEHOUSE_LISTEN", "127.0.0.1:7000")
+	t.Setenv("GATEHOUSE_DATA_DIR", dir)
+	t.Setenv("GATEHOUSE_CACHE_MAX_SIZE", "1GiB")
+	cfg, err := Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Listen != "127.0.0.1:7000" || cfg.DataDir != dir || cfg.Cache.MaxSize != 1<<30 {
+		t.Fatalf("env not applied: %+v", cfg)
+	}
+	t.Setenv("GATEHOUSE_CACHE_MAX_SIZE", "huge")
+	if _, err := Load(file); err == nil || !strings.Contains(err.Error(), "GATEHOUSE_CACHE_MAX_SIZE") {
+		t.Fatalf("bad env value: %v", err)
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "": 0, "512": 512, "1KiB": 1024, "1.5GiB": 3 << 29, "2GB": 2e9, "10M": 10 << 20} {
+		var b ByteSize
+		if err := b.parse(in); err != nil || int64(b) != want {
+			t.Errorf("%q → %d, %v; want %d", in, b, err, want)
+		}
+	}
+	for _, in := range []string{"-1", "x", "1XB", "1e30GiB"} {
+		var b ByteSize
+		if err := b.parse(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+func TestValidHost(t *testing.T) {
+	for _, ok := range []string{"docker.io", "registry.internal:5000", "127.0.0.1:5001", "[::1]:5000", "localhost"} {
+		if err := ValidHost(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "a b", "host:0", "host:99999", "x/y", "a@b", "-a.io", strings.Repeat("a", 300), "a..b", "::1"} {
+		if ValidHost(bad) == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
