@@ -38,6 +38,8 @@ type Config struct {
 	// Upstreams are the only registries gatehouse ever dials. When the file
 	// sets this list it replaces the built-in list of public registries.
 	Upstreams []Upstream `yaml:"upstreams"`
+	// Gate configures the vulnerability gate and its policy.
+	Gate Gate `yaml:"gate"`
 }
 
 // Log configures the slog handler.
@@ -262,6 +264,7 @@ func (c *Config) Finish() error {
 			seen[key] = field
 		}
 	}
+	errs = append(errs, c.finishGate()...)
 	if c.DefaultUpstream != "" && c.Upstream(c.DefaultUpstream) == nil {
 		bad("defaultUpstream", "%q is not the name of a configured upstream", c.DefaultUpstream)
 	}

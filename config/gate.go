@@ -1,0 +1,248 @@
+package config
+
+import (
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Gate configures the security gate in front of every manifest.
+type Gate struct {
+	// MaxWait bounds how long a request waits for a verdict. A scan that
+	// takes longer goes on in the background and the request gets a
+	// retryable 503 with Retry-After. Default 20s (under containerd 2.3's
+	// 30 s response-header timeout).
+	MaxWait Duration `yaml:"maxWait"`
+	// Blobs says which blobs are served: "admitted" (default) serves a blob
+	// only when an admitted manifest references it, so the layers of a
+	// denied image cannot be fetched by digest; "any" serves every blob.
+	Blobs string `yaml:"blobs"`
+	// PassArtifactTypes are config media types / artifact types of
+	// non-image artifacts (signatures, SBOMs, attestations, Helm charts)
+	// that are served without a scan. Default: see DefaultPassArtifactTypes.
+	PassArtifactTypes []string `yaml:"passArtifactTypes"`
+	// ScanConcurrency bounds concurrent scans. Default 2.
+	ScanConcurrency int `yaml:"scanConcurrency"`
+	// DB configures the vulnerability database.
+	DB VulnDB `yaml:"db"`
+	// Policy holds the rules.
+	Policy Policy `yaml:"policy"`
+}
+
+// VulnDB configures where the Trivy vulnerability DB comes from.
+type VulnDB struct {
+	// Repository is the OCI artifact holding the DB, fetched through the
+	// matching upstream. Default "ghcr.io/aquasecurity/trivy-db:2".
+	Repository string `yaml:"repository"`
+	// UpdateInterval is how often `serve` checks for a new DB. "0s"
+	// disables updates (air-gapped: use `gatehouse db import`). Default 6h.
+	UpdateInterval *Duration `yaml:"updateInterval"`
+}
+
+// Policy is the ordered list of rules; the most specific matching rule
+// applies, and the rule with no match constraints is the default.
+type Policy struct {
+	Rules []Rule `yaml:"rules"`
+}
+
+// Rule is one policy rule.
+type Rule struct {
+	// Name identifies the rule in denials, logs and metrics. Required.
+	Name string `yaml:"name"`
+	// Upstreams the rule applies to (names as configured). Empty: all.
+	Upstreams []string `yaml:"upstreams"`
+	// Repositories are globs (path.Match, "*" does not cross "/"; a
+	// trailing "/**" matches everything below) of repository names at the
+	// upstream, e.g. "library/*" or "myorg/**". Empty: all.
+	Repositories []string `yaml:"repositories"`
+	// Mode is "enforce" (deny), "audit" (log and count, serve) or "off"
+	// (no scan). Default "enforce".
+	Mode string `yaml:"mode"`
+	// Block lists the severities that deny: CRITICAL, HIGH, MEDIUM, LOW,
+	// UNKNOWN. Default [CRITICAL].
+	Block []string `yaml:"block"`
+	// IgnoreUnfixed ignores vulnerabilities that have no fixed version.
+	IgnoreUnfixed bool `yaml:"ignoreUnfixed"`
+	// Allowlist entries are ignored until they expire.
+	Allowlist []Allow `yaml:"allowlist"`
+}
+
+// Allow exempts one vulnerability id from a rule until a date.
+type Allow struct {
+	ID      string `yaml:"id"`
+	Reason  string `yaml:"reason"`
+	Expires Date   `yaml:"expires"`
+}
+
+// Modes of a rule.
+const (
+	ModeEnforce = "enforce"
+	ModeAudit   = "audit"
+	ModeOff     = "off"
+)
+
+// Severities in order, worst first.
+var Severities = []string{"CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN"}
+
+// DefaultPassArtifactTypes are the non-image artifacts served unscanned.
+var DefaultPassArtifactTypes = []string{
+	"application/vnd.dev.cosign.simplesigning.v1+json",     // cosign signatures
+	"application/vnd.dev.sigstore.bundle.v0.3+json",        // sigstore bundles
+	"application/vnd.dsse.envelope.v1+json",                // attestations
+	"application/vnd.in-toto+json",                         // attestations
+	"application/spdx+json",                                // SBOMs
+	"application/vnd.cyclonedx+json",                       // SBOMs
+	"application/vnd.cncf.helm.config.v1+json",             // Helm charts
+	"application/vnd.oci.empty.v1+json",                    // artifacts with an empty config
+	"application/vnd.cncf.notary.signature",                // notation signatures
+	"application/vnd.aquasec.trivy.config.v1+json",         // the Trivy DB itself
+	"application/vnd.unknown.config.v1+json",               // oras default
+	"application/vnd.dev.cosign.artifact.sig.v1+json",      // cosign attached signatures
+	"application/vnd.dev.sigstore.verificationmaterial.v1", // cosign v3
+}
+
+// DefaultRule is the policy when none is configured: deny images with a
+// known CRITICAL vulnerability that has a fix.
+func DefaultRule() Rule {
+	return Rule{Name: "default", Mode: ModeEnforce, Block: []string{"CRITICAL"}, IgnoreUnfixed: true}
+}
+
+func (g *Gate) finish() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: gate.%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	setDur(&g.MaxWait, 20*time.Second)
+	if g.MaxWait < 0 {
+		bad("maxWait", "must not be negative")
+	}
+	switch g.Blobs {
+	case "":
+		g.Blobs = "admitted"
+	case "admitted", "any":
+	default:
+		bad("blobs", "%q is not admitted or any", g.Blobs)
+	}
+	if g.PassArtifactTypes == nil {
+		g.PassArtifactTypes = DefaultPassArtifactTypes
+	}
+	if g.ScanConcurrency == 0 {
+		g.ScanConcurrency = 2
+	} else if g.ScanConcurrency < 0 || g.ScanConcurrency > 64 {
+		bad("scanConcurrency", "must be between 1 and 64")
+	}
+	if g.DB.Repository == "" {
+		g.DB.Repository = "ghcr.io/aquasecurity/trivy-db:2"
+	}
+	if host, rest, ok := strings.Cut(g.DB.Repository, "/"); !ok || ValidHost(host) != nil || rest == "" {
+		bad("db.repository", "%q is not host/repository:tag", g.DB.Repository)
+	}
+	if g.DB.UpdateInterval == nil {
+		d := Duration(6 * time.Hour)
+		g.DB.UpdateInterval = &d
+	} else if *g.DB.UpdateInterval < 0 {
+		bad("db.updateInterval", "must not be negative")
+	}
+	if len(g.Policy.Rules) == 0 {
+		g.Policy.Rules = []Rule{DefaultRule()}
+	}
+	names := map[string]int{}
+	defaults := 0
+	for i := range g.Policy.Rules {
+		r := &g.Policy.Rules[i]
+		field := fmt.Sprintf("policy.rules[%d]", i)
+		if r.Name == "" {
+			bad(field+".name", "required")
+		} else if j, dup := names[r.Name]; dup {
+			bad(field+".name", "%q is already the name of rules[%d]", r.Name, j)
+		}
+		names[r.Name] = i
+		switch r.Mode {
+		case "":
+			r.Mode = ModeEnforce
+		case ModeEnforce, ModeAudit, ModeOff:
+		default:
+			bad(field+".mode", "%q is not enforce, audit or off", r.Mode)
+		}
+		if r.Block == nil {
+			r.Block = []string{"CRITICAL"}
+		}
+		for j, s := range r.Block {
+			up := strings.ToUpper(s)
+			if !validSeverity(up) {
+				bad(fmt.Sprintf("%s.block[%d]", field, j), "%q is not one of %s", s, strings.Join(Severities, ", "))
+			}
+			r.Block[j] = up
+		}
+		for j, rp := range r.Repositories {
+			if _, err := path.Match(strings.TrimSuffix(rp, "/**"), ""); err != nil || rp == "" {
+				bad(fmt.Sprintf("%s.repositories[%d]", field, j), "%q is not a valid glob", rp)
+			}
+		}
+		if len(r.Upstreams) == 0 && len(r.Repositories) == 0 {
+			defaults++
+			if i != len(g.Policy.Rules)-1 {
+				bad(field, "a rule without upstreams or repositories is the default rule and must come last")
+			}
+		}
+		for j, a := range r.Allowlist {
+			af := fmt.Sprintf("%s.allowlist[%d]", field, j)
+			if a.ID == "" {
+				bad(af+".id", "required")
+			}
+			if strings.TrimSpace(a.Reason) == "" {
+				bad(af+".reason", "required: say why %s is accepted", a.ID)
+			}
+			if a.Expires.IsZero() {
+				bad(af+".expires", "required (YYYY-MM-DD): an exception must end")
+			}
+		}
+	}
+	if defaults > 1 {
+		bad("policy.rules", "only one rule may lack upstreams and repositories")
+	}
+	return errs
+}
+
+func (c *Config) finishGate() []error {
+	errs := c.Gate.finish()
+	for i, r := range c.Gate.Policy.Rules {
+		for j, u := range r.Upstreams {
+			if c.Upstream(u) == nil {
+				errs = append(errs, fmt.Errorf("config: gate.policy.rules[%d].upstreams[%d]: %q is not a configured upstream", i, j, u))
+			}
+		}
+	}
+	return errs
+}
+
+func validSeverity(s string) bool {
+	for _, v := range Severities {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Date is a calendar day written as YYYY-MM-DD; it ends at 24:00 UTC.
+type Date struct{ time.Time }
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Date) UnmarshalYAML(n *yaml.Node) error {
+	t, err := time.Parse("2006-01-02", n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a date such as 2027-01-31", n.Line, n.Value)
+	}
+	d.Time = t
+	return nil
+}
+
+// MarshalYAML writes the date as YYYY-MM-DD.
+func (d Date) MarshalYAML() (any, error) { return d.Format("2006-01-02"), nil }
+
+// End returns the first instant after the date.
+func (d Date) End() time.Time { return d.Time.Add(24 * time.Hour) }
