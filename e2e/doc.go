@@ -10,5 +10,6 @@
 // The tests need root (containerd) and the packages installed by
 // scripts/deps.sh; they fail, never skip, when those are missing. Only
 // `go test -short` skips them. Set GATEHOUSE_BIN to test a prebuilt binary
-// instead of building ./cmd/gatehouse.
+// instead of building ./cmd/gatehouse, or GATEHOUSE_E2E_RACE=1 to build it
+// with the race detector (a race or panic in its log fails the test).
 package e2e

@@ -53,6 +53,7 @@ type Gatehouse struct {
 	ConfigPath string
 	LogPath    string
 
+	port int
 	bin  string
 	proc *Process
 }
@@ -65,45 +66,59 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 	bin := requireGatehouse(t)
 	dir := t.TempDir()
 	g := &Gatehouse{
-		Host:       loopback(FreePort(t)),
 		DataDir:    filepath.Join(dir, "data"),
 		ConfigPath: filepath.Join(dir, "gatehouse.yaml"),
 		LogPath:    filepath.Join(dir, "gatehouse.log"),
 		bin:        bin,
 	}
-	g.URL = "http://" + g.Host
 	doc := map[string]any{}
 	for k, v := range cfg.Extra {
 		doc[k] = v
 	}
-	doc["listen"] = g.Host
 	doc["dataDir"] = g.DataDir
 	doc["log"] = map[string]string{"format": "json", "level": "debug"}
 	doc["upstreams"] = cfg.Upstreams
 	// Always explicit: empty means requests without ns or path prefix are
 	// refused, which proves the other routes are really taken.
 	doc["defaultUpstream"] = cfg.DefaultUpstream
-	b, err := yaml.Marshal(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(g.ConfigPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	g.Start(t)
+	// Registered before the process starts, so it runs after every
+	// (re)started process has stopped and scans the whole log.
+	t.Cleanup(func() { g.scanLog(t) })
+	startOnFreePort(t, func(port int) error {
+		g.port = port
+		g.Host = loopback(port)
+		g.URL = "http://" + g.Host
+		doc["listen"] = g.Host
+		b, err := yaml.Marshal(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(g.ConfigPath, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return g.start(t)
+	})
 	return g
 }
 
-// Start starts gatehouse (again) with the same config, port and data dir.
+// Start starts a stopped gatehouse again with the same config, port and
+// data directory.
 func (g *Gatehouse) Start(t testing.TB) {
+	t.Helper()
+	if err := g.start(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (g *Gatehouse) start(t testing.TB) error {
 	t.Helper()
 	if g.proc != nil {
 		if exited, _ := g.proc.Exited(); !exited {
-			t.Fatalf("gatehouse %s is already running", g.Host)
+			return fmt.Errorf("gatehouse %s is already running", g.Host)
 		}
 	}
 	g.proc = StartProcess(t, "gatehouse "+g.Host, g.LogPath, hermeticEnv(), g.bin, "serve", "--config", g.ConfigPath)
-	WaitHTTP(t, g.proc, g.URL+"/readyz", 60*time.Second, func(s int) bool { return s == http.StatusOK })
+	return waitHTTP(g.proc, g.port, g.URL+"/readyz", 60*time.Second, func(s int) bool { return s == http.StatusOK })
 }
 
 // Stop sends SIGTERM and checks that gatehouse exits cleanly.
@@ -119,6 +134,24 @@ func (g *Gatehouse) Restart(t testing.TB) {
 	t.Helper()
 	g.Stop(t)
 	g.Start(t)
+}
+
+// logAlarms are log lines that fail any test: a panic, even a recovered
+// one, or a race found by a binary built with GATEHOUSE_E2E_RACE=1.
+var logAlarms = []string{"WARNING: DATA RACE", "panic:", "fatal error:"}
+
+// scanLog fails the test if gatehouse's log holds a logAlarms line.
+func (g *Gatehouse) scanLog(t testing.TB) {
+	t.Helper()
+	b, err := os.ReadFile(g.LogPath)
+	if err != nil {
+		return
+	}
+	for _, alarm := range logAlarms {
+		if i := strings.Index(string(b), alarm); i >= 0 {
+			t.Errorf("gatehouse's log (%s) has %q:\n%.8000s", g.LogPath, alarm, b[i:])
+		}
+	}
 }
 
 // Log returns gatehouse's log so far.

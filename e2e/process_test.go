@@ -161,34 +161,107 @@ func FreePort(t testing.TB) int {
 // loopback returns "127.0.0.1:port".
 func loopback(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
-// WaitHTTP polls url until ok(status) holds, the process exits, or timeout
-// passes.
-func WaitHTTP(t testing.TB, p *Process, url string, timeout time.Duration, ok func(status int) bool) {
+// errPortInUse reports that a server could not bind its port: the port
+// picked by FreePort was taken in the meantime, and the caller may retry
+// with another.
+var errPortInUse = errors.New("port already in use")
+
+// WaitHTTP waits until the process listens on port itself (not some other
+// program that grabbed the port) and url answers with a status ok accepts.
+// It fails the test if the process exits first or timeout passes.
+func WaitHTTP(t testing.TB, p *Process, port int, url string, timeout time.Duration, ok func(status int) bool) {
 	t.Helper()
+	if err := waitHTTP(p, port, url, timeout, ok); err != nil {
+		t.Fatal(err) // the process's cleanup dumps its log
+	}
+}
+
+// startOnFreePort calls start with a free port until it succeeds or fails
+// other than with errPortInUse (three tries): a port FreePort picked may be
+// taken before the server binds it on a busy machine.
+func startOnFreePort(t testing.TB, start func(port int) error) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		err := start(FreePort(t))
+		if err == nil {
+			return
+		}
+		if errors.Is(err, errPortInUse) && attempt < 3 {
+			t.Logf("%v; retrying on another port", err)
+			continue
+		}
+		t.Fatal(err)
+	}
+}
+
+func waitHTTP(p *Process, port int, url string, timeout time.Duration, ok func(status int) bool) error {
 	client := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(timeout)
-	var last string
+	last := "no answer"
 	for {
 		if exited, err := p.Exited(); exited {
-			dumpLog(t, p.Name, p.LogPath)
-			t.Fatalf("%s exited before it was ready (%v); last probe of %s: %s", p.Name, err, url, last)
+			if strings.Contains(p.Log(), "address already in use") {
+				return fmt.Errorf("%s: %w", p.Name, errPortInUse)
+			}
+			return fmt.Errorf("%s exited before it was ready (%v); last probe of %s: %s", p.Name, err, url, last)
 		}
-		resp, err := client.Get(url)
-		if err == nil {
+		if owns, err := listensOn(p.Pid(), port); err != nil {
+			return err
+		} else if !owns {
+			last = fmt.Sprintf("pid %d does not listen on port %d yet", p.Pid(), port)
+		} else if resp, err := client.Get(url); err != nil {
+			last = err.Error()
+		} else {
 			resp.Body.Close()
 			if ok(resp.StatusCode) {
-				return
+				return nil
 			}
 			last = resp.Status
-		} else {
-			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			dumpLog(t, p.Name, p.LogPath)
-			t.Fatalf("%s not ready after %v; last probe of %s: %s", p.Name, timeout, url, last)
+			return fmt.Errorf("%s not ready after %v; last probe of %s: %s", p.Name, timeout, url, last)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// listensOn reports whether process pid holds a TCP socket listening on
+// port, from /proc/net/tcp{,6} and the process's open file descriptors.
+func listensOn(pid, port int) (bool, error) {
+	inodes := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return false, err
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			fields := strings.Fields(line)
+			if len(fields) < 10 || fields[3] != "0A" { // 0A: LISTEN
+				continue
+			}
+			_, hexPort, _ := strings.Cut(fields[1], ":")
+			if p, err := strconv.ParseInt(hexPort, 16, 32); err == nil && int(p) == port {
+				inodes["socket:["+fields[9]+"]"] = true
+			}
+		}
+	}
+	if len(inodes) == 0 {
+		return false, nil
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false, nil // exited meanwhile: the caller sees it next round
+	}
+	for _, fd := range fds {
+		if link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && inodes[link] {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // WaitSocket waits until a unix socket accepts connections.
@@ -197,7 +270,6 @@ func WaitSocket(t testing.TB, p *Process, path string, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for {
 		if exited, err := p.Exited(); exited {
-			dumpLog(t, p.Name, p.LogPath)
 			t.Fatalf("%s exited before its socket %s was ready: %v", p.Name, path, err)
 		}
 		c, err := net.DialTimeout("unix", path, time.Second)
@@ -206,7 +278,6 @@ func WaitSocket(t testing.TB, p *Process, path string, timeout time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			dumpLog(t, p.Name, p.LogPath)
 			t.Fatalf("%s socket %s not ready after %v: %v", p.Name, path, timeout, err)
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -34,8 +34,10 @@ type Registry struct {
 	URL string
 
 	opts    RegistryOptions
+	port    int
 	dir     string
 	config  string
+	auth    string // the auth section of the config
 	logPath string
 	proc    *Process
 }
@@ -47,15 +49,11 @@ func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
 	requireE2E(t)
 	dir := t.TempDir()
 	r := &Registry{
-		Host:    loopback(FreePort(t)),
 		opts:    opts,
 		dir:     dir,
 		config:  filepath.Join(dir, "config.yml"),
 		logPath: filepath.Join(dir, "registry.log"),
 	}
-	r.URL = "http://" + r.Host
-
-	auth := ""
 	if opts.Username != "" && opts.Password != "" {
 		// distribution accepts bcrypt entries only: htpasswd -B.
 		res := runCmd(t.Context(), 30*time.Second, nil, "htpasswd", "-Bbn", opts.Username, opts.Password)
@@ -66,8 +64,20 @@ func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
 		if err := os.WriteFile(htpasswd, res.Stdout, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: e2e\n    path: %s\n", htpasswd)
+		r.auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: e2e\n    path: %s\n", htpasswd)
 	}
+	startOnFreePort(t, func(port int) error {
+		r.port = port
+		r.Host = loopback(port)
+		r.URL = "http://" + r.Host
+		r.writeConfig(t)
+		return r.start(t)
+	})
+	return r
+}
+
+func (r *Registry) writeConfig(t testing.TB) {
+	t.Helper()
 	cfg := fmt.Sprintf(`version: 0.1
 log:
   level: warn
@@ -83,24 +93,29 @@ storage:
 http:
   addr: %s
   secret: e2e-not-a-secret
-%s`, filepath.Join(dir, "storage"), r.Host, auth)
+%s`, filepath.Join(r.dir, "storage"), r.Host, r.auth)
 	if err := os.WriteFile(r.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r.Start(t)
-	return r
 }
 
-// Start (re)starts the registry process on the same port and storage.
+// Start restarts a stopped registry on the same port and storage.
 func (r *Registry) Start(t testing.TB) {
+	t.Helper()
+	if err := r.start(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *Registry) start(t testing.TB) error {
 	t.Helper()
 	if r.proc != nil {
 		if exited, _ := r.proc.Exited(); !exited {
-			t.Fatalf("registry %s is already running", r.Host)
+			return fmt.Errorf("registry %s is already running", r.Host)
 		}
 	}
 	r.proc = StartProcess(t, "docker-registry "+r.Host, r.logPath, nil, "docker-registry", "serve", r.config)
-	WaitHTTP(t, r.proc, r.URL+"/v2/", 15*time.Second, func(s int) bool {
+	return waitHTTP(r.proc, r.port, r.URL+"/v2/", 15*time.Second, func(s int) bool {
 		return s == http.StatusOK || s == http.StatusUnauthorized
 	})
 }
