@@ -170,11 +170,21 @@ type Tripwire struct {
 
 	mu   sync.Mutex
 	hits []string
+	reqs []*http.Request // method and URL of each hit
 }
 
 // StartTripwire starts a tripwire in front of target (a base URL such as
-// Registry.URL). A nil target makes it answer 502 to everything.
+// Registry.URL). An empty target makes it answer 502 to everything.
 func StartTripwire(t testing.TB, target string) *Tripwire {
+	t.Helper()
+	return StartSlowTripwire(t, target, 0)
+}
+
+// StartSlowTripwire is StartTripwire with every request held for delay
+// before it is forwarded: put between gatehouse and its upstream, it makes
+// concurrent client requests overlap inside gatehouse, and counts what
+// gatehouse asks upstream.
+func StartSlowTripwire(t testing.TB, target string, delay time.Duration) *Tripwire {
 	t.Helper()
 	tw := &Tripwire{}
 	var next http.Handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -190,7 +200,15 @@ func StartTripwire(t testing.TB, target string) *Tripwire {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		tw.mu.Lock()
 		tw.hits = append(tw.hits, fmt.Sprintf("%s %s (User-Agent %q)", req.Method, req.URL.RequestURI(), req.UserAgent()))
+		tw.reqs = append(tw.reqs, &http.Request{Method: req.Method, URL: req.URL})
 		tw.mu.Unlock()
+		if delay > 0 {
+			select {
+			case <-time.After(delay):
+			case <-req.Context().Done():
+				return
+			}
+		}
 		next.ServeHTTP(w, req)
 	}))
 	t.Cleanup(srv.Close)
@@ -206,10 +224,24 @@ func (tw *Tripwire) Hits() []string {
 	return append([]string(nil), tw.hits...)
 }
 
+// Count returns how many requests with this method had a path ending in
+// suffix (e.g. "/blobs/sha256:...").
+func (tw *Tripwire) Count(method, suffix string) int {
+	tw.mu.Lock()
+	defer tw.mu.Unlock()
+	n := 0
+	for _, r := range tw.reqs {
+		if r.Method == method && strings.HasSuffix(r.URL.Path, suffix) {
+			n++
+		}
+	}
+	return n
+}
+
 // Reset forgets the requests seen so far.
 func (tw *Tripwire) Reset() {
 	tw.mu.Lock()
-	tw.hits = nil
+	tw.hits, tw.reqs = nil, nil
 	tw.mu.Unlock()
 }
 
