@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -56,6 +57,7 @@ type Gatehouse struct {
 	port int
 	bin  string
 	proc *Process
+	stop func(testing.TB) // stops proc once, checking its exit status
 }
 
 // StartGatehouse writes a config file, starts `gatehouse serve --config` and
@@ -117,16 +119,26 @@ func (g *Gatehouse) start(t testing.TB) error {
 			return fmt.Errorf("gatehouse %s is already running", g.Host)
 		}
 	}
-	g.proc = StartProcess(t, "gatehouse "+g.Host, g.LogPath, hermeticEnv(), g.bin, "serve", "--config", g.ConfigPath)
+	p := StartProcess(t, "gatehouse "+g.Host, g.LogPath, hermeticEnv(), g.bin, "serve", "--config", g.ConfigPath)
+	var once sync.Once
+	stop := func(t testing.TB) {
+		once.Do(func() {
+			if err := p.Stop(t); err != nil {
+				t.Errorf("gatehouse did not exit cleanly on SIGTERM: %v", err)
+			}
+		})
+	}
+	g.proc, g.stop = p, stop
+	// Runs before StartProcess's own cleanup: the exit status is checked
+	// however the test ends.
+	t.Cleanup(func() { stop(t) })
 	return waitHTTP(g.proc, g.port, g.URL+"/readyz", 60*time.Second, func(s int) bool { return s == http.StatusOK })
 }
 
 // Stop sends SIGTERM and checks that gatehouse exits cleanly.
 func (g *Gatehouse) Stop(t testing.TB) {
 	t.Helper()
-	if err := g.proc.Stop(t); err != nil {
-		t.Errorf("gatehouse did not exit cleanly on SIGTERM: %v", err)
-	}
+	g.stop(t)
 }
 
 // Restart stops gatehouse and starts it again on the same data directory.
