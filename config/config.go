@@ -32,8 +32,9 @@ type Config struct {
 	// Server holds the client-facing HTTP timeouts.
 	Server Server `yaml:"server"`
 	// DefaultUpstream names the upstream used when a request carries neither
-	// an `ns` query parameter nor a path prefix naming an upstream. Empty
-	// means such requests are refused. Default "docker.io".
+	// an `ns` query parameter nor a path prefix naming an upstream. An
+	// explicit "" means such requests are refused. Default "docker.io" when
+	// it is an upstream, else the first upstream listed.
 	DefaultUpstream string `yaml:"defaultUpstream"`
 	// Upstreams are the only registries gatehouse ever dials. When the file
 	// sets this list it replaces the built-in list of public registries.
@@ -175,6 +176,8 @@ func (c *Config) parse(data []byte) error {
 	// Upstreams in a file replace the built-in list as a whole: the list of
 	// reachable registries is exactly what the operator wrote.
 	c.Upstreams = nil
+	const unset = "\x00unset"
+	c.DefaultUpstream = unset
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
@@ -182,6 +185,16 @@ func (c *Config) parse(data []byte) error {
 	}
 	if c.Upstreams == nil {
 		c.Upstreams = Default().Upstreams
+	}
+	if c.DefaultUpstream == unset {
+		// Not set: docker.io when it is an upstream, else the first one.
+		c.DefaultUpstream = ""
+		if len(c.Upstreams) > 0 {
+			c.DefaultUpstream = c.Upstreams[0].Name
+		}
+		if c.Upstream(DockerHub) != nil {
+			c.DefaultUpstream = DockerHub
+		}
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/gatehouse/gatehouse/cache"
 )
 
@@ -26,6 +28,9 @@ func (h *Handler) blobHeaders(w http.ResponseWriter, rt *Route) {
 // headBlob answers from the cache, else with upstream's HEAD: a HEAD never
 // starts a download.
 func (h *Handler) headBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Error {
+	if err := h.blobAllowed(r.Context(), rt); err != nil {
+		return err
+	}
 	size, ok := h.store.StatBlob(rt.Digest)
 	if !ok {
 		resp, err := h.client(rt).Do(r.Context(), http.MethodHead, rt.Repo, "blobs/"+rt.Ref, nil, nil)
@@ -47,20 +52,10 @@ func (h *Handler) headBlob(w http.ResponseWriter, r *http.Request, rt *Route) *E
 // getBlob serves a blob: from the cached file (sendfile, ranges), or by
 // streaming the one upstream download of it while it is written to the cache.
 func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Error {
-	client := h.client(rt)
-	src := func(ctx context.Context) (io.ReadCloser, int64, error) {
-		resp, err := client.Do(ctx, http.MethodGet, rt.Repo, "blobs/"+rt.Ref, nil, nil)
-		if err != nil {
-			return nil, 0, err
-		}
-		if d := resp.Header.Get("Docker-Content-Digest"); d != "" && d != rt.Ref {
-			resp.Body.Close()
-			return nil, 0, &Error{Code: CodeDigestInvalid, Status: http.StatusBadGateway,
-				Message: fmt.Sprintf("upstream %s answered for blob %s with %s", rt.Upstream.Name, rt.Ref, truncate(d, 80))}
-		}
-		return resp.Body, resp.ContentLength, nil
+	if err := h.blobAllowed(r.Context(), rt); err != nil {
+		return err
 	}
-	st, err := h.store.Fetch(r.Context(), rt.Digest, rt.Upstream.Name, src)
+	st, err := h.store.Fetch(r.Context(), rt.Digest, rt.Upstream.Name, h.blobSource(rt.Upstream.Name, rt.Repo, rt.Digest))
 	if err != nil {
 		return asError(err, CodeBlobUnknown)
 	}
@@ -77,6 +72,62 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Er
 	}
 	return h.streamFetch(w, r, rt, st)
 }
+
+// blobSource opens a blob upstream, for the cache's one fetch of it.
+func (h *Handler) blobSource(up, repo string, dgst v1.Hash) cache.Source {
+	client := h.upstreams[up]
+	return func(ctx context.Context) (io.ReadCloser, int64, error) {
+		resp, err := client.Do(ctx, http.MethodGet, repo, "blobs/"+dgst.String(), nil, nil)
+		if err != nil {
+			return nil, 0, err
+		}
+		if d := resp.Header.Get("Docker-Content-Digest"); d != "" && d != dgst.String() {
+			resp.Body.Close()
+			return nil, 0, &Error{Code: CodeDigestInvalid, Status: http.StatusBadGateway,
+				Message: fmt.Sprintf("upstream %s answered for blob %s with %s", up, dgst, truncate(d, 80))}
+		}
+		return resp.Body, resp.ContentLength, nil
+	}
+}
+
+// blobAllowed asks the gate whether the blob belongs to an admitted image.
+func (h *Handler) blobAllowed(ctx context.Context, rt *Route) *Error {
+	if h.gate == nil {
+		return nil
+	}
+	ok, err := h.gate.BlobAllowed(ctx, rt.Digest)
+	if err != nil {
+		return asError(err, CodeBlobUnknown)
+	}
+	if !ok {
+		return errorf(CodeDenied, "blob %s is not part of an image gatehouse admitted; pull the image by its manifest", rt.Digest)
+	}
+	return nil
+}
+
+// OpenBlob reads a blob through the cache, joining any fetch of it under
+// way (the gate's scans read layers this way, sharing clients' fetches).
+func (h *Handler) OpenBlob(ctx context.Context, up, repo string, dgst v1.Hash) (io.ReadCloser, int64, error) {
+	if h.upstreams[up] == nil {
+		return nil, 0, fmt.Errorf("no upstream %q", up)
+	}
+	st, err := h.store.Fetch(ctx, dgst, up, h.blobSource(up, repo, dgst))
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := st.Wait(ctx); err != nil {
+		st.Close()
+		return nil, 0, err
+	}
+	return &streamReader{Reader: st.Reader(ctx, 0, nil), st: st}, st.Size(), nil
+}
+
+type streamReader struct {
+	io.Reader
+	st *cache.Stream
+}
+
+func (s *streamReader) Close() error { return s.st.Close() }
 
 // streamFetch serves a blob whose download is in progress. A single byte
 // range is honoured when the size is known (resumed downloads send

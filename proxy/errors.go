@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 
+	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/proxy/upstream"
 )
 
@@ -148,9 +150,15 @@ func writeError(w http.ResponseWriter, r *http.Request, err *Error) {
 	}{[]errorJSON{{Code: err.Code, Message: err.Message, Detail: err.Detail}}})
 	status := err.status()
 	if r.Method == http.MethodHead {
-		// No body on HEAD; some clients only see the status line, so keep
-		// the reason in a header they can log.
-		h.Set("X-Gatehouse-Error", strings.Map(printableASCII, truncate(err.Message, 512)))
+		// No body on HEAD. containerd (up to 2.3.2) reports a failed HEAD
+		// as "unexpected status from HEAD request to URL: <status line>"
+		// and reads nothing else, so over HTTP/1.x the reason goes into the
+		// status line's reason phrase; the header is for everyone else.
+		reason := strings.Map(printableASCII, truncate(err.Message, 400))
+		h.Set("X-Gatehouse-Error", reason)
+		if r.ProtoMajor == 1 && status != http.StatusNotFound && writeStatusLine(w, status, reason, len(body)+1) {
+			return
+		}
 		w.WriteHeader(status)
 		return
 	}
@@ -176,4 +184,48 @@ func printableASCII(r rune) rune {
 		return ' '
 	}
 	return r
+}
+
+// gateError maps a gate failure to an OCI error: a scan still running is
+// retryable; a scan that could not be made refuses the image (fail closed).
+func gateError(err error) *Error {
+	var p *gate.Pending
+	if errors.As(err, &p) {
+		return &Error{Code: CodeUnavailable, Message: p.Error(),
+			Header: http.Header{"Retry-After": {strconv.Itoa(int(p.RetryAfter.Seconds()))}}}
+	}
+	var se *gate.ScanError
+	if errors.As(err, &se) {
+		return &Error{Code: CodeUnavailable, Message: se.Error()}
+	}
+	return asError(err, CodeManifestUnknown)
+}
+
+// denied is the 403 of an image that breaks its rule: the message names
+// the rule, the counts and the worst CVEs; detail carries the full list.
+func denied(v *gate.Verdict) *Error {
+	e := &Error{Code: CodeDenied, Message: v.Message}
+	if v.Decision != nil {
+		e.Detail = map[string]any{"rule": v.Decision.Rule, "digest": v.Digest, "counts": v.Decision.Counts,
+			"blocking": v.Decision.Blocking, "dbVersion": v.DBVersion}
+	}
+	return e
+}
+
+// writeStatusLine writes a bodiless HTTP/1.1 response with a custom reason
+// phrase on the hijacked connection, which it then closes. It returns false
+// (nothing written) when the connection cannot be hijacked.
+func writeStatusLine(w http.ResponseWriter, status int, reason string, contentLength int) bool {
+	conn, buf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	fmt.Fprintf(buf, "HTTP/1.1 %03d %s: %s\r\n", status, http.StatusText(status), reason)
+	w.Header().Set("Content-Length", strconv.Itoa(contentLength))
+	w.Header().Set("Connection", "close")
+	w.Header().Write(buf)
+	buf.WriteString("\r\n")
+	buf.Flush()
+	return true
 }

@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/gatehouse/gatehouse/cache"
+	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/proxy/upstream"
 )
 
@@ -35,6 +36,20 @@ func (h *Handler) serveManifest(w http.ResponseWriter, r *http.Request, rt *Rout
 	m, stale, err := h.manifest(r.Context(), rt)
 	if err != nil {
 		return asError(err, CodeManifestUnknown)
+	}
+	if h.gate != nil {
+		tag := ""
+		if !rt.ByDigest {
+			tag = rt.Ref
+		}
+		v, err := h.gate.Check(r.Context(), gate.Subject{Upstream: rt.Upstream.Name, Repo: rt.Repo, Tag: tag,
+			Digest: m.Digest, MediaType: m.MediaType, Manifest: m.Data, Client: r.RemoteAddr})
+		if err != nil {
+			return gateError(err)
+		}
+		if !v.Admitted {
+			return denied(v)
+		}
 	}
 	hd := w.Header()
 	hd.Set("Content-Type", m.MediaType)

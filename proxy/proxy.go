@@ -10,10 +10,12 @@ import (
 	"net/url"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/proxy/upstream"
 )
 
@@ -27,6 +29,18 @@ type Upstream interface {
 
 var _ Upstream = (*upstream.Client)(nil)
 
+// Gate is what the proxy asks before it serves a manifest or a blob. The
+// gate package behind it owns the scanners; the proxy never imports them.
+type Gate interface {
+	// Check judges a manifest about to be served: a verdict, a
+	// *gate.Pending (retry later), or an error (fail closed).
+	Check(ctx context.Context, s gate.Subject) (*gate.Verdict, error)
+	// BlobAllowed reports whether a blob may be served.
+	BlobAllowed(ctx context.Context, dgst v1.Hash) (bool, error)
+}
+
+var _ Gate = (*gate.Gate)(nil)
+
 // Handler serves /v2/.
 type Handler struct {
 	cfg       *config.Config
@@ -34,6 +48,7 @@ type Handler struct {
 	upstreams map[string]Upstream // by upstream name
 	log       *slog.Logger
 	now       func() time.Time
+	gate      Gate // nil: everything is served
 
 	flight singleflight.Group // manifest fetches and tag revalidations
 }
@@ -99,3 +114,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt *Route) *Erro
 }
 
 func (h *Handler) client(rt *Route) Upstream { return h.upstreams[rt.Upstream.Name] }
+
+// SetGate installs the gate; call it before serving. The gate reads blobs
+// through the handler (OpenBlob), hence the separate step.
+func (h *Handler) SetGate(g Gate) { h.gate = g }

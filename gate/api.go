@@ -1,0 +1,178 @@
+package gate
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	bolt "go.etcd.io/bbolt"
+)
+
+// ImageSummary is one row of GET /api/v1/images.
+type ImageSummary struct {
+	Digest    string         `json:"digest"`
+	Upstream  string         `json:"upstream"`
+	Repo      string         `json:"repository"`
+	Tags      []string       `json:"tags"`
+	Kind      string         `json:"kind"`
+	Verdict   string         `json:"verdict"` // admitted, denied
+	Reason    string         `json:"reason"`
+	Rule      string         `json:"rule,omitempty"`
+	Counts    map[string]int `json:"counts"`
+	ScannedAt time.Time      `json:"scannedAt,omitzero"`
+	DBVersion string         `json:"dbVersion,omitempty"`
+	FirstSeen time.Time      `json:"firstSeen"`
+}
+
+// ImageDetail is GET /api/v1/images/<digest>.
+type ImageDetail struct {
+	ImageRecord
+	Vulns []Vuln `json:"vulnerabilities"`
+}
+
+func summary(rec *ImageRecord) ImageSummary {
+	s := ImageSummary{Digest: rec.Digest, Upstream: rec.Upstream, Repo: rec.Repo, Tags: rec.Tags, Kind: rec.Kind,
+		FirstSeen: rec.FirstSeen, Counts: map[string]int{}}
+	if v := rec.Latest; v != nil {
+		s.Verdict, s.Reason, s.ScannedAt, s.DBVersion = "denied", v.Reason, v.ScannedAt, v.DBVersion
+		if v.Admitted {
+			s.Verdict = "admitted"
+		}
+		if v.Decision != nil {
+			s.Rule, s.Counts = v.Decision.Rule, v.Decision.Counts
+		}
+	}
+	return s
+}
+
+// Images lists judged manifests, newest first.
+func (g *Gate) Images() ([]ImageSummary, error) {
+	var out []ImageSummary
+	err := g.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketImages).ForEach(func(k, v []byte) error {
+			var rec ImageRecord
+			if json.Unmarshal(v, &rec) == nil {
+				out = append(out, summary(&rec))
+			}
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].FirstSeen.After(out[j].FirstSeen) })
+	return out, err
+}
+
+// Image returns one judged manifest with every vulnerability found.
+func (g *Gate) Image(dgst string) (*ImageDetail, error) {
+	var d *ImageDetail
+	err := g.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketImages).Get([]byte(dgst))
+		if v == nil {
+			return errNotFound
+		}
+		d = &ImageDetail{Vulns: []Vuln{}}
+		if err := json.Unmarshal(v, &d.ImageRecord); err != nil {
+			return err
+		}
+		if r := tx.Bucket(bucketReports).Get([]byte(dgst)); r != nil {
+			var rep storedReport
+			if err := json.Unmarshal(r, &rep); err != nil {
+				return err
+			}
+			if rep.Vulns != nil {
+				d.Vulns = rep.Vulns
+			}
+		}
+		return nil
+	})
+	return d, err
+}
+
+// APIHandler serves the JSON API under /api/v1/.
+func (g *Gate) APIHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/images", func(w http.ResponseWriter, r *http.Request) {
+		imgs, err := g.Images()
+		if err != nil {
+			apiError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		q := r.URL.Query()
+		filtered := imgs[:0]
+		for _, im := range imgs {
+			if (q.Get("upstream") == "" || im.Upstream == q.Get("upstream")) &&
+				(q.Get("repository") == "" || strings.Contains(im.Repo, q.Get("repository"))) &&
+				(q.Get("verdict") == "" || im.Verdict == q.Get("verdict")) {
+				filtered = append(filtered, im)
+			}
+		}
+		limit, offset, ok := paging(w, q.Get("limit"), q.Get("offset"))
+		if !ok {
+			return
+		}
+		total := len(filtered)
+		filtered = filtered[min(offset, total):min(offset+limit, total)]
+		writeJSON(w, map[string]any{"total": total, "images": filtered})
+	})
+	mux.HandleFunc("GET /api/v1/images/{digest}", func(w http.ResponseWriter, r *http.Request) {
+		dgst := r.PathValue("digest")
+		if _, err := v1.NewHash(dgst); err != nil {
+			apiError(w, http.StatusBadRequest, "invalid digest "+strconv.Quote(dgst))
+			return
+		}
+		d, err := g.Image(dgst)
+		if err == errNotFound {
+			apiError(w, http.StatusNotFound, "no judged manifest "+dgst)
+			return
+		} else if err != nil {
+			apiError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		writeJSON(w, d)
+	})
+	mux.HandleFunc("GET /api/v1/denials", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{"denials": g.Denials()})
+	})
+	mux.HandleFunc("GET /api/v1/policy", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, map[string]any{"rules": g.policy.Rules(), "dbVersion": g.scanner.DBVersion(),
+			"blobs": g.cfg.Blobs, "maxWait": g.cfg.MaxWait.D().String()})
+	})
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		apiError(w, http.StatusNotFound, "no such API endpoint")
+	})
+	return mux
+}
+
+func paging(w http.ResponseWriter, l, o string) (limit, offset int, ok bool) {
+	limit, offset = 1000, 0
+	var err error
+	if l != "" {
+		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > 10000 {
+			apiError(w, http.StatusBadRequest, "limit must be from 1 to 10000")
+			return 0, 0, false
+		}
+	}
+	if o != "" {
+		if offset, err = strconv.Atoi(o); err != nil || offset < 0 {
+			apiError(w, http.StatusBadRequest, "offset must be a whole number")
+			return 0, 0, false
+		}
+	}
+	return limit, offset, true
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func apiError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}

@@ -1,0 +1,559 @@
+package gate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate/policy"
+)
+
+// BlobOpener reads a blob of an upstream repository through gatehouse's
+// cache, joining any fetch of it already under way.
+type BlobOpener interface {
+	OpenBlob(ctx context.Context, upstream, repo string, dgst v1.Hash) (io.ReadCloser, int64, error)
+}
+
+// Options configure a Gate.
+type Options struct {
+	Config  *config.Gate
+	DataDir string // the verdict database is DataDir/gate.db
+	Scanner Scanner
+	Blobs   BlobOpener
+	Log     *slog.Logger
+	Now     func() time.Time // default time.Now
+}
+
+// Gate judges manifests. It is safe for concurrent use.
+type Gate struct {
+	cfg     *config.Gate
+	policy  *policy.Policy
+	scanner Scanner
+	blobs   BlobOpener
+	db      *bolt.DB
+	log     *slog.Logger
+	now     func() time.Time
+	pass    map[string]bool
+
+	mu      sync.Mutex
+	jobs    map[string]*job
+	memo    map[string]*Verdict // verdict key → verdict, the hot path
+	closed  bool
+	closing chan struct{}
+	wg      sync.WaitGroup
+	sem     chan struct{}
+
+	denials *denialLog
+}
+
+type job struct {
+	done    chan struct{}
+	verdict *Verdict
+	err     error
+}
+
+var (
+	bucketVerdicts = []byte("verdicts") // digest|policyHash|dbVersion → Verdict
+	bucketReports  = []byte("reports")  // digest → storedReport
+	bucketImages   = []byte("images")   // digest → ImageRecord
+	bucketAllowed  = []byte("allowed")  // blob digest → []manifest digest
+)
+
+// storedReport is a scan report with the image facts it was made from.
+type storedReport struct {
+	Report
+	ScannedAt time.Time `json:"scannedAt"`
+}
+
+// ImageRecord describes a judged manifest.
+type ImageRecord struct {
+	Digest    string     `json:"digest"`
+	Upstream  string     `json:"upstream"`
+	Repo      string     `json:"repository"`
+	Tags      []string   `json:"tags"`
+	MediaType string     `json:"mediaType"`
+	Kind      string     `json:"kind"`
+	Config    string     `json:"config,omitempty"`
+	Layers    []LayerRef `json:"layers,omitempty"`
+	FirstSeen time.Time  `json:"firstSeen"`
+	Latest    *Verdict   `json:"verdict,omitempty"`
+}
+
+// LayerRef is a layer of an image.
+type LayerRef struct {
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
+	MediaType string `json:"mediaType"`
+}
+
+// New opens the verdict database and returns the gate.
+func New(opts Options) (*Gate, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	db, err := bolt.Open(filepath.Join(opts.DataDir, "gate.db"), 0o640, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("gate: %w", err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketVerdicts, bucketReports, bucketImages, bucketAllowed} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("gate: %w", err)
+	}
+	g := &Gate{
+		cfg:     opts.Config,
+		policy:  policy.New(opts.Config.Policy.Rules),
+		scanner: opts.Scanner,
+		blobs:   opts.Blobs,
+		db:      db,
+		log:     opts.Log,
+		now:     opts.Now,
+		pass:    map[string]bool{},
+		jobs:    map[string]*job{},
+		memo:    map[string]*Verdict{},
+		closing: make(chan struct{}),
+		sem:     make(chan struct{}, opts.Config.ScanConcurrency),
+		denials: newDenialLog(1000),
+	}
+	for _, t := range opts.Config.PassArtifactTypes {
+		g.pass[t] = true
+	}
+	return g, nil
+}
+
+// Close stops running scans and closes the verdict database.
+func (g *Gate) Close() error {
+	g.mu.Lock()
+	if !g.closed {
+		g.closed = true
+		close(g.closing)
+	}
+	g.mu.Unlock()
+	g.wg.Wait()
+	return g.db.Close()
+}
+
+// Policy returns the loaded policy.
+func (g *Gate) Policy() *policy.Policy { return g.policy }
+
+// manifestInfo is what the gate reads of a manifest.
+type manifestInfo struct {
+	kind   string
+	config v1.Descriptor
+	layers []v1.Descriptor
+}
+
+func parseManifest(s *Subject) (*manifestInfo, error) {
+	mt := types.MediaType(s.MediaType)
+	if mt.IsIndex() {
+		return &manifestInfo{kind: "index"}, nil
+	}
+	m, err := v1.ParseManifest(strings.NewReader(string(s.Manifest)))
+	if err != nil {
+		return nil, fmt.Errorf("parsing manifest: %w", err)
+	}
+	return &manifestInfo{kind: "image", config: m.Config, layers: m.Layers}, nil
+}
+
+// Check judges a manifest before it is served. It returns the verdict
+// (admitted or not), a *Pending when the verdict is not ready within
+// gate.maxWait, or an error (fail closed) when the image cannot be judged.
+func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
+	info, err := parseManifest(&s)
+	if err != nil {
+		return nil, err
+	}
+	if info.kind == "index" {
+		// Indexes are served; each platform manifest is judged when asked for.
+		return &Verdict{Digest: s.Digest.String(), Admitted: true, Kind: "index", Reason: ReasonIndex, Message: "index"}, nil
+	}
+	rule := g.policy.Match(s.Upstream, s.Repo)
+	if g.isArtifact(info, &s) {
+		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "artifact",
+			Reason: ReasonArtifact, Message: "non-image artifact (" + string(info.config.MediaType) + ") passed by media type", JudgedAt: g.now()}
+		g.allow(&s, info, v)
+		return v, nil
+	}
+	if rule.Mode == config.ModeOff {
+		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image",
+			Reason: ReasonOff, Message: fmt.Sprintf("rule %q is off", rule.Name), JudgedAt: g.now()}
+		g.allow(&s, info, v)
+		return v, nil
+	}
+	dbv := g.scanner.DBVersion()
+	if dbv == "" {
+		return g.failed(&s, info, rule, ErrNoDB)
+	}
+	key := verdictKey(s.Digest.String(), rule.Hash, dbv)
+	if v := g.cached(key); v != nil {
+		g.noteTag(&s)
+		return g.deny(v, &s), nil
+	}
+
+	g.mu.Lock()
+	j, running := g.jobs[key]
+	if !running {
+		if g.closed {
+			g.mu.Unlock()
+			return nil, errors.New("gatehouse is shutting down")
+		}
+		j = &job{done: make(chan struct{})}
+		g.jobs[key] = j
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			j.verdict, j.err = g.judge(context.WithoutCancel(ctx), s, info, rule, dbv, key)
+			g.mu.Lock()
+			delete(g.jobs, key)
+			g.mu.Unlock()
+			close(j.done)
+		}()
+	}
+	g.mu.Unlock()
+
+	t := time.NewTimer(g.cfg.MaxWait.D())
+	defer t.Stop()
+	select {
+	case <-j.done:
+	case <-t.C:
+		return nil, &Pending{RetryAfter: 10 * time.Second}
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if j.err != nil {
+		return g.failed(&s, info, rule, j.err)
+	}
+	return g.deny(j.verdict, &s), nil
+}
+
+// deny records a refused pull in the denial log and passes v through.
+func (g *Gate) deny(v *Verdict, s *Subject) *Verdict {
+	if !v.Admitted {
+		g.denials.add(Denial{Time: g.now(), Client: s.Client, Upstream: s.Upstream, Repo: s.Repo, Tag: s.Tag,
+			Digest: s.Digest.String(), Rule: ruleName(v), Message: v.Message})
+	}
+	return v
+}
+
+func ruleName(v *Verdict) string {
+	if v.Decision != nil {
+		return v.Decision.Rule
+	}
+	return ""
+}
+
+// failed handles a scan that could not be made: an error (fail closed),
+// or, under a rule in audit mode, an admitted verdict that says why.
+func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, err error) (*Verdict, error) {
+	var p *Pending
+	if errors.As(err, &p) {
+		return nil, err
+	}
+	if rule.Mode == config.ModeAudit {
+		g.log.Warn("scan failed; serving under audit mode", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", err)
+		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Reason: ReasonScanError,
+			Message: fmt.Sprintf("not scanned (%v); admitted because rule %q is in audit mode", err, rule.Name), JudgedAt: g.now()}
+		g.allow(s, info, v)
+		return v, nil
+	}
+	g.log.Error("scan failed; image refused (fail closed)", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", err)
+	return nil, &ScanError{Rule: rule.Name, Err: err}
+}
+
+func (g *Gate) isArtifact(info *manifestInfo, s *Subject) bool {
+	if g.pass[string(info.config.MediaType)] {
+		return true
+	}
+	var m struct {
+		ArtifactType string `json:"artifactType"`
+	}
+	_ = json.Unmarshal(s.Manifest, &m)
+	return m.ArtifactType != "" && g.pass[m.ArtifactType]
+}
+
+func verdictKey(dgst, policyHash, dbv string) string {
+	return dgst + "|" + policyHash + "|" + dbv
+}
+
+// cached returns a stored verdict that is still valid (an allowlist entry
+// it relied on has not expired).
+func (g *Gate) cached(key string) *Verdict {
+	g.mu.Lock()
+	v := g.memo[key]
+	g.mu.Unlock()
+	if v == nil {
+		_ = g.db.View(func(tx *bolt.Tx) error {
+			if b := tx.Bucket(bucketVerdicts).Get([]byte(key)); b != nil {
+				var dv Verdict
+				if json.Unmarshal(b, &dv) == nil {
+					v = &dv
+				}
+			}
+			return nil
+		})
+		if v == nil {
+			return nil
+		}
+		g.remember(key, v)
+	}
+	if v.Decision != nil && !v.Decision.ValidUntil.IsZero() && !g.now().Before(v.Decision.ValidUntil) {
+		return nil
+	}
+	return v
+}
+
+const maxMemo = 16384
+
+func (g *Gate) remember(key string, v *Verdict) {
+	g.mu.Lock()
+	if len(g.memo) >= maxMemo {
+		clear(g.memo)
+	}
+	g.memo[key] = v
+	g.mu.Unlock()
+}
+
+// judge scans (or reuses a report made with the same DB) and decides.
+func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *policy.Rule, dbv, key string) (*Verdict, error) {
+	rep, err := g.report(s.Digest.String(), dbv)
+	if err != nil {
+		select {
+		case g.sem <- struct{}{}:
+		case <-g.closing:
+			return nil, errors.New("gatehouse is shutting down")
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-g.closing:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		start := time.Now()
+		img := newImage(ctx, g.blobs, &s, info)
+		r, serr := g.scanner.Scan(ctx, img, s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
+		cancel()
+		<-g.sem
+		if serr != nil {
+			return nil, serr
+		}
+		rep = &storedReport{Report: *r, ScannedAt: g.now()}
+		g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
+			"duration", time.Since(start), "db", r.DBVersion)
+		if err := g.putReport(s.Digest.String(), rep); err != nil {
+			g.log.Error("storing scan report", "err", err)
+		}
+	}
+	v := g.decide(&s, info, rule, rep)
+	if err := g.store(key, &s, info, v); err != nil {
+		g.log.Error("storing verdict", "err", err)
+	}
+	return v, nil
+}
+
+func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *storedReport) *Verdict {
+	findings := make([]policy.Finding, len(rep.Vulns))
+	for i, v := range rep.Vulns {
+		findings[i] = policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed}
+	}
+	d := rule.Evaluate(findings, g.now())
+	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: d.Admitted, Kind: info.kind,
+		Message: d.Message, Decision: &d, PolicyHash: rule.Hash, DBVersion: rep.DBVersion, ScannedAt: rep.ScannedAt, JudgedAt: g.now()}
+	switch {
+	case !d.Admitted:
+		v.Reason = ReasonVulnerable
+	case len(d.Blocking) > 0:
+		v.Reason = ReasonAudit
+	default:
+		v.Reason = ReasonClean
+	}
+	return v
+}
+
+func (g *Gate) report(dgst, dbv string) (*storedReport, error) {
+	var rep *storedReport
+	err := g.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketReports).Get([]byte(dgst))
+		if b == nil {
+			return errNotFound
+		}
+		rep = &storedReport{}
+		return json.Unmarshal(b, rep)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if rep.DBVersion != dbv {
+		return nil, errNotFound
+	}
+	return rep, nil
+}
+
+var errNotFound = errors.New("not found")
+
+func (g *Gate) putReport(dgst string, rep *storedReport) error {
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	return g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketReports).Put([]byte(dgst), b) })
+}
+
+// store records the verdict, the image and which blobs it admits.
+func (g *Gate) store(key string, s *Subject, info *manifestInfo, v *Verdict) error {
+	g.remember(key, v)
+	vb, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return g.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketVerdicts).Put([]byte(key), vb); err != nil {
+			return err
+		}
+		if err := g.putImage(tx, s, info, v); err != nil {
+			return err
+		}
+		return setAllowed(tx, s.Digest.String(), info, v.Admitted)
+	})
+}
+
+// allow records an admitted verdict that needs no scan (artifact, rule
+// off, audit without scan): its blobs may be served.
+func (g *Gate) allow(s *Subject, info *manifestInfo, v *Verdict) {
+	err := g.db.Update(func(tx *bolt.Tx) error {
+		if err := g.putImage(tx, s, info, v); err != nil {
+			return err
+		}
+		return setAllowed(tx, s.Digest.String(), info, true)
+	})
+	if err != nil {
+		g.log.Error("recording admitted manifest", "err", err)
+	}
+}
+
+func (g *Gate) putImage(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict) error {
+	b := tx.Bucket(bucketImages)
+	var rec ImageRecord
+	if old := b.Get([]byte(s.Digest.String())); old != nil {
+		_ = json.Unmarshal(old, &rec)
+	}
+	if rec.Digest == "" {
+		rec = ImageRecord{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, MediaType: s.MediaType, Kind: info.kind,
+			Config: info.config.Digest.String(), FirstSeen: g.now(), Tags: []string{}}
+		for _, l := range info.layers {
+			rec.Layers = append(rec.Layers, LayerRef{Digest: l.Digest.String(), Size: l.Size, MediaType: string(l.MediaType)})
+		}
+	}
+	if s.Tag != "" && !slices.Contains(rec.Tags, s.Tag) {
+		rec.Tags = append(rec.Tags, s.Tag)
+	}
+	rec.Latest = v
+	rb, err := json.Marshal(&rec)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(s.Digest.String()), rb)
+}
+
+// noteTag adds a newly seen tag to a judged image's record.
+func (g *Gate) noteTag(s *Subject) {
+	if s.Tag == "" {
+		return
+	}
+	var known bool
+	_ = g.db.View(func(tx *bolt.Tx) error {
+		var rec ImageRecord
+		if b := tx.Bucket(bucketImages).Get([]byte(s.Digest.String())); b != nil && json.Unmarshal(b, &rec) == nil {
+			known = slices.Contains(rec.Tags, s.Tag)
+		}
+		return nil
+	})
+	if known {
+		return
+	}
+	_ = g.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketImages)
+		var rec ImageRecord
+		if v := b.Get([]byte(s.Digest.String())); v == nil || json.Unmarshal(v, &rec) != nil {
+			return nil
+		}
+		rec.Tags = append(rec.Tags, s.Tag)
+		rb, _ := json.Marshal(&rec)
+		return b.Put([]byte(s.Digest.String()), rb)
+	})
+}
+
+// setAllowed adds (or removes) manifest as a referrer of its config and
+// layers in the allowed-blobs index.
+func setAllowed(tx *bolt.Tx, manifest string, info *manifestInfo, admitted bool) error {
+	b := tx.Bucket(bucketAllowed)
+	blobs := []v1.Descriptor{info.config}
+	blobs = append(blobs, info.layers...)
+	for _, d := range blobs {
+		if d.Digest.Hex == "" {
+			continue
+		}
+		k := []byte(d.Digest.String())
+		var refs []string
+		if v := b.Get(k); v != nil {
+			_ = json.Unmarshal(v, &refs)
+		}
+		has := slices.Contains(refs, manifest)
+		switch {
+		case admitted && !has:
+			refs = append(refs, manifest)
+		case !admitted && has:
+			refs = slices.DeleteFunc(refs, func(s string) bool { return s == manifest })
+		default:
+			continue
+		}
+		if len(refs) == 0 {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+			continue
+		}
+		v, _ := json.Marshal(refs)
+		if err := b.Put(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BlobAllowed reports whether a blob may be served: with gate.blobs
+// "admitted", only when an admitted manifest references it.
+func (g *Gate) BlobAllowed(ctx context.Context, dgst v1.Hash) (bool, error) {
+	if g.cfg.Blobs == "any" {
+		return true, nil
+	}
+	var ok bool
+	err := g.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketAllowed).Get([]byte(dgst.String())) != nil
+		return nil
+	})
+	return ok, err
+}
