@@ -92,6 +92,29 @@ func (p *proc) peakRSS() (int64, error) {
 	return procStatusKB(p.pid(), "VmHWM:")
 }
 
+// cpuTime returns the CPU time (user + system) the process has used so
+// far, or 0 when it cannot be read. /proc counts in USER_HZ, which is 100
+// on Linux.
+func (p *proc) cpuTime() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ... utime stime: fields 14 and 15, counted
+	// from 1; comm may contain spaces, so count after its ")".
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * (time.Second / 100)
+}
+
 func procStatusKB(pid int, field string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -48,6 +48,14 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
+func medianDur(ds []time.Duration) time.Duration {
+	xs := make([]float64, len(ds))
+	for i, d := range ds {
+		xs[i] = float64(d)
+	}
+	return time.Duration(median(xs))
+}
+
 func best(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
@@ -286,16 +294,19 @@ func writeReport(w io.Writer, opts options, r *results) error {
 	}
 
 	p("\n### 3. Cold %s blob\n\n", size)
-	p("| target | median MB/s | best MB/s | runs |\n|---|---:|---:|---:|\n")
+	p("| target | median MB/s | best MB/s | runs | CPU time of the server process (median) |\n|---|---:|---:|---:|---:|\n")
 	for _, t := range []string{tGatehouse, tDistribution, tUpstream} {
 		if xs := rates(r.Size, r.Cold[t]); len(xs) > 0 {
-			p("| %s | %.0f | %.0f | %d |\n", label[t], median(xs), best(xs), len(xs))
+			p("| %s | %.0f | %.0f | %d | %s |\n", label[t], median(xs), best(xs), len(xs), fmtDur(medianDur(r.ColdCPU[t])))
 		}
+	}
+	if xs := rates(r.Size, r.Write); len(xs) > 0 {
+		p("| *for context: writing a fresh %s file (page cache, no fsync)* | %.0f | %.0f | %d | |\n", size, median(xs), best(xs), len(xs))
 	}
 
 	p("\n### 4 and 5. Concurrent cold clients of one %s blob\n\n", size)
-	p("| target | clients | wall time | median client time | upstream blob GETs | upstream blob bytes | all upstream requests | peak RSS |\n")
-	p("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("| target | clients | wall time | median client time | upstream blob GETs | upstream blob bytes | all upstream requests | peak RSS | proxy CPU | upstream CPU |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, t := range []string{tGatehouse, tDistribution, tUpstream} {
 		fo, ok := r.Fanout[t]
 		if !ok {
@@ -313,9 +324,14 @@ func writeReport(w io.Writer, opts options, r *results) error {
 		if t == tUpstream {
 			name = "upstream docker-registry (direct, through the counting hop)"
 		}
-		p("| %s | %d | %s | %s | %d | %s (%.2f× blob) | %d | %s |\n", name, fo.Clients, fmtDur(fo.Wall),
+		cpu := "—"
+		if fo.CPU > 0 {
+			cpu = fmtDur(fo.CPU)
+		}
+		p("| %s | %d | %s | %s | %d | %s (%.2f× blob) | %d | %s | %s | %s |\n", name, fo.Clients, fmtDur(fo.Wall),
 			fmtDur(time.Duration(median(pc)*float64(time.Second))), fo.Upstream.BlobGets,
-			fmtBytes(fo.Upstream.BlobBytes), float64(fo.Upstream.BlobBytes)/float64(r.Size), fo.Upstream.Requests, rss)
+			fmtBytes(fo.Upstream.BlobBytes), float64(fo.Upstream.BlobBytes)/float64(r.Size), fo.Upstream.Requests, rss,
+			cpu, fmtDur(fo.UpCPU))
 	}
 
 	p(explanation, size, opts.clients, opts.warmRuns, opts.coldRuns, opts.concurrency, opts.duration, opts.loadRounds)
@@ -355,16 +371,30 @@ of the untimed ones).
   so gatehouse answers from its cache; the distribution proxy asks the
   upstream on every tag request by design. Only 2xx answers count.
 - **3. Cold blob.** A GET of the blob through a freshly started proxy with
-  an empty store, against a GET straight from the upstream; %[4]d run(s)
+  an empty store, against a GET straight from the upstream. As in a real
+  pull, the client first resolves the tag (HEAD) and fetches the manifest
+  by digest (untimed), so the proxy has already talked to the upstream
+  about the repository; %[4]d run(s)
   each, every proxy run on a new process and store. The proxies talk to the
-  upstream directly here (no counting hop).
+  upstream directly here (no counting hop). For context, each round also
+  times writing a fresh file of the blob's size (256 KiB writes, no
+  fsync): a proxy that streams to its clients from the file it is writing
+  cannot go faster than that, while the distribution proxy writes its copy
+  in the background, off the client's path.
 - **4. %[2]d cold clients.** A fresh proxy (empty store) in front of a
   counting reverse proxy (Go ` + "`httputil.ReverseProxy`" + ` in this program) that
-  sits before the upstream; %[2]d clients GET the blob at the same moment.
+  sits before the upstream; after one untimed manifest resolution (as
+  above), %[2]d clients GET the blob at the same moment.
   Wall time runs from the first request to the last byte of the last
   client; *upstream blob bytes* is what the counting hop relayed for blob
   GETs. The direct row sends the same clients to the upstream through the
   same hop, as a reference.
+- **CPU time.** User plus system CPU time of the server process over the
+  transfer (from ` + "`/proc/<pid>/stat`" + `, 10 ms resolution): the work each
+  server does for the same bytes, which other load on the machine barely
+  changes, unlike the wall-clock figures. For the concurrent clients it
+  runs until the upstream has gone quiet (the distribution proxy goes on
+  storing its copy after the clients are served).
 - **5. Peak RSS.** VmHWM from ` + "`/proc/<pid>/status`" + ` of the proxy process,
   read at the end of the run of scenario 4. Each proxy is a new process for
   that run, so the high-water mark belongs to it alone.

@@ -31,6 +31,8 @@ type results struct {
 	Proxies           []string // proxies measured, in report order
 
 	Cold     map[string][]time.Duration // target -> cold GET times (upstream: direct)
+	ColdCPU  map[string][]time.Duration // target -> CPU time of its process during each cold GET
+	Write    []time.Duration            // writing the blob's size to a fresh file, once per cold round
 	Warm     map[string][]time.Duration // target -> warm GET times
 	Manifest map[string][]loadResult    // target+"/"+mode -> one result per round
 	Fanout   map[string]fanout          // target -> the concurrent cold clients run
@@ -44,6 +46,8 @@ type fanout struct {
 	PerClient []time.Duration // each client's time
 	Upstream  counts          // what the upstream served meanwhile
 	PeakRSS   int64           // VmHWM of the (fresh) proxy process; 0 for the upstream row
+	CPU       time.Duration   // CPU time of the proxy process (0 for the upstream row)
+	UpCPU     time.Duration   // CPU time of the upstream docker-registry
 }
 
 // proxyKind starts one kind of pull-through proxy of upstream (a base URL)
@@ -163,6 +167,7 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 		Versions: map[string]string{},
 		Size:     opts.size,
 		Cold:     map[string][]time.Duration{},
+		ColdCPU:  map[string][]time.Duration{},
 		Warm:     map[string][]time.Duration{},
 		Manifest: map[string][]loadResult{},
 		Fanout:   map[string]fanout{},
@@ -319,11 +324,22 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 	// Scenario 3: cold.
 	warm := map[string]*server{}
 	for r := range b.opts.coldRuns {
+		// A caching proxy writes what it fetches; how fast this machine
+		// takes a fresh file of that size into the page cache bounds any
+		// proxy that serves from the file it writes.
+		w, err := b.writeProbe()
+		if err != nil {
+			return fmt.Errorf("write probe: %w", err)
+		}
+		b.res.Write = append(b.res.Write, w)
+		b.logf("cold %d/%d: writing a fresh file %s", r+1, b.opts.coldRuns, fmtRate(size, w))
+		cpu0 := b.upstream.cpuTime()
 		d, err := fetch(ctx, b.client, blobURL(b.upstream.base), size, verify())
 		if err != nil {
 			return fmt.Errorf("direct GET from the upstream: %w", err)
 		}
 		b.res.Cold[tUpstream] = append(b.res.Cold[tUpstream], d)
+		b.res.ColdCPU[tUpstream] = append(b.res.ColdCPU[tUpstream], b.upstream.cpuTime()-cpu0)
 		b.logf("cold %d/%d: upstream (direct) %s", r+1, b.opts.coldRuns, fmtRate(size, d))
 		for _, k := range b.kinds {
 			if _, failed := b.res.Failures[sCold+"/"+k.name]; failed {
@@ -336,7 +352,16 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 				return err
 			}
 			warm[k.name] = s
+			if err := b.resolve(ctx, s.base); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				b.fail(sCold, k.name, err)
+				continue
+			}
+			cpu0 := s.cpuTime()
 			d, err := fetch(ctx, b.client, blobURL(s.base), size, verify())
+			cpu := s.cpuTime() - cpu0
 			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -345,6 +370,7 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 				continue
 			}
 			b.res.Cold[k.name] = append(b.res.Cold[k.name], d)
+			b.res.ColdCPU[k.name] = append(b.res.ColdCPU[k.name], cpu)
 			b.logf("cold %d/%d: %s %s", r+1, b.opts.coldRuns, k.name, fmtRate(size, d))
 		}
 	}
@@ -465,6 +491,42 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 	return nil
 }
 
+// resolve does what a client does before it pulls a layer, untimed:
+// resolve the tag (HEAD), then GET the manifest by digest. A cold blob GET
+// thus meets a proxy that has already talked to the upstream about this
+// repository, as it does in a real pull.
+func (b *bench) resolve(ctx context.Context, base string) error {
+	client := &http.Client{Transport: &http.Transport{}, Timeout: time.Minute}
+	defer client.CloseIdleConnections()
+	buf := make([]byte, 32<<10)
+	if err := oneRequest(ctx, client, http.MethodHead, base+b.img.manifestPath(b.img.tag), buf); err != nil {
+		return err
+	}
+	return oneRequest(ctx, client, http.MethodGet, base+b.img.manifestPath(b.img.digest), buf)
+}
+
+// writeProbe times writing the blob's size of zeros to a new file in 256
+// KiB writes (no fsync), and removes the file.
+func (b *bench) writeProbe() (time.Duration, error) {
+	path := filepath.Join(b.root, "write-probe")
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	buf := make([]byte, 256<<10)
+	start := time.Now()
+	for left := b.img.layer.Size; left > 0; {
+		n := min(left, int64(len(buf)))
+		if _, err := f.Write(buf[:n]); err != nil {
+			return 0, err
+		}
+		left -= n
+	}
+	return time.Since(start), f.Close()
+}
+
 // fanout runs scenarios 4 and 5: opts.clients concurrent GETs of the blob
 // against a freshly started proxy (empty store, fresh process so that its
 // VmHWM belongs to this run) in front of the counting proxy; as a
@@ -481,6 +543,11 @@ func (b *bench) fanout(ctx context.Context) error {
 		if b.opts.verify {
 			verify = b.img.layer.Digest
 		}
+		var cpu0 time.Duration
+		if s != nil {
+			cpu0 = s.cpuTime()
+		}
+		upCPU0 := b.upstream.cpuTime()
 		var wg sync.WaitGroup
 		start := time.Now()
 		for i := range b.opts.clients {
@@ -498,7 +565,9 @@ func (b *bench) fanout(ctx context.Context) error {
 			return err
 		}
 		fo.Upstream = b.counter.snapshot()
+		fo.UpCPU = b.upstream.cpuTime() - upCPU0
 		if s != nil {
+			fo.CPU = s.cpuTime() - cpu0
 			rss, err := s.peakRSS()
 			if err != nil {
 				return fmt.Errorf("peak RSS of %s: %w", name, err)
@@ -521,7 +590,10 @@ func (b *bench) fanout(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		err = one(k.name, s.base+b.img.blobPath(), s)
+		err = b.resolve(ctx, s.base)
+		if err == nil {
+			err = one(k.name, s.base+b.img.blobPath(), s)
+		}
 		b.retire(s)
 		if err != nil {
 			if ctx.Err() != nil {
