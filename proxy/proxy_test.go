@@ -89,6 +89,7 @@ type env struct {
 	cfg      *config.Config
 	dataDir  string
 	upstream *httptest.Server
+	handler  *proxy.Handler
 }
 
 func newEnv(t *testing.T, mod func(*config.Config)) *env {
@@ -131,6 +132,7 @@ func (e *env) start() {
 		t.Fatal(err)
 	}
 	e.store = store
+	e.handler = h
 	e.gh = httptest.NewServer(h)
 	e.ghHost = strings.TrimPrefix(e.gh.URL, "http://")
 	t.Cleanup(e.stop)
