@@ -307,6 +307,10 @@ func startGatehouse(ctx context.Context, bin, dir, upstream string) (*server, er
 	if err != nil {
 		return nil, err
 	}
+	// The gate is off (one rule, mode off; every blob served; no
+	// vulnerability DB updates): this benchmark measures the proxy and its
+	// cache, not the scanner, which has no DB on a machine without
+	// internet.
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:%d"
 dataDir: %s
 log: {format: json, level: warn}
@@ -315,6 +319,12 @@ upstreams:
   - name: %q
     url: "http://%s"
     tagTTL: 1h
+gate:
+  blobs: any
+  db: {updateInterval: 0s}
+  policy:
+    rules:
+      - {name: bench, mode: "off"}
 `, port, filepath.Join(dir, "data"), upstream, upstream, upstream)
 	cfgPath := filepath.Join(dir, "gatehouse.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {

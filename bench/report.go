@@ -352,6 +352,11 @@ sending the request to reading the last byte; a client reads to a discard
 sink with 1 MiB reads and checks the length of every body (and the sha256
 of the untimed ones).
 
+- **gatehouse** runs with the configuration of the issue (one plain-HTTP
+  upstream, tag TTL 1 h, JSON logs at level warn) plus a gate that is off
+  (` + "`gate: {blobs: any, db: {updateInterval: 0s}, policy: {rules: [{name: bench, mode: \"off\"}]}}`" + `):
+  these figures are for the proxy and its cache; vulnerability scanning
+  and its verdict store are not measured here.
 - **The peers.** The *upstream* is Debian's docker-registry (distribution
   2.8) with filesystem storage; the image is pushed into it first. The
   *distribution proxy* is a second docker-registry configured with
