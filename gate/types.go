@@ -16,19 +16,35 @@ import (
 	"github.com/gatehouse/gatehouse/gate/policy"
 )
 
-// Vuln is one vulnerability found in one package of an image.
+// Vuln is one vulnerability of one installed package.
 type Vuln struct {
-	ID          string   `json:"id"`
-	Severity    string   `json:"severity"`
-	PkgName     string   `json:"pkgName"`
-	PkgType     string   `json:"pkgType,omitempty"`
-	Installed   string   `json:"installed"`
-	Fixed       string   `json:"fixed,omitempty"`
-	Status      string   `json:"status,omitempty"`
+	ID string `json:"id"`
+	// Severity is CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN.
+	Severity string `json:"severity"`
+	// SeveritySource is the data source the severity was taken from, e.g.
+	// "nvd", "debian", "ghsa"; empty when there was none.
+	SeveritySource string `json:"severitySource,omitempty"`
+	PkgName        string `json:"pkgName"`
+	// PkgType is the package ecosystem: an OS family ("alpine", "debian",
+	// ...) or a language type ("npm", "gobinary", "pip", ...).
+	PkgType string `json:"pkgType"`
+	// PkgPath is the file a language package was found in, when it has its
+	// own (a Go binary, a jar, a node_modules package.json).
+	PkgPath   string `json:"pkgPath,omitempty"`
+	Installed string `json:"installed"`
+	// Fixed lists the versions that fix it, comma-separated; empty when no
+	// fix exists.
+	Fixed string `json:"fixed,omitempty"`
+	// Status is fixed, affected, will_not_fix, fix_deferred, end_of_life,
+	// under_investigation, not_affected or unknown.
+	Status      string   `json:"status"`
 	Title       string   `json:"title,omitempty"`
 	Description string   `json:"description,omitempty"`
+	PrimaryURL  string   `json:"primaryURL,omitempty"`
 	References  []string `json:"references,omitempty"`
-	Target      string   `json:"target,omitempty"`
+	// Target is where the package was found: "<image> (alpine 3.22.1)" for
+	// OS packages, the lock file path, or a language name.
+	Target string `json:"target"`
 }
 
 // Report is a scan's result.
@@ -36,8 +52,16 @@ type Report struct {
 	// Inventory is the scanner's package inventory, opaque to the gate and
 	// kept so that a new DB can be applied without the layers.
 	Inventory json.RawMessage `json:"inventory"`
-	Vulns     []Vuln          `json:"vulns"`
-	DBVersion string          `json:"dbVersion"`
+	// Vulns are sorted by severity, worst first.
+	Vulns     []Vuln `json:"vulns"`
+	DBVersion string `json:"dbVersion"`
+	// Warnings say where detection was necessarily partial (an OS without
+	// advisories, or past its end of support).
+	Warnings []string `json:"warnings,omitempty"`
+	// Layers and LayersAnalysed count the image's layers and those this
+	// scan analysed (the others came from the layer cache).
+	Layers         int `json:"layers,omitempty"`
+	LayersAnalysed int `json:"layersAnalysed,omitempty"`
 }
 
 // Scanner finds vulnerabilities.
