@@ -379,9 +379,9 @@ of the untimed ones).
   an empty store, against a GET straight from the upstream. As in a real
   pull, the client first resolves the tag (HEAD) and fetches the manifest
   by digest (untimed), so the proxy has already talked to the upstream
-  about the repository; %[4]d run(s)
-  each, every proxy run on a new process and store. The proxies talk to the
-  upstream directly here (no counting hop). For context, each round also
+  about the repository. %[4]d run(s) per target, each proxy run on a new
+  process with an empty store. The proxies talk to the upstream directly
+  here (no counting hop). For context, each round also
   times writing a fresh file of the blob's size (256 KiB writes, no
   fsync): a proxy that streams to its clients from the file it is writing
   cannot go faster than that, while the distribution proxy writes its copy
@@ -397,9 +397,10 @@ of the untimed ones).
 - **CPU time.** User plus system CPU time of the server process over the
   transfer (from ` + "`/proc/<pid>/stat`" + `, 10 ms resolution): the work each
   server does for the same bytes, which other load on the machine barely
-  changes, unlike the wall-clock figures. For the concurrent clients it
-  runs until the upstream has gone quiet (the distribution proxy goes on
-  storing its copy after the clients are served).
+  changes, unlike the wall-clock figures. For a cold GET it covers the
+  transfer to the client only; for the concurrent clients it runs until
+  the upstream has gone quiet (the distribution proxy goes on storing its
+  copy after the clients are served).
 - **5. Peak RSS.** VmHWM from ` + "`/proc/<pid>/status`" + ` of the proxy process,
   read at the end of the run of scenario 4. Each proxy is a new process for
   that run, so the high-water mark belongs to it alone.
