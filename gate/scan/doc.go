@@ -1,0 +1,52 @@
+// Package scan finds the known vulnerabilities of container images with
+// Trivy (github.com/aquasecurity/trivy v0.74) embedded as a library.
+//
+// A Scanner reads an image's layers through any go-containerregistry
+// v1.Image, finds its OS packages (apk, dpkg, rpm, ...) and language
+// packages (Go and Rust binaries, lock files such as package-lock.json,
+// requirements.txt, Gemfile.lock, Cargo.lock, installed Python, Node and Ruby
+// packages, ...) and detects their vulnerabilities with the trivy-db
+// vulnerability DB. Secret, misconfiguration and licence scanning are off,
+// and so is everything that would reach the network (Rekor, Maven Central,
+// apk indexes). The JAR analyser runs only when a Java DB is configured:
+// without one Trivy fails on the first jar.
+//
+// # Fail closed
+//
+// Every analysis or detection error is returned; a Report is never the
+// partial result of a failure. Two Trivy options fail open when left empty
+// (ScanOptions.PkgRelationships drops every package, VulnSeveritySources
+// turns every severity into UNKNOWN); they are built in one function,
+// scanOptions, and pinned by TestFailOpenOptions.
+//
+// # Layer cache
+//
+// Layer analysis results are cached by diffID (and analyser versions) in
+// Trivy's bbolt cache under Options.CacheDir, so an image on a known base
+// analyses only its own layers. Report.LayersAnalysed and Stats tell how
+// many layers were read.
+//
+// # The vulnerability DB
+//
+// Options.DBDir holds trivy.db and metadata.json, the files of the trivy-db
+// OCI artifact's layer (media type
+// application/vnd.aquasec.trivy.db.layer.v1.tar+gzip); Import takes that
+// layer's gzip stream. trivy-db keeps the open DB in a package-level handle,
+// so there is at most one open Scanner per process (New fails otherwise).
+// Detection holds a read lock on it; Import validates the new DB aside,
+// then takes the write lock (waiting for detections in flight, while layer
+// analysis goes on), closes the old DB, moves the new files in and opens
+// them. Rescan detects again from a stored Inventory, without layers.
+//
+// # Logging
+//
+// Importing Trivy's log package replaces slog.Default with a handler that
+// buffers every record in memory until Trivy's CLI flushes it, which a
+// library user never does. This package's init puts back a plain text
+// handler on standard error when it finds that buffering handler (the
+// original default handler cannot be recovered once replaced); programs set
+// their own default logger in main, after all package initialisation, as
+// usual. Nothing in this package replaces slog.Default afterwards. Trivy
+// logs through slog.Default (e.g. "Detecting vulnerabilities..." at INFO per
+// scan); Options.Log receives only this package's own messages.
+package scan
