@@ -744,3 +744,40 @@ func emptyBolt(t *testing.T) string {
 	}
 	return string(b)
 }
+
+func TestForGate(t *testing.T) {
+	s := newScanner(t, nil)
+	g := s.ForGate()
+	ctx := context.Background()
+	if _, err := g.Scan(ctx, scantest.CleanAlpine(), "x"); !errors.Is(err, ErrNoDB) {
+		t.Errorf("Scan without DB: %v, want ErrNoDB", err)
+	}
+	if err := s.Import(ctx, bytes.NewReader(scantest.V1().Archive(t))); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := g.Scan(ctx, scantest.VulnerableAlpine(), "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := scan(t, s, scantest.VulnerableAlpine(), "a")
+	if len(rep.Vulns) != len(mine.Vulns) || rep.DBVersion != g.DBVersion() || rep.Layers != 1 {
+		t.Fatalf("gate report %+v", rep)
+	}
+	for i, v := range rep.Vulns {
+		w := mine.Vulns[i]
+		if v.ID != w.ID || v.Severity != w.Severity || v.PkgName != w.PkgName || v.Fixed != w.Fixed ||
+			v.Title != w.Title || v.Target != w.Target || len(v.References) != len(w.References) {
+			t.Errorf("vuln %d: %+v, want %+v", i, v, w)
+		}
+	}
+	again, err := g.Rescan(ctx, rep.Inventory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Vulns) != len(rep.Vulns) {
+		t.Errorf("rescan: %d vulns, want %d", len(again.Vulns), len(rep.Vulns))
+	}
+	if _, err := g.Rescan(ctx, json.RawMessage(`{"packages":"nope"}`)); err == nil {
+		t.Error("rescan of a broken inventory succeeded")
+	}
+}
