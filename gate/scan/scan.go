@@ -104,6 +104,9 @@ type Scanner struct {
 	// importMu serialises Imports, which build the new DB outside mu.
 	importMu sync.Mutex
 
+	// flight makes concurrent scans analyse a layer they share once.
+	flight layerFlight
+
 	stats struct {
 		scans, rescans, layersAnalysed, layersCached atomic.Uint64
 	}
@@ -264,7 +267,8 @@ func (s *Scanner) Scan(ctx context.Context, img v1.Image, name string) (*Report,
 	}
 	s.stats.scans.Add(1)
 	wrapped := &image{Image: img, name: name, maxBytes: s.opts.MaxLayerSize, maxFiles: s.opts.MaxFiles}
-	cc := &countingCache{Cache: s.cache}
+	cc := &scanCache{Cache: s.cache, flight: &s.flight}
+	defer cc.release()
 	art, err := imageartifact.NewArtifact(wrapped, cc, s.artifactOption())
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", name, err)
@@ -402,18 +406,4 @@ func (s *Scanner) detect(ctx context.Context, inv Inventory, opts types.ScanOpti
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s %s is not supported: OS packages not scanned", osInfo.Family, osInfo.Name))
 	}
 	return rep, nil
-}
-
-// countingCache counts the layers one scan had to analyse.
-type countingCache struct {
-	cache.Cache
-	missing atomic.Int64
-}
-
-func (c *countingCache) MissingBlobs(ctx context.Context, artifactID string, blobIDs []string) (bool, []string, error) {
-	missingArtifact, missing, err := c.Cache.MissingBlobs(ctx, artifactID, blobIDs)
-	if err == nil {
-		c.missing.Store(int64(len(missing)))
-	}
-	return missingArtifact, missing, err
 }

@@ -781,3 +781,98 @@ func TestForGate(t *testing.T) {
 		t.Error("rescan of a broken inventory succeeded")
 	}
 }
+
+// blockingImage counts the reads of one layer and holds the first until
+// release is closed.
+type blockingImage struct {
+	v1.Image
+	diffID  v1.Hash
+	reads   *atomic.Int32
+	started chan struct{}
+	release chan struct{}
+}
+
+type blockingLayer struct {
+	v1.Layer
+	img *blockingImage
+}
+
+func (b *blockingImage) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
+	l, err := b.Image.LayerByDiffID(h)
+	if err != nil || h != b.diffID {
+		return l, err
+	}
+	return &blockingLayer{l, b}, nil
+}
+
+func (l *blockingLayer) Uncompressed() (io.ReadCloser, error) {
+	if l.img.reads.Add(1) == 1 {
+		close(l.img.started)
+		<-l.img.release
+	}
+	return l.Layer.Uncompressed()
+}
+
+// TestConcurrentScansShareLayers: two images on one base scanned at once
+// analyse the base once.
+func TestConcurrentScansShareLayers(t *testing.T) {
+	s := newScanner(t, v1DB())
+	base, err := scantest.CleanAlpineLayer().DiffID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reads atomic.Int32
+	started, release := make(chan struct{}), make(chan struct{})
+	wrap := func(img v1.Image) v1.Image {
+		return &blockingImage{Image: img, diffID: base, reads: &reads, started: started, release: release}
+	}
+	reps := make([]*Report, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, img := range []v1.Image{scantest.NodeApp(), scantest.JarApp()} {
+		if i == 1 {
+			<-started // the first scan is reading the base layer
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reps[i], errs[i] = s.Scan(context.Background(), wrap(img), "img")
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // the second scan reaches the claimed base
+	close(release)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("base layer read %d times", n)
+	}
+	if a, b := reps[0].LayersAnalysed, reps[1].LayersAnalysed; a != 2 || b != 1 {
+		t.Errorf("layers analysed: %d and %d, want 2 and 1", a, b)
+	}
+	equal(t, "node", got(reps[0].Vulns), wantNode)
+	equal(t, "jar", got(reps[1].Vulns), []want{})
+	if len(s.flight.inflight) != 0 {
+		t.Errorf("claims left: %v", s.flight.inflight)
+	}
+}
+
+func TestTrivyLogLevel(t *testing.T) {
+	var buf bytes.Buffer
+	prev := slog.Default()
+	slog.SetDefault(slog.New(TrivyLogLevel(slog.NewTextHandler(&buf, nil), slog.LevelWarn)))
+	defer slog.SetDefault(prev)
+
+	s := newScanner(t, v1DB(), func(o *Options) { o.Log = slog.Default() })
+	scan(t, s, scantest.VulnerableAlpine(), "a")
+	out := buf.String()
+	if strings.Contains(out, "Detecting vulnerabilities") {
+		t.Errorf("Trivy's INFO lines passed: %q", out)
+	}
+	if !strings.Contains(out, "vulnerability DB loaded") {
+		t.Errorf("our own INFO line was dropped: %q", out)
+	}
+}
