@@ -23,8 +23,12 @@
 //
 // Layer analysis results are cached by diffID (and analyser versions) in
 // Trivy's bbolt cache under Options.CacheDir, so an image on a known base
-// analyses only its own layers. Report.LayersAnalysed and Stats tell how
-// many layers were read.
+// analyses only its own layers, and concurrent scans sharing a layer that
+// is not cached yet analyse it once (one scan claims it, the others wait).
+// Report.LayersAnalysed and Stats tell how many layers were read. Entries
+// (each layer's packages, with their installed files) never expire: remove
+// the directory while no Scanner is open to reclaim the space; it is
+// rebuilt on demand.
 //
 // # The vulnerability DB
 //
@@ -48,5 +52,6 @@
 // their own default logger in main, after all package initialisation, as
 // usual. Nothing in this package replaces slog.Default afterwards. Trivy
 // logs through slog.Default (e.g. "Detecting vulnerabilities..." at INFO per
-// scan); Options.Log receives only this package's own messages.
+// scan); TrivyLogLevel wraps a handler to drop those below a level.
+// Options.Log receives only this package's own messages.
 package scan

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	bberrors "go.etcd.io/bbolt/errors"
 
 	"github.com/aquasecurity/trivy-db/pkg/db"
 	"github.com/aquasecurity/trivy-db/pkg/metadata"
@@ -88,12 +89,15 @@ type Options struct {
 
 // Scanner scans images with Trivy. Its methods are safe for concurrent use.
 type Scanner struct {
-	opts    Options
-	log     *slog.Logger
-	cache   cache.Cache
-	applier applier.Applier
-	svc     local.Service
-	javaDB  bool
+	opts   Options
+	log    *slog.Logger
+	svc    local.Service
+	javaDB bool
+
+	cacheMu     sync.Mutex
+	cache       cache.Cache // nil until the first scan
+	applier     applier.Applier
+	cacheClosed bool
 
 	// mu guards Trivy's global DB handle and meta: detection holds the read
 	// lock, a DB swap and Close the write lock.
@@ -132,18 +136,8 @@ func New(opts Options) (*Scanner, error) {
 		s.opts.Parallel = DefaultParallel
 	}
 
-	if opts.CacheDir == "" {
-		s.cache = cache.NewMemoryCache()
-	} else {
-		c, err := cache.NewFSCache(opts.CacheDir)
-		if err != nil {
-			active.Store(false)
-			return nil, fmt.Errorf("scan: open layer cache: %w", err)
-		}
-		s.cache = c
-	}
-	s.applier = applier.NewApplier(s.cache)
-	s.svc = local.NewService(s.applier, ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(db.Config{}))
+	// Detection only: layers are merged by s.applier, before it.
+	s.svc = local.NewService(nil, ospkg.NewScanner(), langpkg.NewScanner(), vulnerability.NewClient(db.Config{}))
 
 	if opts.JavaDBDir != "" {
 		if _, err := os.Stat(filepath.Join(opts.JavaDBDir, "java-db", "metadata.json")); err == nil {
@@ -156,7 +150,6 @@ func New(opts Options) (*Scanner, error) {
 	}
 
 	if err := os.MkdirAll(opts.DBDir, 0o755); err != nil {
-		s.cache.Close()
 		active.Store(false)
 		return nil, fmt.Errorf("scan: %w", err)
 	}
@@ -172,7 +165,8 @@ func New(opts Options) (*Scanner, error) {
 	return s, nil
 }
 
-// Close closes the DB and the layer cache. Scans in flight finish first.
+// Close closes the DB and the layer cache. Detections in flight finish
+// first; scans still analysing layers fail.
 func (s *Scanner) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -185,9 +179,45 @@ func (s *Scanner) Close() error {
 		errs = append(errs, db.Close())
 		s.meta = nil
 	}
-	errs = append(errs, s.cache.Close())
+	s.cacheMu.Lock()
+	if s.cache != nil {
+		errs = append(errs, s.cache.Close())
+	}
+	s.cacheClosed = true
+	s.cacheMu.Unlock()
 	active.Store(false)
 	return errors.Join(errs...)
+}
+
+// layerCache opens the layer cache on first use, so that a Scanner used
+// only for DB management (gatehouse db status / import) never touches it.
+// When another process holds the cache (bbolt locks it), scans go on with
+// an in-memory cache: the cache saves work, it decides nothing.
+func (s *Scanner) layerCache() (cache.Cache, applier.Applier, error) {
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	switch {
+	case s.cacheClosed:
+		return nil, nil, ErrClosed
+	case s.cache != nil:
+		return s.cache, s.applier, nil
+	}
+	if s.opts.CacheDir == "" {
+		s.cache = cache.NewMemoryCache()
+	} else {
+		c, err := cache.NewFSCache(s.opts.CacheDir)
+		switch {
+		case errors.Is(err, bberrors.ErrTimeout):
+			s.log.Warn("layer cache in use by another process: caching layer analyses in memory", "dir", s.opts.CacheDir)
+			s.cache = cache.NewMemoryCache()
+		case err != nil:
+			return nil, nil, fmt.Errorf("open layer cache: %w", err)
+		default:
+			s.cache = c
+		}
+	}
+	s.applier = applier.NewApplier(s.cache)
+	return s.cache, s.applier, nil
 }
 
 // Stats are counters since New.
@@ -267,7 +297,11 @@ func (s *Scanner) Scan(ctx context.Context, img v1.Image, name string) (*Report,
 	}
 	s.stats.scans.Add(1)
 	wrapped := &image{Image: img, name: name, maxBytes: s.opts.MaxLayerSize, maxFiles: s.opts.MaxFiles}
-	cc := &scanCache{Cache: s.cache, flight: &s.flight}
+	lc, ap, err := s.layerCache()
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", name, err)
+	}
+	cc := &scanCache{Cache: lc, flight: &s.flight}
 	defer cc.release()
 	art, err := imageartifact.NewArtifact(wrapped, cc, s.artifactOption())
 	if err != nil {
@@ -281,7 +315,7 @@ func (s *Scanner) Scan(ctx context.Context, img v1.Image, name string) (*Report,
 	s.stats.layersAnalysed.Add(uint64(cc.missing.Load()))
 	s.stats.layersCached.Add(uint64(len(ref.BlobIDs)) - uint64(cc.missing.Load()))
 
-	inv, warnings, err := s.inventory(ctx, ref, name)
+	inv, warnings, err := inventory(ctx, ap, ref, name)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", name, err)
 	}
@@ -324,8 +358,8 @@ func (s *Scanner) ready() error {
 
 // inventory merges the analysed layers into the image's package inventory,
 // as Trivy's local scan service does before detection.
-func (s *Scanner) inventory(ctx context.Context, ref artifact.Reference, name string) (Inventory, []string, error) {
-	detail, err := s.applier.ApplyLayers(ctx, ref.ID, ref.BlobIDs)
+func inventory(ctx context.Context, ap applier.Applier, ref artifact.Reference, name string) (Inventory, []string, error) {
+	detail, err := ap.ApplyLayers(ctx, ref.ID, ref.BlobIDs)
 	var warnings []string
 	switch {
 	case errors.Is(err, analyzer.ErrUnknownOS):

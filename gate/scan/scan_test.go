@@ -876,3 +876,37 @@ func TestTrivyLogLevel(t *testing.T) {
 		t.Errorf("our own INFO line was dropped: %q", out)
 	}
 }
+
+// TestLayerCacheBusy: the layer cache held by another process (here another
+// bbolt handle) neither blocks DB management nor fails scans.
+func TestLayerCacheBusy(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{DBDir: filepath.Join(dir, "db"), CacheDir: filepath.Join(dir, "cache")}
+	scantest.WriteDB(t, opts.DBDir)
+	if err := os.MkdirAll(filepath.Join(opts.CacheDir, "fanal"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	held, err := bolt.Open(filepath.Join(opts.CacheDir, "fanal", "fanal.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+
+	start := time.Now()
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.DBStatus(); err != nil {
+		t.Fatal(err)
+	}
+	// Importing the release already loaded is a no-op swap.
+	if err := s.Import(context.Background(), bytes.NewReader(scantest.V1().Archive(t))); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("DB management waited %v for the layer cache", d)
+	}
+	equal(t, "busy cache", got(scan(t, s, scantest.VulnerableAlpine(), "a").Vulns), wantAlpine)
+}
