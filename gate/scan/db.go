@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -273,7 +274,8 @@ func untarDB(ctx context.Context, r io.Reader, dir string) error {
 		if err != nil {
 			return fmt.Errorf("read tar: %w", err)
 		}
-		name := path.Clean(hdr.Name)
+		// "trivy.db", "./trivy.db" and "/trivy.db" are the root's.
+		name := strings.TrimPrefix(path.Clean("/"+hdr.Name), "/")
 		if name != dbFile && name != metaFile {
 			continue
 		}

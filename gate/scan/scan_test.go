@@ -910,3 +910,39 @@ func TestLayerCacheBusy(t *testing.T) {
 	}
 	equal(t, "busy cache", got(scan(t, s, scantest.VulnerableAlpine(), "a").Vulns), wantAlpine)
 }
+
+func TestUntarDBNames(t *testing.T) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for _, e := range []struct{ name, content string }{
+		{"./", ""}, {"./trivy.db", "db"}, {"/metadata.json", "meta"},
+		{"sub/trivy.db", "nested"}, {"README", "ignored"},
+	} {
+		typ := byte(tar.TypeReg)
+		if strings.HasSuffix(e.name, "/") {
+			typ = tar.TypeDir
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Typeflag: typ, Mode: 0o644, Size: int64(len(e.content))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, e.content); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	zw.Close()
+	dir := t.TempDir()
+	if err := untarDB(context.Background(), &buf, dir); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
+		names = append(names, e.Name()+"="+string(b))
+	}
+	if !slices.Equal(names, []string{"metadata.json=meta", "trivy.db=db"}) {
+		t.Errorf("unpacked %q", names)
+	}
+}
