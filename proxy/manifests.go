@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -230,4 +231,24 @@ func knownManifestType(mt string) bool {
 		return true
 	}
 	return false
+}
+
+// Resolve returns the manifest upstream/repo:ref (a tag or digest) the way
+// a pull would get it: through the tag mapping and the cache. The gate is
+// not consulted.
+func (h *Handler) Resolve(ctx context.Context, up, repo, ref string) (*cache.Manifest, error) {
+	u := h.cfg.Upstream(up)
+	if u == nil {
+		return nil, errorf(CodeDenied, "registry %q is not an upstream of this gatehouse", up)
+	}
+	rt := &Route{Kind: KindManifest, Upstream: u, Repo: repo, Ref: ref}
+	if strings.Contains(ref, ":") {
+		d, err := parseDigest(ref)
+		if err != nil {
+			return nil, err
+		}
+		rt.Digest, rt.ByDigest = d, true
+	}
+	m, _, err := h.manifest(ctx, rt)
+	return m, err
 }

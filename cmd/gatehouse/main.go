@@ -8,9 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -23,6 +25,12 @@ Usage:
         Run the proxy. With no config file it listens on :5000, keeps its
         data in ./gatehouse-data and proxies docker.io, ghcr.io, quay.io,
         registry.k8s.io, gcr.io, mcr.microsoft.com and public.ecr.aws.
+  gatehouse check [--config FILE] [--format table|json] [--platform OS/ARCH] IMAGE
+        Fetch, scan and judge IMAGE as a pull would; print the verdict and
+        the findings. Exit 0 admitted, 1 denied, 2 error.
+  gatehouse db update [--force] | db import FILE | db status
+        Download the vulnerability DB (gate.db.repository, through the
+        matching upstream), load a db.tar.gz offline, or show the loaded DB.
   gatehouse cache ls [--config FILE] [--data-dir DIR]
         List cached blobs and tag mappings.
   gatehouse cache verify [--config FILE] [--data-dir DIR] [--remove]
@@ -31,6 +39,9 @@ Usage:
         Evict least recently used blobs down to cache.maxSize (or SIZE).
   gatehouse config [--config FILE]
         Print the effective configuration (defaults, file and environment).
+  gatehouse health [--url URL]
+        Exit 0 when a running gatehouse answers its health check (for
+        container health checks; default http://127.0.0.1:5000/healthz).
   gatehouse version
         Print the version.
 
@@ -72,8 +83,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdServe(ctx, args[1:], stderr)
 	case "cache":
 		err = cmdCache(ctx, args[1:], stdout)
+	case "check":
+		err = cmdCheck(ctx, args[1:], stdout, stderr)
+	case "db":
+		err = cmdDB(ctx, args[1:], stdout, stderr)
 	case "config":
 		err = cmdConfig(args[1:], stdout)
+	case "health":
+		err = cmdHealth(ctx, args[1:], stdout)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "gatehouse", version)
 	case "help", "-h", "--help":
@@ -86,11 +103,41 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.Is(err, errDenied):
+		return checkDenied
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "gatehouse: %v\n\n%s", err, usage)
-		return 2
+		return checkError
 	default:
 		fmt.Fprintf(stderr, "gatehouse: %v\n", err)
+		if len(args) > 0 && args[0] == "check" {
+			return checkError
+		}
 		return 1
 	}
+}
+
+func cmdHealth(ctx context.Context, args []string, stdout io.Writer) error {
+	url := "http://127.0.0.1:5000/healthz"
+	if err := newFlagSet("health", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&url, "url", url, "health check `URL`")
+	}); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	fmt.Fprintln(stdout, "ok")
+	return nil
 }

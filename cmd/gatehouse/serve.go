@@ -15,10 +15,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
-	"github.com/gatehouse/gatehouse/proxy"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
 )
 
 // commonFlags are the flags every command that reads the configuration has.
@@ -43,19 +40,38 @@ func (c *commonFlags) load() (*config.Config, error) {
 	return cfg, nil
 }
 
+// newFlagSet parses args of a command that takes flags only.
 func newFlagSet(name string, args []string, register func(*flag.FlagSet)) error {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	register(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	var fs *flag.FlagSet
+	if err := newFlagSetArgs(name, args, func(f *flag.FlagSet) { fs = f; register(f) }); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: %s: unexpected argument %q", errUsage, name, fs.Arg(0))
 	}
 	return nil
+}
+
+// newFlagSetArgs parses args; positional arguments are left in the set.
+// Flags may also follow the positional arguments.
+func newFlagSetArgs(name string, args []string, register func(*flag.FlagSet)) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	register(fs)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	return fs.Parse(append([]string{"--"}, pos...))
 }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
@@ -87,33 +103,22 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
 
-	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, MaxSize: int64(cfg.Cache.MaxSize), Log: log})
+	st, err := newStack(cfg, cfg.DataDir, log)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if err := store.Close(); err != nil {
-			log.Error("closing cache", "err", err)
+		if err := st.Close(); err != nil {
+			log.Error("closing", "err", err)
 		}
 	}()
-	ups := map[string]proxy.Upstream{}
-	for i := range cfg.Upstreams {
-		u := &cfg.Upstreams[i]
-		c, err := upstream.New(u, log)
-		if err != nil {
-			return err
-		}
-		ups[u.Name] = c
-	}
-	handler, err := proxy.New(cfg, store, ups, log)
-	if err != nil {
-		return err
-	}
+	store, handler := st.store, st.handler
 
 	var ready atomic.Bool
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", handler)
 	mux.Handle("/v2", handler)
+	mux.Handle("/api/", st.gate.APIHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !ready.Load() {
@@ -165,6 +170,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 		}
 	})
+	g.Go(func() error { return dbUpdateLoop(gctx, st) })
 	g.Go(func() error {
 		<-gctx.Done()
 		ready.Store(false)
@@ -230,3 +236,32 @@ func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
 
 // Unwrap lets http.ResponseController reach Flush.
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// dbUpdateLoop keeps the vulnerability DB fresh: at start when none is
+// loaded or it is due, then every gate.db.updateInterval. A new DB is
+// swapped in without failing scans in flight, then every cached verdict is
+// re-evaluated from its stored package inventory.
+func dbUpdateLoop(ctx context.Context, st *stack) error {
+	interval := st.cfg.Gate.DB.UpdateInterval.D()
+	if interval == 0 {
+		st.log.Info("vulnerability DB updates disabled (gate.db.updateInterval: 0s); use `gatehouse db import`")
+		return nil
+	}
+	for {
+		updated, err := updateDB(ctx, st.cfg, st.clients, st.scanner, false)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			st.log.Error("vulnerability DB update failed; keeping the current one", "repository", st.cfg.Gate.DB.Repository, "err", err)
+		case updated:
+			st.log.Info("vulnerability DB updated", "version", st.scanner.DBVersion())
+			if _, err := st.gate.Reevaluate(ctx); err != nil && ctx.Err() == nil {
+				st.log.Error("re-evaluating verdicts", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
+}

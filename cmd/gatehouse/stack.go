@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/gatehouse/gatehouse/cache"
+	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate"
+	"github.com/gatehouse/gatehouse/gate/scan"
+	"github.com/gatehouse/gatehouse/proxy"
+	"github.com/gatehouse/gatehouse/proxy/upstream"
+)
+
+// stack is gatehouse wired together: the cache, the upstream clients, the
+// proxy handler, the scanner and the gate.
+type stack struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	store   *cache.Store
+	clients map[string]*upstream.Client
+	handler *proxy.Handler
+	scanner *scan.Scanner
+	gate    *gate.Gate
+}
+
+// dbDir is where the vulnerability DB lives: shared by serve, check and db.
+func dbDir(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "trivy", "db") }
+
+// newScanner opens the scanner on the DB in the data directory.
+func newScanner(cfg *config.Config, log *slog.Logger) (*scan.Scanner, error) {
+	return scan.New(scan.Options{
+		DBDir:    dbDir(cfg),
+		CacheDir: filepath.Join(cfg.DataDir, "trivy"),
+		Log:      log,
+	})
+}
+
+// newStack opens everything under stateDir (the cache and the verdicts);
+// the vulnerability DB always comes from cfg.DataDir.
+func newStack(cfg *config.Config, stateDir string, log *slog.Logger) (_ *stack, err error) {
+	s := &stack{cfg: cfg, log: log, clients: map[string]*upstream.Client{}}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.store, err = cache.Open(cache.Options{Dir: stateDir, MaxSize: int64(cfg.Cache.MaxSize), Log: log})
+	if err != nil {
+		return nil, err
+	}
+	ups := map[string]proxy.Upstream{}
+	for i := range cfg.Upstreams {
+		u := &cfg.Upstreams[i]
+		c, err := upstream.New(u, log)
+		if err != nil {
+			return nil, err
+		}
+		s.clients[u.Name], ups[u.Name] = c, c
+	}
+	s.handler, err = proxy.New(cfg, s.store, ups, log)
+	if err != nil {
+		return nil, err
+	}
+	s.scanner, err = newScanner(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	s.gate, err = gate.New(gate.Options{Config: &cfg.Gate, DataDir: stateDir, Scanner: s.scanner.ForGate(), Blobs: s.handler, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	s.handler.SetGate(s.gate)
+	return s, nil
+}
+
+// Close closes what was opened, in reverse order.
+func (s *stack) Close() error {
+	var errs []error
+	if s.gate != nil {
+		errs = append(errs, s.gate.Close())
+	}
+	if s.scanner != nil {
+		errs = append(errs, s.scanner.Close())
+	}
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// updateDB downloads the DB artifact through the matching upstream and
+// swaps it in. It returns false when the loaded DB is not due for an update
+// (its NextUpdate lies ahead) and force is not set.
+func updateDB(ctx context.Context, cfg *config.Config, clients map[string]*upstream.Client, sc *scan.Scanner, force bool) (bool, error) {
+	if st, err := sc.DBStatus(); err == nil && !force && time.Now().Before(st.NextUpdate) {
+		return false, nil
+	}
+	host, repo, tag, err := gate.SplitRepository(cfg.Gate.DB.Repository)
+	if err != nil {
+		return false, fmt.Errorf("gate.db.repository: %w", err)
+	}
+	u := cfg.Upstream(host)
+	if u == nil {
+		return false, fmt.Errorf("gate.db.repository %s: %s is not a configured upstream", cfg.Gate.DB.Repository, host)
+	}
+	c := clients[u.Name]
+	if c == nil {
+		if c, err = upstream.New(u, slog.New(slog.DiscardHandler)); err != nil {
+			return false, err
+		}
+	}
+	rc, dgst, err := gate.FetchDB(ctx, c, repo, tag)
+	if err != nil {
+		return false, err
+	}
+	defer rc.Close()
+	if err := sc.Import(ctx, rc); err != nil {
+		return false, fmt.Errorf("importing DB %s@%s: %w", cfg.Gate.DB.Repository, dgst, err)
+	}
+	return true, nil
+}
