@@ -51,6 +51,7 @@ type Gate struct {
 	mu      sync.Mutex
 	jobs    map[string]*job
 	memo    map[string]*Verdict // verdict key → verdict, the hot path
+	tags    map[string]struct{} // digest+tag pairs already recorded
 	closed  bool
 	closing chan struct{}
 	wg      sync.WaitGroup
@@ -133,6 +134,7 @@ func New(opts Options) (*Gate, error) {
 		pass:    map[string]bool{},
 		jobs:    map[string]*job{},
 		memo:    map[string]*Verdict{},
+		tags:    map[string]struct{}{},
 		closing: make(chan struct{}),
 		sem:     make(chan struct{}, opts.Config.ScanConcurrency),
 		denials: newDenialLog(1000),
@@ -166,10 +168,6 @@ type manifestInfo struct {
 }
 
 func parseManifest(s *Subject) (*manifestInfo, error) {
-	mt := types.MediaType(s.MediaType)
-	if mt.IsIndex() {
-		return &manifestInfo{kind: "index"}, nil
-	}
 	m, err := v1.ParseManifest(strings.NewReader(string(s.Manifest)))
 	if err != nil {
 		return nil, fmt.Errorf("parsing manifest: %w", err)
@@ -181,35 +179,41 @@ func parseManifest(s *Subject) (*manifestInfo, error) {
 // (admitted or not), a *Pending when the verdict is not ready within
 // gate.maxWait, or an error (fail closed) when the image cannot be judged.
 func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
-	info, err := parseManifest(&s)
-	if err != nil {
-		return nil, err
-	}
-	if info.kind == "index" {
+	if types.MediaType(s.MediaType).IsIndex() {
 		// Indexes are served; each platform manifest is judged when asked for.
 		return &Verdict{Digest: s.Digest.String(), Admitted: true, Kind: "index", Reason: ReasonIndex, Message: "index"}, nil
 	}
 	rule := g.policy.Match(s.Upstream, s.Repo)
-	if g.isArtifact(info, &s) {
-		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "artifact",
-			Reason: ReasonArtifact, Message: "non-image artifact (" + string(info.config.MediaType) + ") passed by media type", JudgedAt: g.now()}
-		g.allow(&s, info, v)
-		return v, nil
-	}
-	if rule.Mode == config.ModeOff {
-		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image",
-			Reason: ReasonOff, Message: fmt.Sprintf("rule %q is off", rule.Name), JudgedAt: g.now()}
-		g.allow(&s, info, v)
-		return v, nil
-	}
-	dbv := g.scanner.DBVersion()
-	if dbv == "" {
-		return g.failed(&s, info, rule, ErrNoDB)
+	dbv := ""
+	if rule.Mode != config.ModeOff {
+		dbv = g.scanner.DBVersion()
 	}
 	key := verdictKey(s.Digest.String(), rule.Hash, dbv)
+	// The hot path: a manifest judged before costs a map lookup.
 	if v := g.cached(key); v != nil {
 		g.noteTag(&s)
 		return g.deny(v, &s), nil
+	}
+	info, err := parseManifest(&s)
+	if err != nil {
+		return nil, err
+	}
+	var v *Verdict
+	switch {
+	case g.isArtifact(info, &s):
+		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "artifact",
+			Reason: ReasonArtifact, Message: "non-image artifact (" + string(info.config.MediaType) + ") passed by media type", JudgedAt: g.now()}
+	case rule.Mode == config.ModeOff:
+		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image",
+			Reason: ReasonOff, Message: fmt.Sprintf("rule %q is off", rule.Name), JudgedAt: g.now()}
+	case dbv == "":
+		return g.failed(&s, info, rule, ErrNoDB)
+	}
+	if v != nil {
+		if err := g.store(key, &s, info, v); err != nil {
+			g.log.Error("storing verdict", "err", err)
+		}
+		return v, nil
 	}
 
 	g.mu.Lock()
@@ -481,6 +485,19 @@ func (g *Gate) putImage(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict)
 // noteTag adds a newly seen tag to a judged image's record.
 func (g *Gate) noteTag(s *Subject) {
 	if s.Tag == "" {
+		return
+	}
+	seen := s.Digest.String() + "\x00" + s.Tag
+	g.mu.Lock()
+	_, done := g.tags[seen]
+	if !done {
+		if len(g.tags) >= maxMemo {
+			clear(g.tags)
+		}
+		g.tags[seen] = struct{}{}
+	}
+	g.mu.Unlock()
+	if done {
 		return
 	}
 	var known bool
