@@ -381,7 +381,11 @@ of the untimed ones).
   by digest (untimed), so the proxy has already talked to the upstream
   about the repository. %[4]d run(s) per target, each proxy run on a new
   process with an empty store. The proxies talk to the upstream directly
-  here (no counting hop). For context, each round also
+  here (no counting hop). Before every timed cold transfer (and the
+  concurrent clients below) the benchmark calls sync(2), so that the
+  gigabytes it wrote earlier are not still being written back: left
+  pending, they make the kernel throttle the next writer to the disk's
+  speed. For context, each round also
   times writing a fresh file of the blob's size (256 KiB writes, no
   fsync): a proxy that streams to its clients from the file it is writing
   cannot go faster than that, while the distribution proxy writes its copy

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -327,12 +328,14 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 		// A caching proxy writes what it fetches; how fast this machine
 		// takes a fresh file of that size into the page cache bounds any
 		// proxy that serves from the file it writes.
+		settleDisk()
 		w, err := b.writeProbe()
 		if err != nil {
 			return fmt.Errorf("write probe: %w", err)
 		}
 		b.res.Write = append(b.res.Write, w)
 		b.logf("cold %d/%d: writing a fresh file %s", r+1, b.opts.coldRuns, fmtRate(size, w))
+		settleDisk()
 		cpu0 := b.upstream.cpuTime()
 		d, err := fetch(ctx, b.client, blobURL(b.upstream.base), size, verify())
 		if err != nil {
@@ -359,6 +362,7 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 				b.fail(sCold, k.name, err)
 				continue
 			}
+			settleDisk()
 			cpu0 := s.cpuTime()
 			d, err := fetch(ctx, b.client, blobURL(s.base), size, verify())
 			cpu := s.cpuTime() - cpu0
@@ -505,6 +509,13 @@ func (b *bench) resolve(ctx context.Context, base string) error {
 	return oneRequest(ctx, client, http.MethodGet, base+b.img.manifestPath(b.img.digest), buf)
 }
 
+// settleDisk writes all dirty pages back (sync(2)) before a timed cold
+// transfer. The benchmark itself dirties gigabytes (the layer file, the
+// upstream's copy, every proxy's copy); left pending, they make the kernel
+// throttle the next writer to the disk's writeback speed, which would
+// charge this run's history to whichever proxy writes next.
+func settleDisk() { syscall.Sync() }
+
 // writeProbe times writing the blob's size of zeros to a new file in 256
 // KiB writes (no fsync), and removes the file.
 func (b *bench) writeProbe() (time.Duration, error) {
@@ -547,6 +558,7 @@ func (b *bench) fanout(ctx context.Context) error {
 		if s != nil {
 			cpu0 = s.cpuTime()
 		}
+		settleDisk()
 		upCPU0 := b.upstream.cpuTime()
 		var wg sync.WaitGroup
 		start := time.Now()
