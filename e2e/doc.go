@@ -12,7 +12,7 @@
 //	img := reg.PushImage(t, "e2e/app", "v1", SmallImage(1)) // or PushIndex
 //	gh := StartGatehouse(t, GatehouseConfig{
 //		Upstreams: []GatehouseUpstream{reg.Upstream()},
-//		Extra:     map[string]any{"gate": ...},         // more config keys
+//		Gate:      &GateConfig{...}, // nil: GateOff(), no scans
 //	})
 //	ctrd := StartContainerd(t)
 //	ctrd.SetHosts(t, reg.Host, Hosts{Server: gh.URL})   // no fallback

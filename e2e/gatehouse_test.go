@@ -34,9 +34,71 @@ type GatehouseConfig struct {
 	// empty refuses them.
 	DefaultUpstream string
 	Upstreams       []GatehouseUpstream
+	// Gate is the gate section; nil means GateOff(): every image is served
+	// unscanned, which is what the tests of the proxy and its cache need
+	// (with no vulnerability DB loaded, an enforcing gate refuses every
+	// image).
+	Gate *GateConfig
+	// DBArchive, when set, is a db.tar.gz that `gatehouse db import`
+	// loads into the data directory before `gatehouse serve` starts.
+	DBArchive string
 	// Extra holds further top-level keys, written as they are (for the
-	// gate, metrics, ... sections of later tests).
+	// metrics, ... sections of later tests). It must not repeat a key the
+	// harness writes (listen, dataDir, log, upstreams, defaultUpstream,
+	// gate).
 	Extra map[string]any
+}
+
+// GateConfig is the gate section of gatehouse's config (config/gate.go):
+// the fields the tests set, in the YAML a user writes. Durations are
+// strings such as "20s"; empty fields take gatehouse's defaults, except
+// DB.UpdateInterval, which the harness always sets ("0s" when empty): a
+// test never downloads a vulnerability DB.
+type GateConfig struct {
+	MaxWait string     `yaml:"maxWait,omitempty"`
+	Blobs   string     `yaml:"blobs,omitempty"` // "admitted" (default) or "any"
+	DB      GateDB     `yaml:"db"`
+	Policy  GatePolicy `yaml:"policy"`
+}
+
+// GateDB is gate.db.
+type GateDB struct {
+	Repository     string `yaml:"repository,omitempty"`
+	UpdateInterval string `yaml:"updateInterval"`
+}
+
+// GatePolicy is gate.policy.
+type GatePolicy struct {
+	Rules []GateRule `yaml:"rules"`
+}
+
+// GateRule is one entry of gate.policy.rules.
+type GateRule struct {
+	Name          string      `yaml:"name"`
+	Mode          string      `yaml:"mode,omitempty"`  // enforce (default), audit, off
+	Block         []string    `yaml:"block,omitempty"` // default [CRITICAL]
+	IgnoreUnfixed bool        `yaml:"ignoreUnfixed"`
+	Allowlist     []GateAllow `yaml:"allowlist,omitempty"`
+	Upstreams     []string    `yaml:"upstreams,omitempty"`
+	Repositories  []string    `yaml:"repositories,omitempty"`
+}
+
+// GateAllow is one allowlist entry of a rule.
+type GateAllow struct {
+	ID      string `yaml:"id"`
+	Reason  string `yaml:"reason"`
+	Expires string `yaml:"expires"` // YYYY-MM-DD
+}
+
+// GateOff is the gate of the tests of the proxy and its cache: one default
+// rule in mode off (no scan, no vulnerability DB needed) and no DB updates.
+// Blobs stay "admitted" as in production: a blob is served once a manifest
+// referencing it was (the clients always ask for the manifest first).
+func GateOff() *GateConfig {
+	return &GateConfig{
+		DB:     GateDB{UpdateInterval: "0s"},
+		Policy: GatePolicy{Rules: []GateRule{{Name: "default", Mode: "off"}}},
+	}
 }
 
 // Upstream is the config entry that makes gatehouse proxy this registry
@@ -73,24 +135,31 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 		LogPath:    filepath.Join(dir, "gatehouse.log"),
 		bin:        bin,
 	}
-	doc := map[string]any{}
+	gateCfg := GateOff()
+	if cfg.Gate != nil {
+		c := *cfg.Gate
+		if c.DB.UpdateInterval == "" {
+			c.DB.UpdateInterval = "0s"
+		}
+		gateCfg = &c
+	}
+	doc := map[string]any{
+		"dataDir": g.DataDir,
+		"log":     map[string]string{"format": "json", "level": "debug"},
+		// listen is set below, once a port is picked.
+		"upstreams": cfg.Upstreams,
+		// Always explicit: empty means requests without ns or path prefix
+		// are refused, which proves the other routes are really taken.
+		"defaultUpstream": cfg.DefaultUpstream,
+		"gate":            gateCfg,
+	}
 	for k, v := range cfg.Extra {
+		if _, taken := doc[k]; taken || k == "listen" {
+			t.Fatalf("GatehouseConfig.Extra: %q is written by the harness; use the GatehouseConfig field", k)
+		}
 		doc[k] = v
 	}
-	doc["dataDir"] = g.DataDir
-	doc["log"] = map[string]string{"format": "json", "level": "debug"}
-	doc["upstreams"] = cfg.Upstreams
-	// Always explicit: empty means requests without ns or path prefix are
-	// refused, which proves the other routes are really taken.
-	doc["defaultUpstream"] = cfg.DefaultUpstream
-	// Registered before the process starts, so it runs after every
-	// (re)started process has stopped and scans the whole log.
-	t.Cleanup(func() { g.scanLog(t) })
-	startOnFreePort(t, func(port int) error {
-		g.port = port
-		g.Host = loopback(port)
-		g.URL = "http://" + g.Host
-		doc["listen"] = g.Host
+	writeConfig := func() {
 		b, err := yaml.Marshal(doc)
 		if err != nil {
 			t.Fatal(err)
@@ -98,9 +167,61 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 		if err := os.WriteFile(g.ConfigPath, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// Registered before the process starts, so it runs after every
+	// (re)started process has stopped and scans the whole log.
+	t.Cleanup(func() { g.scanLog(t) })
+	if cfg.DBArchive != "" {
+		// The offline path of an air-gapped install: import, then serve on
+		// the same data directory.
+		doc["listen"] = "127.0.0.1:0" // not used by db import
+		writeConfig()
+		res := g.Run(t, "db import", cfg.DBArchive)
+		if res.Err != nil {
+			t.Fatalf("gatehouse db import %s: %v", cfg.DBArchive, res)
+		}
+		t.Logf("gatehouse db import %s:\n%s", filepath.Base(cfg.DBArchive), res.Output())
+	}
+	startOnFreePort(t, func(port int) error {
+		g.port = port
+		g.Host = loopback(port)
+		g.URL = "http://" + g.Host
+		doc["listen"] = g.Host
+		writeConfig()
 		return g.start(t)
 	})
 	return g
+}
+
+// commandTimeout bounds a gatehouse command other than serve (check scans
+// an image; db import unpacks a DB).
+const commandTimeout = 2 * time.Minute
+
+// Run runs another gatehouse command with this gatehouse's config file (so
+// its data directory): command is e.g. "check" or "db import", args follow
+// the --config flag. It does not fail the test: callers check the result
+// (ExitCode tells check's verdicts apart).
+func (g *Gatehouse) Run(t testing.TB, command string, args ...string) CmdResult {
+	t.Helper()
+	argv := append([]string{g.bin}, strings.Fields(command)...)
+	argv = append(append(argv, "--config", g.ConfigPath), args...)
+	start := time.Now()
+	res := runCmd(t.Context(), commandTimeout, hermeticEnv(), argv...)
+	t.Logf("gatehouse %s %s: %v in %v", command, strings.Join(args, " "), errString(res.Err), time.Since(start).Round(time.Millisecond))
+	return res
+}
+
+// API GETs a JSON API path of gatehouse (e.g. "/api/v1/denials"), checks for
+// 200 and decodes the body into v.
+func (g *Gatehouse) API(t testing.TB, path string, v any) {
+	t.Helper()
+	resp := g.Do(t, http.MethodGet, path)
+	if resp.Status != http.StatusOK {
+		t.Fatalf("GET %s: %s", path, resp)
+	}
+	if err := json.Unmarshal(resp.Body, v); err != nil {
+		t.Fatalf("GET %s: decoding %q: %v", path, resp.Body, err)
+	}
 }
 
 // Start starts a stopped gatehouse again with the same config, port and

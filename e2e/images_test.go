@@ -84,7 +84,12 @@ func SmallImage(seed int64) ImageSpec {
 // PushImage pushes a single-platform image to repo:tag.
 func (r *Registry) PushImage(t testing.TB, repo, tag string, spec ImageSpec) Pushed {
 	t.Helper()
-	img := BuildImage(t, spec)
+	return r.Push(t, repo, tag, BuildImage(t, spec))
+}
+
+// Push pushes img (e.g. a scantest fixture) to repo:tag.
+func (r *Registry) Push(t testing.TB, repo, tag string, img v1.Image) Pushed {
+	t.Helper()
 	ref := r.Repo(t, repo).Tag(tag)
 	if err := remote.Write(ref, img, r.RemoteOptions()...); err != nil {
 		t.Fatalf("push %s: %v", ref, err)

@@ -304,6 +304,19 @@ func (r CmdResult) LastLine() string {
 	return strings.TrimSpace(lines[len(lines)-1])
 }
 
+// ExitCode is the command's exit status: 0 on success, -1 when it did not
+// exit by itself (not started, killed, timed out).
+func (r CmdResult) ExitCode() int {
+	if r.Err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(r.Err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
 func (r CmdResult) String() string {
 	return fmt.Sprintf("%q: err=%v\n%s", r.Argv, r.Err, r.Output())
 }

@@ -27,12 +27,19 @@ func TestRouting(t *testing.T) {
 		}
 	}
 
+	// The routing contract of the proxy alone: no scans, and every blob is
+	// served, so an unknown one is the upstream's 404. (Under the default
+	// gate.blobs "admitted", a blob no admitted manifest references is a
+	// 403 whether upstream has it or not: TestGate checks that.)
+	gate := GateOff()
+	gate.Blobs = "any"
 	gh := StartGatehouse(t, GatehouseConfig{
 		DefaultUpstream: reg.Host,
 		Upstreams: []GatehouseUpstream{
 			reg.Upstream(),
 			{Name: skopeoUpstream, URL: reg.URL, TagTTL: "1h"},
 		},
+		Gate: gate,
 	})
 	ns := "?ns=" + url.QueryEscape(reg.Host)
 	accept := "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*"
