@@ -116,10 +116,11 @@ type Gatehouse struct {
 	ConfigPath string
 	LogPath    string
 
-	port int
-	bin  string
-	proc *Process
-	stop func(testing.TB) // stops proc once, checking its exit status
+	port   int
+	bin    string
+	tmpDir string // TMPDIR of every gatehouse process
+	proc   *Process
+	stop   func(testing.TB) // stops proc once, checking its exit status
 }
 
 // StartGatehouse writes a config file, starts `gatehouse serve --config` and
@@ -134,6 +135,12 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 		ConfigPath: filepath.Join(dir, "gatehouse.yaml"),
 		LogPath:    filepath.Join(dir, "gatehouse.log"),
 		bin:        bin,
+		tmpDir:     filepath.Join(dir, "tmp"),
+	}
+	// Trivy makes a temporary directory per process: keep them under the
+	// test's directory.
+	if err := os.Mkdir(g.tmpDir, 0o700); err != nil {
+		t.Fatal(err)
 	}
 	gateCfg := GateOff()
 	if cfg.Gate != nil {
@@ -206,7 +213,7 @@ func (g *Gatehouse) Run(t testing.TB, command string, args ...string) CmdResult 
 	argv := append([]string{g.bin}, strings.Fields(command)...)
 	argv = append(append(argv, "--config", g.ConfigPath), args...)
 	start := time.Now()
-	res := runCmd(t.Context(), commandTimeout, hermeticEnv(), argv...)
+	res := runCmd(t.Context(), commandTimeout, g.env(), argv...)
 	t.Logf("gatehouse %s %s: %v in %v", command, strings.Join(args, " "), errString(res.Err), time.Since(start).Round(time.Millisecond))
 	return res
 }
@@ -240,7 +247,7 @@ func (g *Gatehouse) start(t testing.TB) error {
 			return fmt.Errorf("gatehouse %s is already running", g.Host)
 		}
 	}
-	p := StartProcess(t, "gatehouse "+g.Host, g.LogPath, hermeticEnv(), g.bin, "serve", "--config", g.ConfigPath)
+	p := StartProcess(t, "gatehouse "+g.Host, g.LogPath, g.env(), g.bin, "serve", "--config", g.ConfigPath)
 	var once sync.Once
 	stop := func(t testing.TB) {
 		once.Do(func() {
@@ -289,6 +296,11 @@ func (g *Gatehouse) scanLog(t testing.TB) {
 
 // Log returns gatehouse's log so far.
 func (g *Gatehouse) Log() string { return g.proc.Log() }
+
+// env is the environment changes of every gatehouse process.
+func (g *Gatehouse) env() []string {
+	return append(hermeticEnv(), "TMPDIR="+g.tmpDir)
+}
 
 // hermeticEnv unsets the GATEHOUSE_* variables gatehouse reads, so a
 // developer's environment cannot override the test's config file.
