@@ -1,0 +1,173 @@
+package sign
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sigstore/cosign/v2/pkg/cosign"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
+	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/verify"
+)
+
+// verifyBundles checks the sigstore bundles attached to ref as OCI 1.1
+// referrers (the referrers API, or its tag fallback sha256-<hex>).
+//
+// This is what cosign.VerifyImageAttestations does with NewBundleFormat,
+// done here one bundle at a time (cosign.GetBundles + VerifyNewBundle) so
+// that the bundles are fetched once for all identities, fetch errors are
+// not mistaken for "not a bundle", each rejection has its own reason, and
+// the signer's identity and predicate type come from the verified result.
+func (v *Verifier) verifyBundles(ctx context.Context, ref name.Digest, dgst v1.Hash, cp *compiled, t *tally) *Result {
+	opts := v.registryOpts(ctx)
+	idx, err := ociremote.Referrers(ref, "", opts...)
+	if err != nil {
+		t.fetchFailed(err)
+		return nil
+	}
+	want, err := hex.DecodeString(dgst.Hex)
+	if err != nil {
+		t.fail(rankUntrusted, ReasonUntrusted, err) // cannot happen for a parsed v1.Hash
+		return nil
+	}
+	n := 0
+	for _, desc := range idx.Manifests {
+		bundleType := strings.HasPrefix(desc.ArtifactType, bundleArtifactPrefix)
+		// Some registries report the config media type (empty for a
+		// bundle) instead of the manifest's artifactType: such a
+		// referrer may be a bundle too.
+		maybe := desc.ArtifactType == "" || desc.ArtifactType == emptyConfigType
+		if !bundleType && !maybe {
+			continue // SBOMs, other artifacts
+		}
+		if pt, ok := desc.Annotations[predicateAnnotation]; ok && pt != CosignSignPredicate {
+			continue // an attestation, not a signature
+		}
+		if n == v.maxSigs {
+			break
+		}
+		n++
+		if ctx.Err() != nil {
+			return nil
+		}
+		b, err := ociremote.Bundle(ref.Context().Digest(desc.Digest.String()), opts...)
+		if err != nil {
+			if bundleType || transient(err) {
+				t.broken(fmt.Errorf("bundle %s: %w", desc.Digest, err))
+			} // else: some other artifact
+			continue
+		}
+		if res := v.checkBundle(ctx, b, dgst, want, cp, t); res != nil {
+			res.Format, res.Digest = FormatBundle, dgst.String()
+			return res
+		}
+	}
+	return nil
+}
+
+// emptyConfigType is the config media type of artifacts without config,
+// bundle referrers included.
+const emptyConfigType = "application/vnd.oci.empty.v1+json"
+
+// errNotSignature is a verified bundle of another predicate type.
+var errNotSignature = errors.New("not a cosign signature")
+
+// checkBundle verifies one bundle against every trusted identity.
+func (v *Verifier) checkBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byte, cp *compiled, t *tally) *Result {
+	entries, err := b.TlogEntries()
+	if err != nil {
+		t.fail(rankUntrusted, ReasonUntrusted, err)
+		return nil
+	}
+	hasTlog := len(entries) > 0
+	for _, k := range cp.keys {
+		co := cp.checkOpts(ctx, v)
+		co.NewBundleFormat = true
+		co.TrustedMaterial = cp.trustedMaterial()
+		co.SigVerifier = k.verifier
+		co.IgnoreSCT = true
+		_, err := tryBundle(ctx, b, dgst, want, co, cp.requireTlog, cp.tlogModes(false, hasTlog), hasTlog, t)
+		if errors.Is(err, errNotSignature) {
+			return nil
+		}
+		if err == nil {
+			return &Result{Verified: true, Identity: "key=" + k.fingerprint}
+		}
+	}
+	for _, id := range cp.keyless {
+		co := cp.checkOpts(ctx, v)
+		co.NewBundleFormat = true
+		co.Identities = []cosign.Identity{id}
+		res, err := tryBundle(ctx, b, dgst, want, co, cp.requireTlog, cp.tlogModes(true, hasTlog), hasTlog, t)
+		if errors.Is(err, errNotSignature) {
+			return nil
+		}
+		if err == nil {
+			ident := "certificate"
+			if c := res.Signature.Certificate; c != nil {
+				ident = identityString(c.Issuer, c.SubjectAlternativeName)
+			}
+			return &Result{Verified: true, Identity: ident}
+		}
+	}
+	return nil
+}
+
+// tryBundle verifies a bundle with each tlog mode until one passes,
+// recording why it did not. A verified bundle of another predicate type
+// returns errNotSignature and is recorded as nothing.
+func tryBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byte, co *cosign.CheckOpts, requireTlog bool, modes []bool, hasTlog bool, t *tally) (*verify.VerificationResult, error) {
+	if requireTlog && !hasTlog {
+		c := *co
+		c.IgnoreTlog = true
+		if _, err := verifyBundle(ctx, b, dgst, want, &c); err != nil {
+			if !errors.Is(err, errNotSignature) {
+				t.failVerify(err)
+			}
+			return nil, err
+		}
+		t.fail(rankNoTlog, ReasonNoTlog, errNoTlog)
+		return nil, errNoTlog
+	}
+	var last error
+	for _, ignore := range modes {
+		c := *co
+		c.IgnoreTlog = ignore
+		res, err := verifyBundle(ctx, b, dgst, want, &c)
+		if err == nil || errors.Is(err, errNotSignature) {
+			return res, err
+		}
+		t.failVerify(err)
+		last = err
+	}
+	return nil, last
+}
+
+// verifyBundle verifies b as a signature of dgst: sigstore checks the
+// signature, certificate, log entries and that the in-toto statement's
+// subject is dgst; the predicate type is checked here. A bundle that
+// fails only on its subject is reported as a mismatch.
+func verifyBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byte, co *cosign.CheckOpts) (*verify.VerificationResult, error) {
+	res, err := cosign.VerifyNewBundle(ctx, co, verify.WithArtifactDigest(dgst.Algorithm, want), b)
+	if err != nil {
+		// Everything but the subject: if this passes, the trusted signer
+		// signed some other digest.
+		if r, uerr := cosign.VerifyNewBundle(ctx, co, verify.WithoutArtifactUnsafe(), b); uerr == nil && isSignature(r) {
+			return nil, &mismatchError{err}
+		}
+		return nil, err
+	}
+	if !isSignature(res) {
+		return nil, errNotSignature
+	}
+	return res, nil
+}
+
+func isSignature(res *verify.VerificationResult) bool {
+	return res != nil && res.Statement != nil && res.Statement.GetPredicateType() == CosignSignPredicate
+}

@@ -1,0 +1,126 @@
+package sign
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sigstore/cosign/v2/pkg/cosign"
+	"github.com/sigstore/cosign/v2/pkg/oci"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
+	"github.com/sigstore/cosign/v2/pkg/oci/static"
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
+)
+
+// verifyLegacy checks the signatures stored under the sha256-<hex>.sig tag
+// of ref (cosign's original layout).
+func (v *Verifier) verifyLegacy(ctx context.Context, ref name.Digest, dgst v1.Hash, cp *compiled, t *tally) *Result {
+	opts := v.registryOpts(ctx)
+	tag, err := ociremote.SignatureTag(ref, opts...)
+	if err != nil {
+		t.fetchFailed(err)
+		return nil
+	}
+	// A missing tag is no signature (an empty list), not an error.
+	sigs, err := ociremote.Signatures(tag, opts...)
+	if err != nil {
+		t.fetchFailed(err)
+		return nil
+	}
+	list, err := sigs.Get()
+	if err != nil {
+		t.broken(err)
+		return nil
+	}
+	if len(list) > v.maxSigs {
+		list = list[:v.maxSigs]
+	}
+	for _, sig := range list {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Read the layer (payload, certificate, Rekor bundle) once.
+		sig, err := static.Copy(sig)
+		if err != nil {
+			t.broken(err)
+			continue
+		}
+		if res := v.checkLegacy(ctx, sig, dgst, cp, t); res != nil {
+			res.Format, res.Digest = FormatLegacyTag, dgst.String()
+			return res
+		}
+	}
+	return nil
+}
+
+// checkLegacy verifies one signature against every trusted identity.
+func (v *Verifier) checkLegacy(ctx context.Context, sig oci.Signature, dgst v1.Hash, cp *compiled, t *tally) *Result {
+	rb, err := sig.Bundle()
+	if err != nil {
+		t.fail(rankUntrusted, ReasonUntrusted, err)
+		return nil
+	}
+	hasTlog := rb != nil
+	for _, k := range cp.keys {
+		co := cp.checkOpts(ctx, v)
+		co.SigVerifier = k.verifier
+		co.IgnoreSCT = true // no certificate
+		if tryLegacy(ctx, sig, dgst, co, cp.requireTlog, cp.tlogModes(false, hasTlog), hasTlog, t) {
+			return &Result{Verified: true, Identity: "key=" + k.fingerprint}
+		}
+	}
+	for _, id := range cp.keyless {
+		co := cp.checkOpts(ctx, v)
+		co.Identities = []cosign.Identity{id}
+		if tryLegacy(ctx, sig, dgst, co, cp.requireTlog, cp.tlogModes(true, hasTlog), hasTlog, t) {
+			cert, err := sig.Cert()
+			if err != nil || cert == nil { // cannot happen: it verified with it
+				t.fail(rankUntrusted, ReasonUntrusted, fmt.Errorf("reading the verified certificate: %v", err))
+				continue
+			}
+			return &Result{Verified: true, Identity: certIdentity(cert)}
+		}
+	}
+	return nil
+}
+
+// tryLegacy runs cosign's verification of one signature with each tlog
+// mode until one passes, recording why it did not.
+func tryLegacy(ctx context.Context, sig oci.Signature, dgst v1.Hash, co *cosign.CheckOpts, requireTlog bool, modes []bool, hasTlog bool, t *tally) bool {
+	if requireTlog && !hasTlog {
+		// Cannot pass; find out whether only the log entry is missing.
+		c := *co
+		c.IgnoreTlog = true
+		if _, err := cosign.VerifyImageSignature(ctx, sig, dgst, &c); err != nil {
+			t.failVerify(err)
+		} else {
+			t.fail(rankNoTlog, ReasonNoTlog, errNoTlog)
+		}
+		return false
+	}
+	for _, ignore := range modes {
+		c := *co
+		c.IgnoreTlog = ignore
+		_, err := cosign.VerifyImageSignature(ctx, sig, dgst, &c)
+		if err == nil {
+			return true
+		}
+		t.failVerify(err)
+	}
+	return false
+}
+
+// certIdentity names the signer of a verified certificate.
+func certIdentity(cert *x509.Certificate) string {
+	s, err := certificate.SummarizeCertificate(cert)
+	if err != nil {
+		return "certificate " + cert.Subject.String()
+	}
+	return identityString(s.Issuer, s.SubjectAlternativeName)
+}
+
+func identityString(issuer, subject string) string {
+	return fmt.Sprintf("issuer=%s subject=%s", issuer, subject)
+}
