@@ -115,6 +115,32 @@ func (p *proc) cpuTime() time.Duration {
 	return time.Duration(utime+stime) * (time.Second / 100)
 }
 
+// sampleAnon records the largest RssAnon (anonymous resident memory: heap,
+// stacks, buffers; not the binary's file-backed pages) of the process in
+// *peak every 50 ms until the returned function is called.
+func (p *proc) sampleAnon(peak *int64) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if n, err := procStatusKB(p.pid(), "RssAnon:"); err == nil && n > *peak {
+				*peak = n
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
+}
+
 func procStatusKB(pid int, field string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -305,8 +305,8 @@ func writeReport(w io.Writer, opts options, r *results) error {
 	}
 
 	p("\n### 4 and 5. Concurrent cold clients of one %s blob\n\n", size)
-	p("| target | clients | wall time | median client time | upstream blob GETs | upstream blob bytes | all upstream requests | peak RSS | proxy CPU | upstream CPU |\n")
-	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("| target | clients | wall time | median client time | upstream blob GETs | upstream blob bytes | all upstream requests | peak RSS (before the clients) | peak anonymous RSS | proxy CPU | upstream CPU |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, t := range []string{tGatehouse, tDistribution, tUpstream} {
 		fo, ok := r.Fanout[t]
 		if !ok {
@@ -316,9 +316,10 @@ func writeReport(w io.Writer, opts options, r *results) error {
 		for _, d := range fo.PerClient {
 			pc = append(pc, d.Seconds())
 		}
-		rss := "—"
+		rss, anon := "—", "—"
 		if fo.PeakRSS > 0 {
-			rss = fmt.Sprintf("%.0f MiB", float64(fo.PeakRSS)/mib)
+			rss = fmt.Sprintf("%.0f MiB (%.0f MiB)", float64(fo.PeakRSS)/mib, float64(fo.StartRSS)/mib)
+			anon = fmt.Sprintf("%.0f MiB", float64(fo.PeakAnon)/mib)
 		}
 		name := label[t]
 		if t == tUpstream {
@@ -328,9 +329,9 @@ func writeReport(w io.Writer, opts options, r *results) error {
 		if fo.CPU > 0 {
 			cpu = fmtDur(fo.CPU)
 		}
-		p("| %s | %d | %s | %s | %d | %s (%.2f× blob) | %d | %s | %s | %s |\n", name, fo.Clients, fmtDur(fo.Wall),
+		p("| %s | %d | %s | %s | %d | %s (%.2f× blob) | %d | %s | %s | %s | %s |\n", name, fo.Clients, fmtDur(fo.Wall),
 			fmtDur(time.Duration(median(pc)*float64(time.Second))), fo.Upstream.BlobGets,
-			fmtBytes(fo.Upstream.BlobBytes), float64(fo.Upstream.BlobBytes)/float64(r.Size), fo.Upstream.Requests, rss,
+			fmtBytes(fo.Upstream.BlobBytes), float64(fo.Upstream.BlobBytes)/float64(r.Size), fo.Upstream.Requests, rss, anon,
 			cpu, fmtDur(fo.UpCPU))
 	}
 
@@ -407,7 +408,11 @@ of the untimed ones).
   copy after the clients are served).
 - **5. Peak RSS.** VmHWM from ` + "`/proc/<pid>/status`" + ` of the proxy process,
   read at the end of the run of scenario 4. Each proxy is a new process for
-  that run, so the high-water mark belongs to it alone.
+  that run, so the high-water mark belongs to it alone. VmHWM counts the
+  pages of the executable that were touched (file-backed, shared, dropped
+  first under memory pressure) as well as heap and stacks; the value in
+  brackets is VmHWM before the clients started, and *peak anonymous RSS*
+  (RssAnon sampled every 50 ms) is the memory the process allocated.
 
 ## Targets
 

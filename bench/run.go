@@ -47,6 +47,8 @@ type fanout struct {
 	PerClient []time.Duration // each client's time
 	Upstream  counts          // what the upstream served meanwhile
 	PeakRSS   int64           // VmHWM of the (fresh) proxy process; 0 for the upstream row
+	StartRSS  int64           // its VmHWM before the clients started
+	PeakAnon  int64           // the largest RssAnon sampled during the run
 	CPU       time.Duration   // CPU time of the proxy process (0 for the upstream row)
 	UpCPU     time.Duration   // CPU time of the upstream docker-registry
 }
@@ -554,11 +556,18 @@ func (b *bench) fanout(ctx context.Context) error {
 		if b.opts.verify {
 			verify = b.img.layer.Digest
 		}
+		settleDisk()
 		var cpu0 time.Duration
+		stopSampling := func() {}
 		if s != nil {
 			cpu0 = s.cpuTime()
+			rss, err := s.peakRSS()
+			if err != nil {
+				return fmt.Errorf("peak RSS of %s: %w", name, err)
+			}
+			fo.StartRSS = rss
+			stopSampling = s.sampleAnon(&fo.PeakAnon)
 		}
-		settleDisk()
 		upCPU0 := b.upstream.cpuTime()
 		var wg sync.WaitGroup
 		start := time.Now()
@@ -576,6 +585,7 @@ func (b *bench) fanout(ctx context.Context) error {
 		if err := b.counter.settle(ctx); err != nil {
 			return err
 		}
+		stopSampling()
 		fo.Upstream = b.counter.snapshot()
 		fo.UpCPU = b.upstream.cpuTime() - upCPU0
 		if s != nil {
