@@ -3,7 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
+	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -63,12 +64,17 @@ func TestQuick(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts docker-registry, nginx and gatehouse; not in -short")
 	}
+	if gatehouse.err != nil {
+		t.Fatal(gatehouse.err)
+	}
+	if gatehouse.bin == "" {
+		t.Log("no cmd/gatehouse yet: measuring the peers only")
+	}
 	dir := t.TempDir()
-	gatehouse := buildGatehouse(t, dir)
 
 	var progress strings.Builder
 	opts := options{
-		gatehouse:   gatehouse,
+		gatehouse:   gatehouse.bin,
 		registry:    "docker-registry",
 		nginx:       "nginx",
 		command:     "go test ./bench -run TestQuick",
@@ -126,7 +132,7 @@ func TestQuick(t *testing.T) {
 	t.Logf("distribution proxy, %d cold clients: %d upstream blob GETs, %d bytes",
 		opts.clients, res.Fanout[tDistribution].Upstream.BlobGets, res.Fanout[tDistribution].Upstream.BlobBytes)
 
-	if gatehouse != "" {
+	if gatehouse.bin != "" {
 		for _, mode := range []string{"digest", "tag"} {
 			for _, lr := range res.Manifest[tGatehouse+"/"+mode] {
 				if lr.Errors != 0 {
@@ -191,25 +197,59 @@ func children(t *testing.T) []string {
 	return kids
 }
 
-// buildGatehouse builds ./cmd/gatehouse into dir and returns the binary,
+// gatehouse is the binary TestQuick measures: GATEHOUSE_BIN when set,
+// else built by TestMain ("" while there is no cmd/gatehouse yet).
+var gatehouse struct {
+	bin string
+	err error
+}
+
+// TestMain builds gatehouse before m.Run, so that the build (minutes when
+// the build cache is cold: it embeds Trivy) does not count against the
+// test timeout. The flags are those of the e2e tests, so the two share
+// the build cache.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "bench-gatehouse-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	gatehouse.bin, gatehouse.err = buildGatehouse(dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// buildGatehouse builds ./cmd/gatehouse into dir, or returns GATEHOUSE_BIN,
 // or "" (peers only) while the command does not exist yet.
-func buildGatehouse(t *testing.T, dir string) string {
-	t.Helper()
+func buildGatehouse(dir string) (string, error) {
+	if bin := os.Getenv("GATEHOUSE_BIN"); bin != "" {
+		abs, err := filepath.Abs(bin)
+		if err != nil {
+			return "", err
+		}
+		_, err = os.Stat(abs)
+		return abs, err
+	}
 	root, err := filepath.Abs("..")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	if _, err := os.Stat(filepath.Join(root, "cmd", "gatehouse")); errors.Is(err, os.ErrNotExist) {
-		t.Log("no cmd/gatehouse yet: measuring the peers only")
-		return ""
+		return "", nil
 	}
 	bin := filepath.Join(dir, "gatehouse")
+	var out strings.Builder
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/gatehouse")
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "GOEXPERIMENT=jsonv2", "CGO_ENABLED=0")
-	cmd.Stdout, cmd.Stderr = io.Discard, &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("go build ./cmd/gatehouse: %v\n%s", err, cmd.Stderr)
+		return "", fmt.Errorf("go build ./cmd/gatehouse: %v\n%s", err, out.String())
 	}
-	return bin
+	return bin, nil
 }
