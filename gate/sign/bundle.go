@@ -23,8 +23,7 @@ import (
 // that the bundles are fetched once for all identities, fetch errors are
 // not mistaken for "not a bundle", each rejection has its own reason, and
 // the signer's identity and predicate type come from the verified result.
-func (v *Verifier) verifyBundles(ctx context.Context, ref name.Digest, dgst v1.Hash, cp *compiled, t *tally) *Result {
-	opts := v.registryOpts(ctx)
+func (v *Verifier) verifyBundles(ctx context.Context, opts []ociremote.Option, ref name.Digest, dgst v1.Hash, cp *compiled, t *tally) *Result {
 	idx, err := ociremote.Referrers(ref, "", opts...)
 	if err != nil {
 		t.fetchFailed(err)
@@ -62,7 +61,7 @@ func (v *Verifier) verifyBundles(ctx context.Context, ref name.Digest, dgst v1.H
 			} // else: some other artifact
 			continue
 		}
-		if res := v.checkBundle(ctx, b, dgst, want, cp, t); res != nil {
+		if res := checkBundle(ctx, opts, b, dgst, want, cp, t); res != nil {
 			res.Format, res.Digest = FormatBundle, dgst.String()
 			return res
 		}
@@ -78,7 +77,7 @@ const emptyConfigType = "application/vnd.oci.empty.v1+json"
 var errNotSignature = errors.New("not a cosign signature")
 
 // checkBundle verifies one bundle against every trusted identity.
-func (v *Verifier) checkBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byte, cp *compiled, t *tally) *Result {
+func checkBundle(ctx context.Context, opts []ociremote.Option, b *sgbundle.Bundle, dgst v1.Hash, want []byte, cp *compiled, t *tally) *Result {
 	entries, err := b.TlogEntries()
 	if err != nil {
 		t.fail(rankUntrusted, ReasonUntrusted, err)
@@ -86,7 +85,7 @@ func (v *Verifier) checkBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.
 	}
 	hasTlog := len(entries) > 0
 	for _, k := range cp.keys {
-		co := cp.checkOpts(ctx, v)
+		co := cp.checkOpts(opts)
 		co.NewBundleFormat = true
 		co.TrustedMaterial = cp.trustedMaterial()
 		co.SigVerifier = k.verifier
@@ -100,7 +99,7 @@ func (v *Verifier) checkBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.
 		}
 	}
 	for _, id := range cp.keyless {
-		co := cp.checkOpts(ctx, v)
+		co := cp.checkOpts(opts)
 		co.NewBundleFormat = true
 		co.Identities = []cosign.Identity{id}
 		res, err := tryBundle(ctx, b, dgst, want, co, cp.requireTlog, cp.tlogModes(true, hasTlog), hasTlog, t)

@@ -39,23 +39,32 @@ import (
 	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
+	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	rekorutil "github.com/sigstore/rekor/pkg/util"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sgsign "github.com/sigstore/sigstore-go/pkg/sign"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/payload"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // countingTransport counts the requests it carries: the proof that
 // signatures are fetched through the transport handed to sign.New.
 type countingTransport struct {
 	inner http.RoundTripper
-	n     atomic.Int64
+	n     atomic.Int64 // requests
+	pings atomic.Int64 // of which GET /v2/
 }
 
 func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c.n.Add(1)
+	if req.URL.Path == "/v2/" {
+		c.pings.Add(1)
+	}
 	return c.inner.RoundTrip(req)
 }
 
@@ -451,10 +460,19 @@ func (l *testLog) rekorBundle(t *testing.T, sig oci.Signature, verifierPEM []byt
 	if err != nil {
 		t.Fatal(err)
 	}
+	rp, set := l.promise(t, bodyJSON, integrated, 1)
+	return &cbundle.RekorBundle{SignedEntryTimestamp: set, Payload: rp}
+}
+
+// promise is the log's signed entry timestamp (inclusion promise) for an
+// entry body: its signature over the canonical JSON of body, time, index
+// and log ID.
+func (l *testLog) promise(t *testing.T, body []byte, integrated time.Time, index int64) (cbundle.RekorPayload, []byte) {
+	t.Helper()
 	rp := cbundle.RekorPayload{
-		Body:           base64.StdEncoding.EncodeToString(bodyJSON),
+		Body:           base64.StdEncoding.EncodeToString(body),
 		IntegratedTime: integrated.Unix(),
-		LogIndex:       1,
+		LogIndex:       index,
 		LogID:          hex.EncodeToString(l.id),
 	}
 	raw, err := json.Marshal(rp)
@@ -465,8 +483,76 @@ func (l *testLog) rekorBundle(t *testing.T, sig oci.Signature, verifierPEM []byt
 	if err != nil {
 		t.Fatal(err)
 	}
-	set := signBytes(t, l.key, canon)
-	return &cbundle.RekorBundle{SignedEntryTimestamp: set, Payload: rp}
+	return rp, signBytes(t, l.key, canon)
+}
+
+// bundleLog is a sigstore-go Transparency that logs a DSSE bundle in
+// testLog: a dsse v0.0.1 entry as the only leaf of the log, with an
+// inclusion proof under a signed checkpoint and an inclusion promise, as
+// Rekor v1 returns them.
+type bundleLog struct {
+	t   *testing.T
+	log *testLog
+	at  time.Time // integrated time
+}
+
+func (bl *bundleLog) GetTransparencyLogEntry(ctx context.Context, verifierPEM []byte, b *protobundle.Bundle) error {
+	t := bl.t
+	env := b.GetDsseEnvelope()
+	if env == nil || len(env.Signatures) == 0 {
+		t.Fatal("bundleLog: not a signed DSSE bundle")
+	}
+	envJSON, err := protojson.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	envHash := sha256.Sum256(envJSON)
+	payloadHash := sha256.Sum256(env.Payload)
+	body, err := json.Marshal(map[string]any{
+		"apiVersion": "0.0.1",
+		"kind":       "dsse",
+		"spec": map[string]any{
+			"envelopeHash": map[string]string{"algorithm": "sha256", "value": hex.EncodeToString(envHash[:])},
+			"payloadHash":  map[string]string{"algorithm": "sha256", "value": hex.EncodeToString(payloadHash[:])},
+			"signatures": []any{map[string]string{
+				"signature": base64.StdEncoding.EncodeToString(env.Signatures[0].Sig),
+				"verifier":  base64.StdEncoding.EncodeToString(verifierPEM),
+			}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err = jsoncanonicalizer.Transform(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, set := bl.log.promise(t, body, bl.at, 0)
+	// A one-leaf tree: the root is the leaf hash (RFC 6962), no proof hashes.
+	leafHash := sha256.Sum256(append([]byte{0}, body...))
+	signer, err := signature.LoadECDSASigner(bl.log.key, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkpoint, err := rekorutil.CreateAndSignCheckpoint(ctx, "rekor.test", 1, 1, leafHash[:], signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.VerificationMaterial.TlogEntries = append(b.VerificationMaterial.TlogEntries, &rekorpb.TransparencyLogEntry{
+		LogIndex:          0,
+		LogId:             &protocommon.LogId{KeyId: bl.log.id},
+		KindVersion:       &rekorpb.KindVersion{Kind: "dsse", Version: "0.0.1"},
+		IntegratedTime:    bl.at.Unix(),
+		InclusionPromise:  &rekorpb.InclusionPromise{SignedEntryTimestamp: set},
+		CanonicalizedBody: body,
+		InclusionProof: &rekorpb.InclusionProof{
+			LogIndex:   0,
+			RootHash:   leafHash[:],
+			TreeSize:   1,
+			Checkpoint: &rekorpb.Checkpoint{Envelope: string(checkpoint)},
+		},
+	})
+	return nil
 }
 
 // withRekor re-creates sig with a Rekor bundle from l attached.

@@ -16,8 +16,7 @@ import (
 
 // verifyLegacy checks the signatures stored under the sha256-<hex>.sig tag
 // of ref (cosign's original layout).
-func (v *Verifier) verifyLegacy(ctx context.Context, ref name.Digest, dgst v1.Hash, cp *compiled, t *tally) *Result {
-	opts := v.registryOpts(ctx)
+func (v *Verifier) verifyLegacy(ctx context.Context, opts []ociremote.Option, ref name.Digest, dgst v1.Hash, cp *compiled, t *tally) *Result {
 	tag, err := ociremote.SignatureTag(ref, opts...)
 	if err != nil {
 		t.fetchFailed(err)
@@ -47,7 +46,7 @@ func (v *Verifier) verifyLegacy(ctx context.Context, ref name.Digest, dgst v1.Ha
 			t.broken(err)
 			continue
 		}
-		if res := v.checkLegacy(ctx, sig, dgst, cp, t); res != nil {
+		if res := checkLegacy(ctx, opts, sig, dgst, cp, t); res != nil {
 			res.Format, res.Digest = FormatLegacyTag, dgst.String()
 			return res
 		}
@@ -56,7 +55,7 @@ func (v *Verifier) verifyLegacy(ctx context.Context, ref name.Digest, dgst v1.Ha
 }
 
 // checkLegacy verifies one signature against every trusted identity.
-func (v *Verifier) checkLegacy(ctx context.Context, sig oci.Signature, dgst v1.Hash, cp *compiled, t *tally) *Result {
+func checkLegacy(ctx context.Context, opts []ociremote.Option, sig oci.Signature, dgst v1.Hash, cp *compiled, t *tally) *Result {
 	rb, err := sig.Bundle()
 	if err != nil {
 		t.fail(rankUntrusted, ReasonUntrusted, err)
@@ -64,7 +63,7 @@ func (v *Verifier) checkLegacy(ctx context.Context, sig oci.Signature, dgst v1.H
 	}
 	hasTlog := rb != nil
 	for _, k := range cp.keys {
-		co := cp.checkOpts(ctx, v)
+		co := cp.checkOpts(opts)
 		co.SigVerifier = k.verifier
 		co.IgnoreSCT = true // no certificate
 		if tryLegacy(ctx, sig, dgst, co, cp.requireTlog, cp.tlogModes(false, hasTlog), hasTlog, t) {
@@ -72,7 +71,7 @@ func (v *Verifier) checkLegacy(ctx context.Context, sig oci.Signature, dgst v1.H
 		}
 	}
 	for _, id := range cp.keyless {
-		co := cp.checkOpts(ctx, v)
+		co := cp.checkOpts(opts)
 		co.Identities = []cosign.Identity{id}
 		if tryLegacy(ctx, sig, dgst, co, cp.requireTlog, cp.tlogModes(true, hasTlog), hasTlog, t) {
 			cert, err := sig.Cert()

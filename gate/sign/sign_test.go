@@ -377,6 +377,82 @@ func TestVerify(t *testing.T) {
 			want:   want{reason: sign.ReasonMismatch},
 		},
 		{
+			name: "keyless bundle, expired certificate dated by its log entry",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer,
+					notBefore: time.Now().Add(-time.Hour), notAfter: time.Now().Add(-50 * time.Minute)}}
+				tl := &bundleLog{t: t, log: f.rekor, at: time.Now().Add(-55 * time.Minute)}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, tl), sign.CosignSignPredicate)
+			},
+			policy: f.keylessPolicy(workflowID),
+			want:   want{verified: true, format: sign.FormatBundle, identity: "subject=" + testWorkflow},
+		},
+		{
+			name: "keyless bundle, expired certificate without log entry",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer,
+					notBefore: time.Now().Add(-time.Hour), notAfter: time.Now().Add(-50 * time.Minute)}}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, nil), sign.CosignSignPredicate)
+			},
+			policy: f.keylessPolicy(workflowID),
+			want:   want{reason: sign.ReasonUntrusted},
+		},
+		{
+			name: "keyless bundle, log entry required and present",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer}}
+				tl := &bundleLog{t: t, log: f.rekor, at: time.Now()}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, tl), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(workflowID); p.RequireTlog = true; return p }(),
+			want:   want{verified: true, format: sign.FormatBundle, identity: "subject=" + testWorkflow},
+		},
+		{
+			name: "keyless bundle, log entry from an unknown log",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer}}
+				tl := &bundleLog{t: t, log: newLog(t), at: time.Now()}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, tl), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(workflowID); p.RequireTlog = true; return p }(),
+			want:   want{reason: sign.ReasonUntrusted},
+		},
+		{
+			name: "keyless bundle, log entry required and missing",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer}}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, nil), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(workflowID); p.RequireTlog = true; return p }(),
+			want:   want{reason: sign.ReasonNoTlog},
+		},
+		{
+			name: "keyless bundle, SCT required and missing",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer}}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, nil), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(workflowID); p.RequireSCT = true; return p }(),
+			want:   want{reason: sign.ReasonUntrusted},
+		},
+		{
+			name: "bundle key signature with a log entry, required",
+			setup: func(t *testing.T, h v1.Hash) {
+				tl := &bundleLog{t: t, log: f.rekor, at: time.Now()}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, f.key, nil, tl), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := keyPolicy(f.key); p.TrustedRoot = f.root; p.RequireTlog = true; return p }(),
+			want:   want{verified: true, format: sign.FormatBundle, identity: f.key.fingerprint(t)},
+		},
+		{
+			name: "bundle key signature without a log entry, required",
+			setup: func(t *testing.T, h v1.Hash) {
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, f.key, nil, nil), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := keyPolicy(f.key); p.TrustedRoot = f.root; p.RequireTlog = true; return p }(),
+			want:   want{reason: sign.ReasonNoTlog},
+		},
+		{
 			name: "keyless identity does not accept a key signature",
 			setup: func(t *testing.T, h v1.Hash) {
 				f.up.attachLegacy(t, h, f.up.legacySig(t, h, f.key))
@@ -411,6 +487,9 @@ func TestVerify(t *testing.T) {
 			tc.setup(t, h)
 			before := f.up.rt.n.Load()
 			res, err := v.Verify(ctx, f.up.repo, h, tc.policy, nil)
+			if res != nil {
+				t.Logf("verified=%v format=%q identity=%q reason=%q detail=%q", res.Verified, res.Format, res.Identity, res.Reason, res.Detail)
+			}
 			check(t, res, err, tc.want)
 			if tc.want.verified && res.Digest != h.String() {
 				t.Errorf("Digest = %s, want %s", res.Digest, h)
@@ -523,6 +602,21 @@ func TestVerifyFailsClosed(t *testing.T) {
 			t.Fatalf("got %+v, %v; want unverified", res, err)
 		}
 	})
+}
+
+// TestVerifyRequests: one Verify authenticates once (go-containerregistry
+// pings both schemes of an insecure registry) and an unsigned image costs
+// two requests: the signature tag and the referrers.
+func TestVerifyRequests(t *testing.T) {
+	f := newFixture(t)
+	h := f.up.pushImage(t)
+	n, pings := f.up.rt.n.Load(), f.up.rt.pings.Load()
+	res, err := f.verifier().Verify(context.Background(), f.up.repo, h, keyPolicy(f.key), nil)
+	check(t, res, err, want{reason: sign.ReasonNoSignature})
+	n, pings = f.up.rt.n.Load()-n, f.up.rt.pings.Load()-pings
+	if pings > 2 || n-pings != 2 {
+		t.Errorf("%d requests, %d of them pings; want 2 + at most 2 pings", n, pings)
+	}
 }
 
 func TestVerifyMaxSignatures(t *testing.T) {

@@ -139,15 +139,21 @@ func New(opts Options) *Verifier {
 	return v
 }
 
-// registryOpts are cosign's RegistryClientOpts for one call: our transport
-// and authenticator instead of cosign's default keychain.
+// registryOpts are cosign's RegistryClientOpts for one Verify call: our
+// transport and authenticator instead of cosign's default keychain, and
+// one puller shared by all the call's requests, so that the registry is
+// pinged and a token fetched once per call rather than once per request.
 func (v *Verifier) registryOpts(ctx context.Context) []ociremote.Option {
-	return []ociremote.Option{ociremote.WithRemoteOptions(
+	ropts := []remote.Option{
 		remote.WithTransport(v.rt),
 		remote.WithAuth(v.auth),
 		remote.WithContext(ctx),
 		remote.WithUserAgent("gatehouse"),
-	)}
+	}
+	if p, err := remote.NewPuller(ropts...); err == nil {
+		ropts = append(ropts, remote.Reuse(p))
+	} // else: each request authenticates on its own
+	return []ociremote.Option{ociremote.WithRemoteOptions(ropts...)}
 }
 
 // Verify checks the signatures of the manifest dgst in repo, in both
@@ -167,10 +173,11 @@ func (v *Verifier) Verify(ctx context.Context, repo name.Repository, dgst v1.Has
 	if err != nil {
 		return &Result{Reason: ReasonPolicy, Detail: err.Error(), VerifiedAt: v.now()}, fmt.Errorf("signature policy: %w", err)
 	}
-	res, t := v.verifyDigest(ctx, repo, dgst, cp)
+	opts := v.registryOpts(ctx)
+	res, t := v.verifyDigest(ctx, opts, repo, dgst, cp)
 	if res == nil && p.AllowIndexSignature && indexDigest != nil && *indexDigest != dgst {
 		var ti tally
-		res, ti = v.verifyDigest(ctx, repo, *indexDigest, cp)
+		res, ti = v.verifyDigest(ctx, opts, repo, *indexDigest, cp)
 		if ti.fetchErr != nil && t.fetchErr == nil {
 			t.fetchErr = ti.fetchErr
 		}
@@ -231,16 +238,16 @@ func (t *tally) fetchFailed(err error) {
 
 // verifyDigest checks the legacy signatures of dgst, then its bundles,
 // and returns the first verified Result, or nil and what went wrong.
-func (v *Verifier) verifyDigest(ctx context.Context, repo name.Repository, dgst v1.Hash, cp *compiled) (*Result, tally) {
+func (v *Verifier) verifyDigest(ctx context.Context, opts []ociremote.Option, repo name.Repository, dgst v1.Hash, cp *compiled) (*Result, tally) {
 	var t tally
 	ref := repo.Digest(dgst.String())
-	if res := v.verifyLegacy(ctx, ref, dgst, cp, &t); res != nil {
+	if res := v.verifyLegacy(ctx, opts, ref, dgst, cp, &t); res != nil {
 		return res, t
 	}
 	if ctx.Err() != nil {
 		return nil, t
 	}
-	if res := v.verifyBundles(ctx, ref, dgst, cp, &t); res != nil {
+	if res := v.verifyBundles(ctx, opts, ref, dgst, cp, &t); res != nil {
 		return res, t
 	}
 	return nil, t
@@ -248,9 +255,9 @@ func (v *Verifier) verifyDigest(ctx context.Context, repo name.Repository, dgst 
 
 // checkOpts are the CheckOpts common to every check under cp. Offline
 // always: nothing may be fetched from Rekor, Fulcio or TUF at pull time.
-func (cp *compiled) checkOpts(ctx context.Context, v *Verifier) *cosign.CheckOpts {
+func (cp *compiled) checkOpts(opts []ociremote.Option) *cosign.CheckOpts {
 	co := &cosign.CheckOpts{
-		RegistryClientOpts: v.registryOpts(ctx),
+		RegistryClientOpts: opts,
 		ClaimVerifier:      claimVerifier,
 		Offline:            true,
 		IgnoreSCT:          !cp.requireSCT,
