@@ -24,9 +24,11 @@ import (
 // not mistaken for "not a bundle", each rejection has its own reason, and
 // the signer's identity and predicate type come from the verified result.
 func (v *Verifier) verifyBundles(ctx context.Context, opts []ociremote.Option, ref name.Digest, dgst v1.Hash, cp *compiled, t *tally) *Result {
+	// No referrers is an empty index, not an error (go-containerregistry
+	// falls back to the sha256-<hex> tag when the API is missing).
 	idx, err := ociremote.Referrers(ref, "", opts...)
 	if err != nil {
-		t.fetchFailed(err)
+		t.broken(err)
 		return nil
 	}
 	want, err := hex.DecodeString(dgst.Hex)
@@ -83,14 +85,20 @@ func checkBundle(ctx context.Context, opts []ociremote.Option, b *sgbundle.Bundl
 		t.fail(rankUntrusted, ReasonUntrusted, err)
 		return nil
 	}
-	hasTlog := len(entries) > 0
+	timestamps, err := b.Timestamps()
+	if err != nil {
+		t.fail(rankUntrusted, ReasonUntrusted, err)
+		return nil
+	}
+	hasTlog, hasTS := len(entries) > 0, len(timestamps) > 0
 	for _, k := range cp.keys {
 		co := cp.checkOpts(opts)
 		co.NewBundleFormat = true
 		co.TrustedMaterial = cp.trustedMaterial()
 		co.SigVerifier = k.verifier
 		co.IgnoreSCT = true
-		_, err := tryBundle(ctx, b, dgst, want, co, cp.requireTlog, cp.tlogModes(false, hasTlog), hasTlog, t)
+		modes, probe := cp.plan(false, hasTlog, hasTS)
+		_, err := tryBundle(ctx, b, dgst, want, co, modes, probe, t)
 		if errors.Is(err, errNotSignature) {
 			return nil
 		}
@@ -102,7 +110,8 @@ func checkBundle(ctx context.Context, opts []ociremote.Option, b *sgbundle.Bundl
 		co := cp.checkOpts(opts)
 		co.NewBundleFormat = true
 		co.Identities = []cosign.Identity{id}
-		res, err := tryBundle(ctx, b, dgst, want, co, cp.requireTlog, cp.tlogModes(true, hasTlog), hasTlog, t)
+		modes, probe := cp.plan(true, hasTlog, hasTS)
+		res, err := tryBundle(ctx, b, dgst, want, co, modes, probe, t)
 		if errors.Is(err, errNotSignature) {
 			return nil
 		}
@@ -117,14 +126,14 @@ func checkBundle(ctx context.Context, opts []ociremote.Option, b *sgbundle.Bundl
 	return nil
 }
 
-// tryBundle verifies a bundle with each tlog mode until one passes,
-// recording why it did not. A verified bundle of another predicate type
-// returns errNotSignature and is recorded as nothing.
-func tryBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byte, co *cosign.CheckOpts, requireTlog bool, modes []bool, hasTlog bool, t *tally) (*verify.VerificationResult, error) {
-	if requireTlog && !hasTlog {
-		c := *co
-		c.IgnoreTlog = true
-		if _, err := verifyBundle(ctx, b, dgst, want, &c); err != nil {
+// tryBundle verifies a bundle in each time mode until one passes,
+// recording why it did not; without modes, it probes whether the bundle
+// fails only for lack of a required log entry. A verified bundle of
+// another predicate type returns errNotSignature and is recorded as
+// nothing.
+func tryBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byte, co *cosign.CheckOpts, modes []timeMode, probe timeMode, t *tally) (*verify.VerificationResult, error) {
+	if len(modes) == 0 {
+		if _, err := verifyBundle(ctx, b, dgst, want, probe.apply(co)); err != nil {
 			if !errors.Is(err, errNotSignature) {
 				t.failVerify(err)
 			}
@@ -134,10 +143,8 @@ func tryBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byt
 		return nil, errNoTlog
 	}
 	var last error
-	for _, ignore := range modes {
-		c := *co
-		c.IgnoreTlog = ignore
-		res, err := verifyBundle(ctx, b, dgst, want, &c)
+	for _, m := range modes {
+		res, err := verifyBundle(ctx, b, dgst, want, m.apply(co))
 		if err == nil || errors.Is(err, errNotSignature) {
 			return res, err
 		}
@@ -152,11 +159,16 @@ func tryBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byt
 // subject is dgst; the predicate type is checked here. A bundle that
 // fails only on its subject is reported as a mismatch.
 func verifyBundle(ctx context.Context, b *sgbundle.Bundle, dgst v1.Hash, want []byte, co *cosign.CheckOpts) (*verify.VerificationResult, error) {
-	res, err := cosign.VerifyNewBundle(ctx, co, verify.WithArtifactDigest(dgst.Algorithm, want), b)
+	res, err := guard(func() (*verify.VerificationResult, error) {
+		return cosign.VerifyNewBundle(ctx, co, verify.WithArtifactDigest(dgst.Algorithm, want), b)
+	})
 	if err != nil {
 		// Everything but the subject: if this passes, the trusted signer
 		// signed some other digest.
-		if r, uerr := cosign.VerifyNewBundle(ctx, co, verify.WithoutArtifactUnsafe(), b); uerr == nil && isSignature(r) {
+		r, uerr := guard(func() (*verify.VerificationResult, error) {
+			return cosign.VerifyNewBundle(ctx, co, verify.WithoutArtifactUnsafe(), b)
+		})
+		if uerr == nil && isSignature(r) {
 			return nil, &mismatchError{err}
 		}
 		return nil, err

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/cyberphone/json-canonicalization/go/src/webpki.org/jsoncanonicalizer"
+	"github.com/digitorus/timestamp"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -274,8 +275,9 @@ func (f *fixedKeypair) SignData(_ context.Context, data []byte) ([]byte, []byte,
 }
 
 // bundleJSON signs the in-toto statement for h as a DSSE sigstore bundle
-// v0.3, with a public key (certs nil) or a certificate from certs.
-func (u *upstream) bundleJSON(t *testing.T, h v1.Hash, predicateType string, k *keyPair, certs sgsign.CertificateProvider, tlog sgsign.Transparency) []byte {
+// v0.3, with a public key (certs nil) or a certificate from certs, logged
+// in tlog if set; extra functions edit the bundle before it is encoded.
+func (u *upstream) bundleJSON(t *testing.T, h v1.Hash, predicateType string, k *keyPair, certs sgsign.CertificateProvider, tlog sgsign.Transparency, extra ...func(*protobundle.Bundle)) []byte {
 	t.Helper()
 	content := &sgsign.DSSEData{Data: u.statement(t, h, predicateType), PayloadType: "application/vnd.in-toto+json"}
 	opts := sgsign.BundleOptions{CertificateProvider: certs}
@@ -285,6 +287,9 @@ func (u *upstream) bundleJSON(t *testing.T, h v1.Hash, predicateType string, k *
 	pb, err := sgsign.Bundle(content, sgKeypair(t, k), opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, fn := range extra {
+		fn(pb)
 	}
 	b, err := (&sgbundle.Bundle{Bundle: pb}).MarshalJSON()
 	if err != nil {
@@ -571,9 +576,87 @@ func withRekor(t *testing.T, sig oci.Signature, b *cbundle.RekorBundle, certs ..
 	return out
 }
 
+// testTSA is an RFC 3161 timestamping authority: a leaf certificate for
+// time stamping under its own root.
+type testTSA struct {
+	root *testCA
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+}
+
+func newTSA(t *testing.T) *testTSA {
+	t.Helper()
+	ca := newCA(t, "test tsa root")
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// RFC 3161 2.3: the only extended key usage, and critical.
+	eku, err := asn1.Marshal([]asn1.ObjectIdentifier{{1, 3, 6, 1, 5, 5, 7, 3, 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:    big.NewInt(2),
+		Subject:         pkix.Name{CommonName: "test tsa"},
+		NotBefore:       time.Now().Add(-24 * time.Hour),
+		NotAfter:        time.Now().Add(24 * time.Hour),
+		KeyUsage:        x509.KeyUsageDigitalSignature,
+		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 37}, Critical: true, Value: eku}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testTSA{root: ca, key: key, cert: cert}
+}
+
+// stamp returns a DER TimeStampResp for msg (the raw signature) at.
+func (a *testTSA) stamp(t *testing.T, msg []byte, at time.Time) []byte {
+	t.Helper()
+	sum := sha256.Sum256(msg)
+	ts := timestamp.Timestamp{
+		HashAlgorithm:     crypto.SHA256,
+		HashedMessage:     sum[:],
+		Time:              at,
+		Accuracy:          time.Second,
+		SerialNumber:      big.NewInt(time.Now().UnixNano()),
+		Policy:            asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 2},
+		AddTSACertificate: true,
+	}
+	resp, err := ts.CreateResponseWithOpts(a.cert, a.key, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// bundleStamp adds a signed timestamp of the bundle's DSSE signature.
+func (a *testTSA) bundleStamp(t *testing.T, at time.Time) func(*protobundle.Bundle) {
+	return func(b *protobundle.Bundle) {
+		sig := b.GetDsseEnvelope().GetSignatures()[0].GetSig()
+		b.VerificationMaterial.TimestampVerificationData = &protobundle.TimestampVerificationData{
+			Rfc3161Timestamps: []*protocommon.RFC3161SignedTimestamp{{SignedTimestamp: a.stamp(t, sig, at)}},
+		}
+	}
+}
+
+func (a *testTSA) authority() root.TimestampingAuthority {
+	return &root.SigstoreTimestampingAuthority{
+		Root:                a.root.cert,
+		Leaf:                a.cert,
+		ValidityPeriodStart: time.Now().Add(-24 * time.Hour),
+		URI:                 "https://tsa.test",
+	}
+}
+
 // trustedRootJSON builds a trusted_root.json for the given CAs, Rekor
-// logs and CT logs.
-func trustedRootJSON(t *testing.T, cas []*testCA, rekor []*testLog, ct []*testLog) []byte {
+// logs, CT logs and timestamping authorities.
+func trustedRootJSON(t *testing.T, cas []*testCA, rekor []*testLog, ct []*testLog, tsas ...*testTSA) []byte {
 	t.Helper()
 	var authorities []root.CertificateAuthority
 	for _, ca := range cas {
@@ -590,7 +673,11 @@ func trustedRootJSON(t *testing.T, cas []*testCA, rekor []*testLog, ct []*testLo
 		}
 		return m
 	}
-	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, authorities, logs(ct), nil, logs(rekor))
+	var stampers []root.TimestampingAuthority
+	for _, a := range tsas {
+		stampers = append(stampers, a.authority())
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, authorities, logs(ct), stampers, logs(rekor))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,13 +19,13 @@ import (
 func (v *Verifier) verifyLegacy(ctx context.Context, opts []ociremote.Option, ref name.Digest, dgst v1.Hash, cp *compiled, t *tally) *Result {
 	tag, err := ociremote.SignatureTag(ref, opts...)
 	if err != nil {
-		t.fetchFailed(err)
+		t.broken(err)
 		return nil
 	}
 	// A missing tag is no signature (an empty list), not an error.
 	sigs, err := ociremote.Signatures(tag, opts...)
 	if err != nil {
-		t.fetchFailed(err)
+		t.broken(err)
 		return nil
 	}
 	list, err := sigs.Get()
@@ -61,19 +61,28 @@ func checkLegacy(ctx context.Context, opts []ociremote.Option, sig oci.Signature
 		t.fail(rankUntrusted, ReasonUntrusted, err)
 		return nil
 	}
-	hasTlog := rb != nil
+	ts, err := sig.RFC3161Timestamp()
+	if err != nil {
+		t.fail(rankUntrusted, ReasonUntrusted, err)
+		return nil
+	}
+	// cosign indexes the first verified timestamp without checking there
+	// is one (v2.6.5 panics): only offer a timestamp that verifies.
+	hasTlog, hasTS := rb != nil, ts != nil && timestampVerifies(sig, ts.SignedRFC3161Timestamp, cp)
 	for _, k := range cp.keys {
 		co := cp.checkOpts(opts)
 		co.SigVerifier = k.verifier
 		co.IgnoreSCT = true // no certificate
-		if tryLegacy(ctx, sig, dgst, co, cp.requireTlog, cp.tlogModes(false, hasTlog), hasTlog, t) {
+		modes, probe := cp.plan(false, hasTlog, hasTS)
+		if tryLegacy(ctx, sig, dgst, co, modes, probe, t) {
 			return &Result{Verified: true, Identity: "key=" + k.fingerprint}
 		}
 	}
 	for _, id := range cp.keyless {
 		co := cp.checkOpts(opts)
 		co.Identities = []cosign.Identity{id}
-		if tryLegacy(ctx, sig, dgst, co, cp.requireTlog, cp.tlogModes(true, hasTlog), hasTlog, t) {
+		modes, probe := cp.plan(true, hasTlog, hasTS)
+		if tryLegacy(ctx, sig, dgst, co, modes, probe, t) {
 			cert, err := sig.Cert()
 			if err != nil || cert == nil { // cannot happen: it verified with it
 				t.fail(rankUntrusted, ReasonUntrusted, fmt.Errorf("reading the verified certificate: %v", err))
@@ -85,28 +94,42 @@ func checkLegacy(ctx context.Context, opts []ociremote.Option, sig oci.Signature
 	return nil
 }
 
-// tryLegacy runs cosign's verification of one signature with each tlog
-// mode until one passes, recording why it did not.
-func tryLegacy(ctx context.Context, sig oci.Signature, dgst v1.Hash, co *cosign.CheckOpts, requireTlog bool, modes []bool, hasTlog bool, t *tally) bool {
-	if requireTlog && !hasTlog {
-		// Cannot pass; find out whether only the log entry is missing.
-		c := *co
-		c.IgnoreTlog = true
-		if _, err := cosign.VerifyImageSignature(ctx, sig, dgst, &c); err != nil {
+// tryLegacy runs cosign's verification of one signature in each time mode
+// until one passes, recording why it did not. Without modes, it probes
+// whether the signature fails only for lack of a required log entry.
+func tryLegacy(ctx context.Context, sig oci.Signature, dgst v1.Hash, co *cosign.CheckOpts, modes []timeMode, probe timeMode, t *tally) bool {
+	if len(modes) == 0 {
+		if _, err := guard(func() (bool, error) { return cosign.VerifyImageSignature(ctx, sig, dgst, probe.apply(co)) }); err != nil {
 			t.failVerify(err)
 		} else {
 			t.fail(rankNoTlog, ReasonNoTlog, errNoTlog)
 		}
 		return false
 	}
-	for _, ignore := range modes {
-		c := *co
-		c.IgnoreTlog = ignore
-		_, err := cosign.VerifyImageSignature(ctx, sig, dgst, &c)
+	for _, m := range modes {
+		_, err := guard(func() (bool, error) { return cosign.VerifyImageSignature(ctx, sig, dgst, m.apply(co)) })
 		if err == nil {
 			return true
 		}
 		t.failVerify(err)
+	}
+	return false
+}
+
+// timestampVerifies reports whether an RFC 3161 timestamp of the
+// signature verifies with a timestamping authority of the trusted root.
+func timestampVerifies(sig oci.Signature, tsr []byte, cp *compiled) bool {
+	if !cp.tsa {
+		return false
+	}
+	raw, err := sig.Signature()
+	if err != nil {
+		return false
+	}
+	for _, a := range cp.tm.TimestampingAuthorities() {
+		if _, err := a.Verify(tsr, raw); err == nil {
+			return true
+		}
 	}
 	return false
 }

@@ -92,6 +92,7 @@ type compiled struct {
 	// tm is the trusted root; nil when the policy has none.
 	tm          root.TrustedMaterial
 	rekor       bool // tm has at least one Rekor log
+	tsa         bool // tm has at least one timestamping authority
 	requireTlog bool
 	requireSCT  bool
 }
@@ -111,6 +112,7 @@ func (p *Policy) compile() (*compiled, error) {
 		}
 		c.tm = tr
 		c.rekor = len(tr.RekorLogs()) > 0
+		c.tsa = len(tr.TimestampingAuthorities()) > 0
 		if p.RequireSCT && len(tr.CTLogs()) == 0 && hasKeyless(p.Identities) {
 			return nil, errors.New("requireSCT: the trusted root has no CT log")
 		}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	cbundle "github.com/sigstore/cosign/v2/pkg/cosign/bundle"
+	"github.com/sigstore/cosign/v2/pkg/oci"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
 	"go.uber.org/goleak"
 
@@ -40,7 +42,8 @@ type fixture struct {
 	ca, rogue *testCA
 	rekor     *testLog
 	ct        *testLog
-	root      []byte // trusts ca, rekor and ct
+	tsa       *testTSA
+	root      []byte // trusts ca, rekor, ct and tsa
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -52,8 +55,9 @@ func newFixture(t *testing.T) *fixture {
 		rogue: newCA(t, "rogue fulcio"),
 		rekor: newLog(t),
 		ct:    newLog(t),
+		tsa:   newTSA(t),
 	}
-	f.root = trustedRootJSON(t, []*testCA{f.ca}, []*testLog{f.rekor}, []*testLog{f.ct})
+	f.root = trustedRootJSON(t, []*testCA{f.ca}, []*testLog{f.rekor}, []*testLog{f.ct}, f.tsa)
 	return f
 }
 
@@ -80,14 +84,34 @@ func (f *fixture) keylessPolicy(ids ...sign.Identity) *sign.Policy {
 // signKeyless makes a legacy keyless signature of h: a fresh key, a
 // certificate from ca for l, and (if log is set) a Rekor entry dated at.
 func (f *fixture) signKeyless(t *testing.T, h v1.Hash, ca *testCA, l leaf, tlog *testLog, at time.Time) {
+	f.up.attachLegacy(t, h, f.keylessSig(t, h, ca, l, tlog, at, nil))
+}
+
+// keylessSig is signKeyless's signature, with a signed timestamp from tsa
+// dated at if tsa is set.
+func (f *fixture) keylessSig(t *testing.T, h v1.Hash, ca *testCA, l leaf, tlog *testLog, at time.Time, tsa *testTSA) oci.Signature {
 	k := newKey(t)
 	cert := certPEM(t, ca.issue(t, &k.priv.PublicKey, l))
 	chain := certPEM(t, ca.cert)
 	sig := f.up.legacySig(t, h, k, static.WithCertChain(cert, chain))
+	opts := []static.Option{static.WithCertChain(cert, chain)}
 	if tlog != nil {
-		sig = withRekor(t, sig, tlog.rekorBundle(t, sig, cert, at), cert, chain)
+		opts = append(opts, static.WithBundle(tlog.rekorBundle(t, sig, cert, at)))
 	}
-	f.up.attachLegacy(t, h, sig)
+	if tsa != nil {
+		raw, err := sig.Signature()
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts = append(opts, static.WithRFC3161Timestamp(&cbundle.RFC3161Timestamp{SignedRFC3161Timestamp: tsa.stamp(t, raw, at)}))
+	}
+	p, _ := sig.Payload()
+	b64, _ := sig.Base64Signature()
+	out, err := static.NewSignature(p, b64, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 type want struct {
@@ -451,6 +475,59 @@ func TestVerify(t *testing.T) {
 			},
 			policy: func() *sign.Policy { p := keyPolicy(f.key); p.TrustedRoot = f.root; p.RequireTlog = true; return p }(),
 			want:   want{reason: sign.ReasonNoTlog},
+		},
+		{
+			name: "keyless legacy, expired certificate dated by a signed timestamp",
+			setup: func(t *testing.T, h v1.Hash) {
+				f.up.attachLegacy(t, h, f.keylessSig(t, h, f.ca, leaf{subject: testEmail, issuer: testIssuer,
+					notBefore: time.Now().Add(-time.Hour), notAfter: time.Now().Add(-50 * time.Minute)},
+					nil, time.Now().Add(-55*time.Minute), f.tsa))
+			},
+			policy: f.keylessPolicy(emailID),
+			want:   want{verified: true, format: sign.FormatLegacyTag, identity: "subject=" + testEmail},
+		},
+		{
+			name: "keyless legacy, expired certificate, timestamp from an untrusted authority",
+			setup: func(t *testing.T, h v1.Hash) {
+				f.up.attachLegacy(t, h, f.keylessSig(t, h, f.ca, leaf{subject: testEmail, issuer: testIssuer,
+					notBefore: time.Now().Add(-time.Hour), notAfter: time.Now().Add(-50 * time.Minute)},
+					nil, time.Now().Add(-55*time.Minute), newTSA(t)))
+			},
+			policy: f.keylessPolicy(emailID),
+			want:   want{reason: sign.ReasonUntrusted},
+		},
+		{
+			name: "keyless bundle, expired certificate dated by a signed timestamp",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer,
+					notBefore: time.Now().Add(-time.Hour), notAfter: time.Now().Add(-50 * time.Minute)}}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, nil,
+					f.tsa.bundleStamp(t, time.Now().Add(-55*time.Minute))), sign.CosignSignPredicate)
+			},
+			policy: f.keylessPolicy(workflowID),
+			want:   want{verified: true, format: sign.FormatBundle, identity: "subject=" + testWorkflow},
+		},
+		{
+			name: "keyless bundle, expired certificate, timestamp from an untrusted authority",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer,
+					notBefore: time.Now().Add(-time.Hour), notAfter: time.Now().Add(-50 * time.Minute)}}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, nil,
+					newTSA(t).bundleStamp(t, time.Now().Add(-55*time.Minute))), sign.CosignSignPredicate)
+			},
+			policy: f.keylessPolicy(workflowID),
+			want:   want{reason: sign.ReasonUntrusted},
+		},
+		{
+			name: "keyless bundle, log entry and signed timestamp, required log",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer}}
+				tl := &bundleLog{t: t, log: f.rekor, at: time.Now()}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, tl,
+					f.tsa.bundleStamp(t, time.Now())), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(workflowID); p.RequireTlog = true; return p }(),
+			want:   want{verified: true, format: sign.FormatBundle, identity: "subject=" + testWorkflow},
 		},
 		{
 			name: "keyless identity does not accept a key signature",

@@ -168,7 +168,14 @@ func (v *Verifier) registryOpts(ctx context.Context) []ociremote.Option {
 // failed fetch, a cancelled ctx): the caller should deny without storing
 // the result as final. Whether an unverified image is denied
 // (p.Required) is the caller's decision.
-func (v *Verifier) Verify(ctx context.Context, repo name.Repository, dgst v1.Hash, p *Policy, indexDigest *v1.Hash) (*Result, error) {
+func (v *Verifier) Verify(ctx context.Context, repo name.Repository, dgst v1.Hash, p *Policy, indexDigest *v1.Hash) (res *Result, err error) {
+	defer func() {
+		// Fetching and parsing run library code over untrusted input too.
+		if r := recover(); r != nil {
+			res = &Result{Reason: ReasonFetch, Detail: fmt.Sprintf("panic: %v", r), VerifiedAt: v.now()}
+			err = fmt.Errorf("verifying signatures of %s@%s: panic: %v", repo, dgst, r)
+		}
+	}()
 	cp, err := p.compile()
 	if err != nil {
 		return &Result{Reason: ReasonPolicy, Detail: err.Error(), VerifiedAt: v.now()}, fmt.Errorf("signature policy: %w", err)
@@ -275,20 +282,51 @@ func (cp *compiled) trustedMaterial() root.TrustedMaterial {
 	return &root.BaseTrustedMaterial{}
 }
 
-// tlogModes lists the IgnoreTlog settings to try, in order, for a
-// signature that does (hasTlog) or does not carry a transparency-log
-// entry. Keys need no time, so an optional entry is not looked at; a
-// keyless certificate is dated by the entry when one verifies, and
-// otherwise checked against the current time.
-func (cp *compiled) tlogModes(keyless, hasTlog bool) []bool {
-	switch {
-	case cp.requireTlog:
-		return []bool{false}
-	case keyless && hasTlog && cp.rekor:
-		return []bool{false, true}
-	default:
-		return []bool{true}
+// timeMode is one way of establishing when a signature was made, which a
+// keyless certificate (valid for minutes) must have been valid at.
+type timeMode struct {
+	ignoreTlog bool // do not look at transparency-log entries
+	tsa        bool // use RFC 3161 signed timestamps
+}
+
+func (m timeMode) apply(co *cosign.CheckOpts) *cosign.CheckOpts {
+	c := *co
+	c.IgnoreTlog = m.ignoreTlog
+	c.UseSignedTimestamps = m.tsa
+	return &c
+}
+
+// plan lists the time modes to try, in order, for a signature that does
+// or does not carry a log entry (hasTlog) and a signed timestamp (hasTS).
+// When the policy requires a log entry and the signature has none, modes
+// is empty and probe is the mode that tells whether only the entry is
+// missing.
+//
+// Keys need no time: a log entry is only looked at when required. A
+// keyless certificate is dated by the log entry (Rekor v1's integrated
+// time) or the signed timestamp when they verify, and is otherwise
+// checked against the current time.
+func (cp *compiled) plan(keyless, hasTlog, hasTS bool) (modes []timeMode, probe timeMode) {
+	tsa := keyless && hasTS && cp.tsa
+	if cp.requireTlog && !hasTlog {
+		return nil, timeMode{ignoreTlog: true, tsa: tsa}
 	}
+	if !keyless {
+		return []timeMode{{ignoreTlog: !cp.requireTlog}}, probe
+	}
+	if hasTlog && cp.rekor {
+		modes = append(modes, timeMode{})
+		if tsa {
+			modes = append(modes, timeMode{tsa: true}) // Rekor v2: no integrated time
+		}
+	}
+	if !cp.requireTlog {
+		if tsa {
+			modes = append(modes, timeMode{ignoreTlog: true, tsa: true})
+		}
+		modes = append(modes, timeMode{ignoreTlog: true})
+	}
+	return modes, probe
 }
 
 // mismatchError marks a signature whose signer is trusted but whose
@@ -311,6 +349,17 @@ func claimVerifier(sig oci.Signature, h v1.Hash, annotations map[string]any) err
 
 // errNoTlog is the detail of a signature lacking a required log entry.
 var errNoTlog = errors.New("the signature carries no transparency-log entry and the policy requires one")
+
+// guard runs library code over untrusted input, turning a panic into an
+// error: a malformed signature must be rejected, not take the proxy down.
+func guard[T any](fn func() (T, error)) (res T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("verification panicked: %v", r)
+		}
+	}()
+	return fn()
+}
 
 // broken records an error reading a signature: a fetch failure, or a
 // malformed signature (which counts as untrusted).
