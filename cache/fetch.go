@@ -12,6 +12,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/gatehouse/gatehouse/metrics"
 )
 
 // Source opens the upstream body of a blob and says how long it is (-1 when
@@ -197,6 +199,7 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 			return nil, fmt.Errorf("cache: joining fetch: %w", err)
 		}
 		s.stats.Joined++
+		metrics.FetchesJoined.Inc()
 		return &Stream{file: file, fetch: f}, nil
 	}
 	if s.closed {
@@ -215,6 +218,7 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 	f := &fetch{dgst: dgst, path: tmp.Name(), upstream: upstream, ready: make(chan struct{}), size: -1, wake: make(chan struct{})}
 	s.fetches[dgst] = f
 	s.stats.Started++
+	metrics.FetchesStarted.Inc()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -261,6 +265,7 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 		delete(s.fetches, f.dgst)
 		s.stats.Failed++
 		s.mu.Unlock()
+		metrics.FetchesFailed.Inc()
 		os.Remove(f.path)
 		s.log.Warn("blob fetch failed; nothing cached", "digest", f.dgst, "upstream", f.upstream, "err", err)
 		return
@@ -297,6 +302,7 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 	f.size = size
 	close(f.ready)
 
+	fetched := metrics.UpstreamBytes.WithLabelValues(f.upstream)
 	h := sha256.New()
 	bufp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bufp)
@@ -313,6 +319,7 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 			}
 			h.Write(buf[:n])
 			s.fetchedBytes.Add(int64(n))
+			fetched.Add(float64(n))
 			f.progress(int64(n), false, nil)
 		}
 		if rerr == io.EOF {

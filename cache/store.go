@@ -20,6 +20,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatehouse/gatehouse/metrics"
 )
 
 // ErrNotFound is returned for an object the store does not hold.
@@ -408,6 +410,8 @@ func (s *Store) Evict(limit int64) (int, int64) {
 		removed = append(removed, c.d)
 	}
 	if n > 0 {
+		metrics.Evictions.Add(float64(n))
+		metrics.EvictedBytes.Add(float64(freed))
 		s.log.Info("evicted least recently used blobs", "count", n, "bytes", freed, "size", s.size, "limit", limit)
 	}
 	return n, freed

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/metrics"
 )
 
 // BlobOpener reads a blob of an upstream repository through gatehouse's
@@ -201,10 +202,10 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	var v *Verdict
 	switch {
 	case g.isArtifact(info, &s):
-		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "artifact",
+		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "artifact", Rule: rule.Name,
 			Reason: ReasonArtifact, Message: "non-image artifact (" + string(info.config.MediaType) + ") passed by media type", JudgedAt: g.now()}
 	case rule.Mode == config.ModeOff:
-		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image",
+		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name,
 			Reason: ReasonOff, Message: fmt.Sprintf("rule %q is off", rule.Name), JudgedAt: g.now()}
 	case dbv == "":
 		return g.failed(&s, info, rule, ErrNoDB)
@@ -277,7 +278,7 @@ func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, err err
 	}
 	if rule.Mode == config.ModeAudit {
 		g.log.Warn("scan failed; serving under audit mode", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", err)
-		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Reason: ReasonScanError,
+		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name, Reason: ReasonScanError,
 			Message: fmt.Sprintf("not scanned (%v); admitted because rule %q is in audit mode", err, rule.Name), JudgedAt: g.now()}
 		g.allow(s, info, v)
 		return v, nil
@@ -343,11 +344,15 @@ func (g *Gate) remember(key string, v *Verdict) {
 func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *policy.Rule, dbv, key string) (*Verdict, error) {
 	rep, err := g.report(s.Digest.String(), dbv)
 	if err != nil {
+		metrics.ScansQueued.Inc()
 		select {
 		case g.sem <- struct{}{}:
+			metrics.ScansQueued.Dec()
 		case <-g.closing:
+			metrics.ScansQueued.Dec()
 			return nil, errors.New("gatehouse is shutting down")
 		}
+		metrics.ScansInFlight.Inc()
 		ctx, cancel := context.WithCancel(ctx)
 		go func() {
 			select {
@@ -361,7 +366,10 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		r, serr := g.scanner.Scan(ctx, img, s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
 		cancel()
 		<-g.sem
+		metrics.ScansInFlight.Dec()
+		metrics.ScanDuration.Observe(time.Since(start).Seconds())
 		if serr != nil {
+			metrics.ScanErrors.Inc()
 			return nil, serr
 		}
 		rep = &storedReport{Report: *r, ScannedAt: g.now()}
@@ -384,7 +392,7 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *st
 		findings[i] = policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed}
 	}
 	d := rule.Evaluate(findings, g.now())
-	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: d.Admitted, Kind: info.kind,
+	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: d.Admitted, Kind: info.kind, Rule: rule.Name,
 		Message: d.Message, Decision: &d, PolicyHash: rule.Hash, DBVersion: rep.DBVersion, ScannedAt: rep.ScannedAt, JudgedAt: g.now()}
 	switch {
 	case !d.Admitted:

@@ -96,6 +96,7 @@ type Verdict struct {
 	Repo       string           `json:"repository"`
 	Admitted   bool             `json:"admitted"`
 	Kind       string           `json:"kind"` // image, index, artifact
+	Rule       string           `json:"rule,omitempty"`
 	Reason     string           `json:"reason"`
 	Message    string           `json:"message"`
 	Decision   *policy.Decision `json:"decision,omitempty"`

@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/gatehouse/gatehouse/cache"
+	"github.com/gatehouse/gatehouse/metrics"
 )
 
 func (h *Handler) blobHeaders(w http.ResponseWriter, rt *Route) {
@@ -65,11 +66,15 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Er
 	}
 	h.blobHeaders(w, rt)
 	if f := st.File(); f != nil {
+		metrics.CacheRequests.WithLabelValues("blob", "hit").Inc()
 		// A committed file: ServeContent does Range (single and multiple),
 		// If-None-Match and HEAD, and the copy uses sendfile.
-		http.ServeContent(w, r, "", time.Time{}, f)
+		cw := &countingWriter{ResponseWriter: w}
+		http.ServeContent(cw, r, "", time.Time{}, f)
+		metrics.ServedBytes.WithLabelValues("cache").Add(float64(cw.n))
 		return nil
 	}
+	metrics.CacheRequests.WithLabelValues("blob", "miss").Inc()
 	return h.streamFetch(w, r, rt, st)
 }
 
@@ -160,7 +165,9 @@ func (h *Handler) streamFetch(w http.ResponseWriter, r *http.Request, rt *Route,
 	}
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
-	if _, err := io.CopyBuffer(writerOnly{w}, rd, *bufp); err != nil {
+	n, err := io.CopyBuffer(writerOnly{w}, rd, *bufp)
+	metrics.ServedBytes.WithLabelValues("upstream").Add(float64(n))
+	if err != nil {
 		if !errors.Is(err, context.Canceled) {
 			h.log.Warn("blob transfer aborted", "digest", rt.Digest, "upstream", rt.Upstream.Name, "err", err)
 		}
@@ -169,6 +176,24 @@ func (h *Handler) streamFetch(w http.ResponseWriter, r *http.Request, rt *Route,
 		panic(http.ErrAbortHandler)
 	}
 	return nil
+}
+
+// countingWriter counts body bytes and keeps sendfile (ReadFrom) working.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := io.Copy(c.ResponseWriter, r)
+	c.n += n
+	return n, err
 }
 
 // writerOnly hides the ResponseWriter's ReadFrom, so that io.CopyBuffer uses

@@ -156,6 +156,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err *Error) {
 		// status line's reason phrase; the header is for everyone else.
 		reason := strings.Map(printableASCII, truncate(err.Message, 400))
 		h.Set("X-Gatehouse-Error", reason)
+		if sn, ok := w.(interface{ NoteStatus(int) }); ok {
+			sn.NoteStatus(status) // the access log and metrics see the hijacked status
+		}
 		if r.ProtoMajor == 1 && status != http.StatusNotFound && writeStatusLine(w, status, reason, len(body)+1) {
 			return
 		}

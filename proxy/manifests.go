@@ -16,6 +16,7 @@ import (
 
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/gate"
+	"github.com/gatehouse/gatehouse/metrics"
 	"github.com/gatehouse/gatehouse/proxy/upstream"
 )
 
@@ -46,10 +47,20 @@ func (h *Handler) serveManifest(w http.ResponseWriter, r *http.Request, rt *Rout
 		v, err := h.gate.Check(r.Context(), gate.Subject{Upstream: rt.Upstream.Name, Repo: rt.Repo, Tag: tag,
 			Digest: m.Digest, MediaType: m.MediaType, Manifest: m.Data, Client: r.RemoteAddr})
 		if err != nil {
-			return gateError(err)
+			oe := gateError(err)
+			result := "error"
+			if oe.Header.Get("Retry-After") != "" {
+				result = "pending"
+			}
+			metrics.GateDecisions.WithLabelValues(result, result, "").Inc()
+			return oe
 		}
 		if !v.Admitted {
+			metrics.GateDecisions.WithLabelValues("denied", v.Reason, v.Rule).Inc()
 			return denied(v)
+		}
+		if v.Kind != "index" {
+			metrics.GateDecisions.WithLabelValues("admitted", v.Reason, v.Rule).Inc()
 		}
 	}
 	hd := w.Header()
@@ -79,15 +90,18 @@ func (h *Handler) manifest(ctx context.Context, rt *Route) (m *cache.Manifest, s
 	up := rt.Upstream.Name
 	cached, terr := h.store.Tag(up, rt.Repo, rt.Ref)
 	if terr == nil && h.now().Sub(cached.Fetched) < rt.Upstream.TagTTL.D() {
+		metrics.CacheRequests.WithLabelValues("tag", "hit").Inc()
 		m, err = h.manifestByDigest(ctx, rt, cached.Digest)
 		return m, false, err
 	}
+	metrics.CacheRequests.WithLabelValues("tag", "miss").Inc()
 	dgst, err := h.revalidateTag(ctx, rt)
 	if err != nil {
 		var ue *upstream.Error
 		if terr == nil && (!errors.As(err, &ue) || !ue.NotFound()) {
 			// stale-if-error: upstream down, 429 or 5xx; serve what we know.
 			if m, merr := h.store.Manifest(cached.Digest); merr == nil {
+				metrics.CacheRequests.WithLabelValues("tag", "stale").Inc()
 				h.log.Warn("serving stale tag mapping", "upstream", up, "repo", rt.Repo, "tag", rt.Ref, "err", err)
 				return m, true, nil
 			}
@@ -137,10 +151,12 @@ func (h *Handler) revalidateTag(ctx context.Context, rt *Route) (v1.Hash, error)
 // and caches it. A cached manifest never costs an upstream request.
 func (h *Handler) manifestByDigest(ctx context.Context, rt *Route, dgst v1.Hash) (*cache.Manifest, error) {
 	if m, err := h.store.Manifest(dgst); err == nil {
+		metrics.CacheRequests.WithLabelValues("manifest", "hit").Inc()
 		return m, nil
 	} else if !errors.Is(err, cache.ErrNotFound) {
 		h.log.Error("reading cached manifest; fetching it again", "digest", dgst, "err", err)
 	}
+	metrics.CacheRequests.WithLabelValues("manifest", "miss").Inc()
 	v, err, _ := h.flight.Do("manifest\x00"+dgst.String(), func() (any, error) {
 		return h.fetchManifest(context.WithoutCancel(ctx), rt, dgst.String(), &dgst)
 	})

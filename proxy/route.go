@@ -202,3 +202,13 @@ func route(cfg *config.Config, r *http.Request) (*Route, *Error) {
 	}
 	return rt, nil
 }
+
+// RoutePattern names the route of a request path for logs and metrics:
+// base, manifest, blob, tags, referrers, upload, or invalid.
+func RoutePattern(p string) string {
+	kind, _, _, err := parsePath(p)
+	if err != nil {
+		return "invalid"
+	}
+	return kind.String()
+}

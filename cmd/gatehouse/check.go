@@ -80,7 +80,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer os.RemoveAll(state)
 	cfg.Gate.MaxWait = config.Duration(time.Hour)
-	st, err := newStack(cfg, state, log)
+	st, err := newStack(cfg, state, false, log)
 	if err != nil {
 		return err
 	}

@@ -36,7 +36,7 @@ func cmdDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(dbDir(cfg), 0o750); err != nil {
 		return err
 	}
-	sc, err := newScanner(cfg, log)
+	sc, err := newScanner(cfg, log, false)
 	if err != nil {
 		return err
 	}

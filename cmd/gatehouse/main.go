@@ -13,6 +13,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	xos "github.com/aquasecurity/trivy/pkg/x/os"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -50,10 +52,10 @@ Pointing clients at it:
       server = "https://<registry>"   (or the gatehouse URL itself, see README)
       [host."http://gatehouse.internal:5000"]
         capabilities = ["pull", "resolve"]
-  podman/skopeo/CRI-O: registries.conf
+  podman/skopeo/CRI-O: registries.conf (gatehouse as the location, not a
+  mirror: these clients fall back from a mirror silently)
       [[registry]]
-      location = "docker.io"
-      [[registry.mirror]]
+      prefix = "docker.io"
       location = "gatehouse.internal:5000/docker.io"
 
 Environment: GATEHOUSE_LISTEN, GATEHOUSE_DATA_DIR, GATEHOUSE_LOG_FORMAT,
@@ -66,6 +68,8 @@ func main() {
 	defer stop()
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
+	// Trivy makes a temporary directory per process; remove it.
+	_ = xos.Cleanup()
 	os.Exit(code)
 }
 

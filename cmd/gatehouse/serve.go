@@ -9,13 +9,19 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/proxy"
 )
 
 // commonFlags are the flags every command that reads the configuration has.
@@ -103,7 +109,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
 
-	st, err := newStack(cfg, cfg.DataDir, log)
+	st, err := newStack(cfg, cfg.DataDir, true, log)
 	if err != nil {
 		return err
 	}
@@ -119,6 +125,25 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	mux.Handle("/v2/", handler)
 	mux.Handle("/v2", handler)
 	mux.Handle("/api/", st.gate.APIHandler())
+	reg := prometheus.NewRegistry()
+	rate := map[string]func() int64{}
+	for name, c := range st.clients {
+		rate[name] = c.RateLimitRemaining
+	}
+	if err := metrics.Register(reg, metrics.Sources{
+		CacheUsage:         store.Usage,
+		RateLimitRemaining: rate,
+		DB: func() (string, time.Time) {
+			s, err := st.scanner.DBStatus()
+			if err != nil {
+				return "", time.Time{}
+			}
+			return s.DBVersion, s.UpdatedAt
+		},
+	}); err != nil {
+		return err
+	}
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !ready.Load() {
@@ -188,14 +213,24 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-// accessLog logs every request at info level (debug for health checks).
+// accessLog logs every request at info level (debug for health checks and
+// scrapes) and counts it by route pattern, method and status.
 func accessLog(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() {
+			route := routeLabel(r.URL.Path)
+			method := r.Method
+			switch method {
+			case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+			default:
+				method = "other"
+			}
+			metrics.Requests.WithLabelValues(route, method, strconv.Itoa(rec.status)).Inc()
+			metrics.RequestDuration.WithLabelValues(route, method).Observe(time.Since(start).Seconds())
 			level := slog.LevelInfo
-			if r.URL.Path == "/healthz" || r.URL.Path == "/readyz" {
+			if route == "health" || route == "metrics" {
 				level = slog.LevelDebug
 			}
 			log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"),
@@ -203,6 +238,20 @@ func accessLog(log *slog.Logger, next http.Handler) http.Handler {
 		}()
 		next.ServeHTTP(rec, r)
 	})
+}
+
+func routeLabel(p string) string {
+	switch {
+	case strings.HasPrefix(p, "/v2"):
+		return proxy.RoutePattern(p)
+	case strings.HasPrefix(p, "/api/"):
+		return "api"
+	case p == "/healthz" || p == "/readyz":
+		return "health"
+	case p == "/metrics":
+		return "metrics"
+	}
+	return "other"
 }
 
 type statusRecorder struct {
@@ -234,7 +283,11 @@ func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
-// Unwrap lets http.ResponseController reach Flush.
+// NoteStatus records the status of a response written on a hijacked
+// connection.
+func (s *statusRecorder) NoteStatus(code int) { s.status, s.wrote = code, true }
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // dbUpdateLoop keeps the vulnerability DB fresh: at start when none is
@@ -249,6 +302,14 @@ func dbUpdateLoop(ctx context.Context, st *stack) error {
 	}
 	for {
 		updated, err := updateDB(ctx, st.cfg, st.clients, st.scanner, false)
+		switch {
+		case err != nil:
+			metrics.DBUpdates.WithLabelValues("error").Inc()
+		case updated:
+			metrics.DBUpdates.WithLabelValues("updated").Inc()
+		default:
+			metrics.DBUpdates.WithLabelValues("current").Inc()
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			st.log.Error("vulnerability DB update failed; keeping the current one", "repository", st.cfg.Gate.DB.Repository, "err", err)

@@ -31,18 +31,20 @@ type stack struct {
 // dbDir is where the vulnerability DB lives: shared by serve, check and db.
 func dbDir(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "trivy", "db") }
 
-// newScanner opens the scanner on the DB in the data directory.
-func newScanner(cfg *config.Config, log *slog.Logger) (*scan.Scanner, error) {
-	return scan.New(scan.Options{
-		DBDir:    dbDir(cfg),
-		CacheDir: filepath.Join(cfg.DataDir, "trivy"),
-		Log:      log,
-	})
+// newScanner opens the scanner on the DB in the data directory. With
+// persist, layer analyses are cached on disk (serve); otherwise in memory
+// (check and db, which may run next to a serve holding the disk cache).
+func newScanner(cfg *config.Config, log *slog.Logger, persist bool) (*scan.Scanner, error) {
+	opts := scan.Options{DBDir: dbDir(cfg), Log: log}
+	if persist {
+		opts.CacheDir = filepath.Join(cfg.DataDir, "trivy")
+	}
+	return scan.New(opts)
 }
 
 // newStack opens everything under stateDir (the cache and the verdicts);
 // the vulnerability DB always comes from cfg.DataDir.
-func newStack(cfg *config.Config, stateDir string, log *slog.Logger) (_ *stack, err error) {
+func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logger) (_ *stack, err error) {
 	s := &stack{cfg: cfg, log: log, clients: map[string]*upstream.Client{}}
 	defer func() {
 		if err != nil {
@@ -66,7 +68,7 @@ func newStack(cfg *config.Config, stateDir string, log *slog.Logger) (_ *stack, 
 	if err != nil {
 		return nil, err
 	}
-	s.scanner, err = newScanner(cfg, log)
+	s.scanner, err = newScanner(cfg, log, persist)
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/metrics"
 )
 
 // ManifestAccept lists every manifest media type gatehouse handles, sent as
@@ -227,9 +228,12 @@ func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Valu
 	hc := &http.Client{Transport: rt, CheckRedirect: c.redirect}
 	start := time.Now()
 	resp, err := hc.Do(req)
+	metrics.UpstreamDuration.WithLabelValues(c.name).Observe(time.Since(start).Seconds())
 	if err != nil {
+		metrics.UpstreamRequests.WithLabelValues(c.name, "error").Inc()
 		return nil, c.wrapErr(err)
 	}
+	metrics.UpstreamRequests.WithLabelValues(c.name, strconv.Itoa(resp.StatusCode)).Inc()
 	if v := resp.Header.Get("Ratelimit-Remaining"); v != "" {
 		// "76;w=21600": the count before the window.
 		if n, err := strconv.ParseInt(strings.SplitN(v, ";", 2)[0], 10, 64); err == nil {

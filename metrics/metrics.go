@@ -1,0 +1,159 @@
+// Package metrics holds gatehouse's Prometheus collectors. They are package
+// variables that the packages doing the work update; nothing is registered
+// until Register is called (no init-time side effects). Labels stay
+// low-cardinality: route pattern, method, code, upstream, result, reason,
+// rule — never a repository or digest.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+const ns = "gatehouse"
+
+var (
+	// Requests counts client requests by route pattern (base, manifest,
+	// blob, tags, referrers, upload, api, health), method and status code.
+	Requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "http_requests_total",
+		Help: "Client requests by route pattern, method and status code."}, []string{"route", "method", "code"})
+	// RequestDuration observes request latency by route and method.
+	RequestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "http_request_duration_seconds",
+		Help:    "Client request duration (to the last byte) by route pattern and method.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}}, []string{"route", "method"})
+	// ServedBytes counts blob bytes sent to clients by source.
+	ServedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "served_bytes_total",
+		Help: "Blob bytes sent to clients, by source: cache (committed file) or upstream (streamed from a fetch in progress)."}, []string{"source"})
+	// CacheRequests counts cache lookups by kind and result.
+	CacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cache_requests_total",
+		Help: "Cache lookups by kind (manifest, blob, tag) and result (hit, miss, stale)."}, []string{"kind", "result"})
+	// Evictions counts blobs evicted by the size limit.
+	Evictions = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_evictions_total",
+		Help: "Blobs evicted to keep the cache within cache.maxSize."})
+	// EvictedBytes counts bytes evicted.
+	EvictedBytes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_evicted_bytes_total",
+		Help: "Bytes of blobs evicted to keep the cache within cache.maxSize."})
+	// UpstreamRequests counts requests to upstreams by upstream and code
+	// ("error" for a network failure).
+	UpstreamRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_requests_total",
+		Help: "Requests to upstream registries by upstream and status code (error: no response)."}, []string{"upstream", "code"})
+	// UpstreamDuration observes the time to upstream response headers.
+	UpstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "upstream_request_duration_seconds",
+		Help:    "Time to upstream response headers by upstream.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"upstream"})
+	// UpstreamBytes counts blob bytes fetched from upstreams.
+	UpstreamBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_fetched_bytes_total",
+		Help: "Blob bytes fetched from upstream registries."}, []string{"upstream"})
+	// FetchesStarted and FetchesJoined count upstream blob fetches and the
+	// requests that joined one already under way (deduplication).
+	FetchesStarted = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_total",
+		Help: "Upstream blob fetches started."})
+	FetchesJoined = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_joined_total",
+		Help: "Blob requests that joined an upstream fetch already under way instead of starting one."})
+	FetchesFailed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_failed_total",
+		Help: "Upstream blob fetches that failed (error, digest or size mismatch, stall); nothing was cached."})
+	// GateDecisions counts verdicts served by result, reason and rule.
+	GateDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "gate_decisions_total",
+		Help: "Gate decisions on served manifests by result (admitted, denied, error, pending), reason and rule."}, []string{"result", "reason", "rule"})
+	// ScanDuration observes scan times.
+	ScanDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "scan_duration_seconds",
+		Help:    "Duration of image scans (layer fetch, analysis and detection).",
+		Buckets: []float64{.1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600}})
+	// ScansInFlight and ScansQueued gauge the scan workers.
+	ScansInFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "scans_in_flight", Help: "Scans running."})
+	ScansQueued   = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "scans_queued", Help: "Scans waiting for a worker."})
+	// ScanErrors counts failed scans.
+	ScanErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "scan_errors_total",
+		Help: "Scans that failed (the image was refused unless its rule is in audit mode)."})
+	// DBUpdates counts vulnerability DB update attempts by result.
+	DBUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "vulndb_updates_total",
+		Help: "Vulnerability DB update attempts by result (updated, current, error)."}, []string{"result"})
+	// SignatureVerifications counts signature checks by result.
+	SignatureVerifications = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "signature_verifications_total",
+		Help: "Signature verifications by result (verified, unsigned, untrusted, error)."}, []string{"result"})
+)
+
+// Sources of the gauges read at scrape time.
+type Sources struct {
+	// CacheUsage returns the bytes and number of cached blobs.
+	CacheUsage func() (bytes int64, count int)
+	// RateLimitRemaining returns, per upstream, the last Docker Hub style
+	// ratelimit-remaining value seen (-1: none seen).
+	RateLimitRemaining map[string]func() int64
+	// DB returns the vulnerability DB version and build time (zero: none).
+	DB func() (version string, updatedAt time.Time)
+}
+
+// Register registers every collector, the Go and process collectors and the
+// gauges read from src on reg.
+func Register(reg prometheus.Registerer, src Sources) error {
+	cs := []prometheus.Collector{
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		Requests, RequestDuration, ServedBytes, CacheRequests, Evictions, EvictedBytes,
+		UpstreamRequests, UpstreamDuration, UpstreamBytes, FetchesStarted, FetchesJoined, FetchesFailed,
+		GateDecisions, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
+	}
+	if src.CacheUsage != nil {
+		cs = append(cs,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "cache_size_bytes", Help: "Bytes of cached blobs."},
+				func() float64 { b, _ := src.CacheUsage(); return float64(b) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "cache_objects", Help: "Number of cached blobs."},
+				func() float64 { _, n := src.CacheUsage(); return float64(n) }))
+	}
+	for up, f := range src.RateLimitRemaining {
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_ratelimit_remaining",
+			Help:        "Last ratelimit-remaining value the upstream sent (Docker Hub); -1 when none was seen.",
+			ConstLabels: prometheus.Labels{"upstream": up}}, func() float64 { return float64(f()) }))
+	}
+	if src.DB != nil {
+		cs = append(cs,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "vulndb_age_seconds",
+				Help: "Age of the loaded vulnerability DB (since it was built); -1 when none is loaded."},
+				func() float64 {
+					_, at := src.DB()
+					if at.IsZero() {
+						return -1
+					}
+					return time.Since(at).Seconds()
+				}),
+			&dbInfo{src: src.DB})
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	// Pre-initialise the series dashboards and alerts rely on, so that they
+	// exist (at 0) before the first event.
+	for _, s := range []string{"cache", "upstream"} {
+		ServedBytes.WithLabelValues(s)
+	}
+	for _, k := range []string{"manifest", "blob", "tag"} {
+		for _, r := range []string{"hit", "miss"} {
+			CacheRequests.WithLabelValues(k, r)
+		}
+	}
+	for _, r := range []string{"updated", "current", "error"} {
+		DBUpdates.WithLabelValues(r)
+	}
+	return nil
+}
+
+// dbInfo exports gatehouse_vulndb_info{version="..."} 1.
+type dbInfo struct {
+	src func() (string, time.Time)
+}
+
+var dbInfoDesc = prometheus.NewDesc(ns+"_vulndb_info", "The loaded vulnerability DB version (value 1).", []string{"version"}, nil)
+
+func (d *dbInfo) Describe(ch chan<- *prometheus.Desc) { ch <- dbInfoDesc }
+
+func (d *dbInfo) Collect(ch chan<- prometheus.Metric) {
+	v, _ := d.src()
+	if v == "" {
+		v = "none"
+	}
+	ch <- prometheus.MustNewConstMetric(dbInfoDesc, prometheus.GaugeValue, 1, v)
+}

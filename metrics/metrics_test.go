@@ -1,0 +1,59 @@
+package metrics
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestRegisterExportsEveryFamily(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	err := Register(reg, Sources{
+		CacheUsage:         func() (int64, int) { return 42, 2 },
+		RateLimitRemaining: map[string]func() int64{"docker.io": func() int64 { return 7 }},
+		DB:                 func() (string, time.Time) { return "2-20261123", time.Now().Add(-time.Hour) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Observe each vector once so that it is gathered.
+	Requests.WithLabelValues("blob", "GET", "200").Inc()
+	RequestDuration.WithLabelValues("blob", "GET").Observe(0.1)
+	UpstreamRequests.WithLabelValues("docker.io", "200").Inc()
+	UpstreamDuration.WithLabelValues("docker.io").Observe(0.1)
+	UpstreamBytes.WithLabelValues("docker.io").Add(1)
+	GateDecisions.WithLabelValues("denied", "vulnerable", "default").Inc()
+	SignatureVerifications.WithLabelValues("verified").Inc()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range fams {
+		if m := f.GetMetric(); len(m) > 0 && m[0].GetGauge() != nil {
+			got[f.GetName()] = m[0].GetGauge().GetValue()
+		} else {
+			got[f.GetName()] = 0
+		}
+	}
+	for _, name := range []string{
+		"gatehouse_http_requests_total", "gatehouse_http_request_duration_seconds", "gatehouse_served_bytes_total",
+		"gatehouse_cache_requests_total", "gatehouse_cache_size_bytes", "gatehouse_cache_objects",
+		"gatehouse_cache_evictions_total", "gatehouse_upstream_requests_total", "gatehouse_upstream_request_duration_seconds",
+		"gatehouse_upstream_fetched_bytes_total", "gatehouse_blob_fetches_total", "gatehouse_blob_fetches_joined_total",
+		"gatehouse_upstream_ratelimit_remaining", "gatehouse_gate_decisions_total", "gatehouse_scan_duration_seconds",
+		"gatehouse_scans_in_flight", "gatehouse_scans_queued", "gatehouse_vulndb_age_seconds", "gatehouse_vulndb_info",
+		"gatehouse_signature_verifications_total", "go_goroutines", "process_resident_memory_bytes",
+	} {
+		if _, ok := got[name]; !ok {
+			t.Errorf("%s not exported", name)
+		}
+	}
+	if got["gatehouse_cache_size_bytes"] != 42 || got["gatehouse_upstream_ratelimit_remaining"] != 7 {
+		t.Errorf("gauges read wrong values: %v", got)
+	}
+	if age := got["gatehouse_vulndb_age_seconds"]; age < 3500 || age > 3700 {
+		t.Errorf("vulndb age %v", age)
+	}
+}
