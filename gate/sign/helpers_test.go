@@ -30,6 +30,10 @@ import (
 
 	"github.com/cyberphone/json-canonicalization/go/src/webpki.org/jsoncanonicalizer"
 	"github.com/digitorus/timestamp"
+	ct "github.com/google/certificate-transparency-go"
+	cttls "github.com/google/certificate-transparency-go/tls"
+	ctx509 "github.com/google/certificate-transparency-go/x509"
+	"github.com/google/certificate-transparency-go/x509util"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -343,10 +347,84 @@ type leaf struct {
 	issuer    string // OIDC issuer
 	notBefore time.Time
 	notAfter  time.Time
+	ct        *testLog // if set, the certificate embeds an SCT from this CT log
 }
 
 // issue certifies pub for l, as Fulcio would for an OIDC token.
 func (ca *testCA) issue(t *testing.T, pub crypto.PublicKey, l leaf) *x509.Certificate {
+	t.Helper()
+	tmpl := ca.template(t, l)
+	if l.ct != nil {
+		// RFC 6962 3.3: the log signs the certificate as it is without
+		// the SCT list, which is then added as an extension.
+		l.ct.embedSCT(t, tmpl, ca.create(t, tmpl, pub), ca.cert)
+	}
+	return ca.create(t, tmpl, pub)
+}
+
+func (ca *testCA) create(t *testing.T, tmpl *x509.Certificate, pub crypto.PublicKey) *x509.Certificate {
+	t.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// embedSCT adds to tmpl the SCT list extension with this log's SCT for
+// cert (tmpl issued without it) under issuer.
+func (l *testLog) embedSCT(t *testing.T, tmpl *x509.Certificate, cert, issuer *x509.Certificate) {
+	t.Helper()
+	ts := uint64(time.Now().UnixMilli())
+	// What ct.MerkleTreeLeafForEmbeddedSCT rebuilds from the final
+	// certificate: its TBS without the SCT list, and the issuer's key hash.
+	mtl := ct.MerkleTreeLeaf{
+		Version:  ct.V1,
+		LeafType: ct.TimestampedEntryLeafType,
+		TimestampedEntry: &ct.TimestampedEntry{
+			EntryType: ct.PrecertLogEntryType,
+			Timestamp: ts,
+			PrecertEntry: &ct.PreCert{
+				IssuerKeyHash:  sha256.Sum256(issuer.RawSubjectPublicKeyInfo),
+				TBSCertificate: cert.RawTBSCertificate,
+			},
+		},
+	}
+	sct := ct.SignedCertificateTimestamp{SCTVersion: ct.V1, LogID: ct.LogID{KeyID: [32]byte(l.id)}, Timestamp: ts}
+	input, err := ct.SerializeSCTSignatureInput(sct, ct.LogEntry{Leaf: mtl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(input)
+	sig, err := ecdsa.SignASN1(rand.Reader, l.key, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sct.Signature = ct.DigitallySigned{
+		Algorithm: cttls.SignatureAndHashAlgorithm{Hash: cttls.SHA256, Signature: cttls.ECDSA},
+		Signature: sig,
+	}
+	list, err := x509util.MarshalSCTsIntoSCTList([]*ct.SignedCertificateTimestamp{&sct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := cttls.Marshal(*list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	val, err := asn1.Marshal(raw) // an OCTET STRING holding the TLS-encoded list
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, pkix.Extension{Id: asn1.ObjectIdentifier(ctx509.OIDExtensionCTSCT), Value: val})
+}
+
+// template is the Fulcio-like certificate for l.
+func (ca *testCA) template(t *testing.T, l leaf) *x509.Certificate {
 	t.Helper()
 	if l.notBefore.IsZero() {
 		l.notBefore = time.Now().Add(-time.Minute)
@@ -375,15 +453,7 @@ func (ca *testCA) issue(t *testing.T, pub crypto.PublicKey, l leaf) *x509.Certif
 	} else {
 		tmpl.EmailAddresses = []string{l.subject}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
+	return tmpl
 }
 
 // certProvider is a sigstore-go CertificateProvider backed by a testCA.

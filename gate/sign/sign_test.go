@@ -338,6 +338,40 @@ func TestVerify(t *testing.T) {
 			want:   want{reason: sign.ReasonUntrusted},
 		},
 		{
+			name: "keyless legacy, SCT required and present",
+			setup: func(t *testing.T, h v1.Hash) {
+				f.signKeyless(t, h, f.ca, leaf{subject: testEmail, issuer: testIssuer, ct: f.ct}, nil, time.Time{})
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(emailID); p.RequireSCT = true; return p }(),
+			want:   want{verified: true, format: sign.FormatLegacyTag, identity: "subject=" + testEmail},
+		},
+		{
+			name: "keyless legacy, SCT from an unknown CT log",
+			setup: func(t *testing.T, h v1.Hash) {
+				f.signKeyless(t, h, f.ca, leaf{subject: testEmail, issuer: testIssuer, ct: newLog(t)}, nil, time.Time{})
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(emailID); p.RequireSCT = true; return p }(),
+			want:   want{reason: sign.ReasonUntrusted},
+		},
+		{
+			name: "keyless bundle, SCT required and present",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer, ct: f.ct}}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, nil), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(workflowID); p.RequireSCT = true; return p }(),
+			want:   want{verified: true, format: sign.FormatBundle, identity: "subject=" + testWorkflow},
+		},
+		{
+			name: "keyless bundle, SCT from an unknown CT log",
+			setup: func(t *testing.T, h v1.Hash) {
+				cp := &certProvider{t: t, ca: f.ca, l: leaf{subject: testWorkflow, issuer: testIssuer, ct: newLog(t)}}
+				f.up.attachBundle(t, h, f.up.bundleJSON(t, h, sign.CosignSignPredicate, newKey(t), cp, nil), sign.CosignSignPredicate)
+			},
+			policy: func() *sign.Policy { p := f.keylessPolicy(workflowID); p.RequireSCT = true; return p }(),
+			want:   want{reason: sign.ReasonUntrusted},
+		},
+		{
 			name: "legacy key signature with a log entry, required",
 			setup: func(t *testing.T, h v1.Hash) {
 				sig := f.up.legacySig(t, h, f.key)
