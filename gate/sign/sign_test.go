@@ -3,12 +3,14 @@ package sign_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -713,6 +715,36 @@ func TestVerifyFailsClosed(t *testing.T) {
 			t.Fatalf("got %+v, %v; want unverified", res, err)
 		}
 	})
+}
+
+// TestVerifyConcurrent: one Verifier serves concurrent calls (run with
+// -race).
+func TestVerifyConcurrent(t *testing.T) {
+	f := newFixture(t)
+	signed, unsigned := f.up.pushImage(t), f.up.pushImage(t)
+	f.up.attachLegacy(t, signed, f.up.legacySig(t, signed, f.key))
+	v := f.verifier()
+	var wg sync.WaitGroup
+	errs := make(chan string, 16)
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h, want := signed, true
+			if i%2 == 1 {
+				h, want = unsigned, false
+			}
+			res, err := v.Verify(context.Background(), f.up.repo, h, keyPolicy(f.key), nil)
+			if err != nil || res.Verified != want {
+				errs <- fmt.Sprintf("%s: %+v, %v", h, res, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
 }
 
 // TestVerifyRequests: one Verify authenticates once (go-containerregistry

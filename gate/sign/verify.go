@@ -28,6 +28,8 @@ const (
 )
 
 // Reasons, as Result.Reason reports them when an image is not verified.
+// ReasonFetch, ReasonPolicy and ReasonError come with an error from
+// Verify: they say nothing about the image.
 const (
 	ReasonNoSignature = "no signature found"
 	ReasonUntrusted   = "signed by an untrusted identity"
@@ -35,6 +37,7 @@ const (
 	ReasonNoTlog      = "signature has no transparency-log entry"
 	ReasonFetch       = "signatures could not be fetched"
 	ReasonPolicy      = "invalid signature policy"
+	ReasonError       = "signature verification failed unexpectedly"
 )
 
 // CosignSignPredicate is the in-toto predicate type of a cosign v3 image
@@ -83,7 +86,7 @@ type Result struct {
 type Options struct {
 	// Transport carries every registry request made for signatures:
 	// gatehouse's own upstream transport (TLS, retries, credentials).
-	// Required.
+	// Nil means http.DefaultTransport, which only tests should want.
 	Transport http.RoundTripper
 	// Auth authenticates to the registry on top of Transport (go-
 	// containerregistry's token flow). Nil means anonymous, for a
@@ -172,7 +175,7 @@ func (v *Verifier) Verify(ctx context.Context, repo name.Repository, dgst v1.Has
 	defer func() {
 		// Fetching and parsing run library code over untrusted input too.
 		if r := recover(); r != nil {
-			res = &Result{Reason: ReasonFetch, Detail: fmt.Sprintf("panic: %v", r), VerifiedAt: v.now()}
+			res = &Result{Reason: ReasonError, Detail: fmt.Sprintf("panic: %v", r), VerifiedAt: v.now()}
 			err = fmt.Errorf("verifying signatures of %s@%s: panic: %v", repo, dgst, r)
 		}
 	}()
