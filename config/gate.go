@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -68,6 +69,97 @@ type Rule struct {
 	IgnoreUnfixed bool `yaml:"ignoreUnfixed"`
 	// Allowlist entries are ignored until they expire.
 	Allowlist []Allow `yaml:"allowlist"`
+	// Signatures, when set, verifies cosign signatures of the images.
+	Signatures *Signatures `yaml:"signatures"`
+}
+
+// Signatures is the signature part of a rule.
+type Signatures struct {
+	// Required denies an image without a valid signature by a trusted
+	// identity. When false, the result is recorded but does not deny.
+	Required bool `yaml:"required"`
+	// Identities are the trusted signers: each a public key or a keyless
+	// identity (OIDC issuer and certificate subject, exact or regexp).
+	Identities []Signer `yaml:"identities"`
+	// TrustedRoot is a sigstore trusted_root.json file (Fulcio CAs, Rekor
+	// and CT logs), read at start-up; verification never goes online.
+	// Required for keyless identities and for requireTlog / requireSCT.
+	TrustedRoot string `yaml:"trustedRoot"`
+	// RequireTlog requires transparency-log evidence in the signature.
+	RequireTlog bool `yaml:"requireTlog"`
+	// RequireSCT requires keyless certificates to carry an SCT.
+	RequireSCT bool `yaml:"requireSCT"`
+	// AllowIndexSignature accepts a platform manifest when the index that
+	// lists it is signed. Default true.
+	AllowIndexSignature *bool `yaml:"allowIndexSignature"`
+}
+
+// Signer is one trusted identity.
+type Signer struct {
+	// PublicKey is a PEM public key, inline or as a file path.
+	PublicKey     string `yaml:"publicKey"`
+	Issuer        string `yaml:"issuer"`
+	Subject       string `yaml:"subject"`
+	IssuerRegexp  string `yaml:"issuerRegexp"`
+	SubjectRegexp string `yaml:"subjectRegexp"`
+}
+
+// PublicKeyPEM returns the key's PEM, reading the file when PublicKey is
+// a path.
+func (s *Signer) PublicKeyPEM() ([]byte, error) {
+	if s.PublicKey == "" {
+		return nil, nil
+	}
+	if strings.HasPrefix(strings.TrimSpace(s.PublicKey), "-----BEGIN") {
+		return []byte(s.PublicKey), nil
+	}
+	return os.ReadFile(s.PublicKey)
+}
+
+func (s *Signatures) finish(field string) []error {
+	var errs []error
+	bad := func(sub, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
+	}
+	if s.AllowIndexSignature == nil {
+		t := true
+		s.AllowIndexSignature = &t
+	}
+	if len(s.Identities) == 0 {
+		bad("identities", "at least one trusted identity is required")
+	}
+	keyless := s.RequireTlog || s.RequireSCT
+	for i, id := range s.Identities {
+		f := fmt.Sprintf("identities[%d]", i)
+		isKeyless := id.Issuer != "" || id.Subject != "" || id.IssuerRegexp != "" || id.SubjectRegexp != ""
+		switch {
+		case id.PublicKey != "" && isKeyless:
+			bad(f, "set either publicKey or issuer/subject, not both")
+		case id.PublicKey != "":
+			if _, err := id.PublicKeyPEM(); err != nil {
+				bad(f+".publicKey", "%v", err)
+			}
+		case isKeyless:
+			keyless = true
+			if (id.Issuer == "") == (id.IssuerRegexp == "") {
+				bad(f, "set exactly one of issuer and issuerRegexp")
+			}
+			if (id.Subject == "") == (id.SubjectRegexp == "") {
+				bad(f, "set exactly one of subject and subjectRegexp")
+			}
+		default:
+			bad(f, "set publicKey, or issuer and subject")
+		}
+	}
+	if keyless && s.TrustedRoot == "" {
+		bad("trustedRoot", "required for keyless identities and transparency-log or SCT requirements")
+	}
+	if s.TrustedRoot != "" {
+		if _, err := os.Stat(s.TrustedRoot); err != nil {
+			bad("trustedRoot", "%v", err)
+		}
+	}
+	return errs
 }
 
 // Allow exempts one vulnerability id from a rule until a date.
@@ -187,6 +279,9 @@ func (g *Gate) finish() []error {
 			if i != len(g.Policy.Rules)-1 {
 				bad(field, "a rule without upstreams or repositories is the default rule and must come last")
 			}
+		}
+		if r.Signatures != nil {
+			errs = append(errs, r.Signatures.finish(field+".signatures")...)
 		}
 		for j, a := range r.Allowlist {
 			af := fmt.Sprintf("%s.allowlist[%d]", field, j)

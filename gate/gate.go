@@ -33,9 +33,12 @@ type Options struct {
 	Config  *config.Gate
 	DataDir string // the verdict database is DataDir/gate.db
 	Scanner Scanner
-	Blobs   BlobOpener
-	Log     *slog.Logger
-	Now     func() time.Time // default time.Now
+	// Signatures verifies signatures for rules that have a signatures
+	// section; required when any rule has one.
+	Signatures SignatureVerifier
+	Blobs      BlobOpener
+	Log        *slog.Logger
+	Now        func() time.Time // default time.Now
 }
 
 // Gate judges manifests. It is safe for concurrent use.
@@ -43,6 +46,7 @@ type Gate struct {
 	cfg     *config.Gate
 	policy  *policy.Policy
 	scanner Scanner
+	sigs    SignatureVerifier
 	blobs   BlobOpener
 	db      *bolt.DB
 	log     *slog.Logger
@@ -53,6 +57,7 @@ type Gate struct {
 	jobs    map[string]*job
 	memo    map[string]*Verdict // verdict key → verdict, the hot path
 	tags    map[string]struct{} // digest+tag pairs already recorded
+	parents map[string]v1.Hash  // platform manifest → the index that listed it
 	closed  bool
 	closing chan struct{}
 	wg      sync.WaitGroup
@@ -77,7 +82,54 @@ var (
 // storedReport is a scan report with the image facts it was made from.
 type storedReport struct {
 	Report
-	ScannedAt time.Time `json:"scannedAt"`
+	ScannedAt time.Time        `json:"scannedAt"`
+	Signature *SignatureResult `json:"signature,omitempty"`
+}
+
+// maxParents bounds the platform manifest → index map.
+const maxParents = 65536
+
+// noteIndex remembers which index lists which platform manifests.
+func (g *Gate) noteIndex(s *Subject) {
+	idx, err := v1.ParseIndexManifest(strings.NewReader(string(s.Manifest)))
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.parents) > maxParents {
+		clear(g.parents)
+	}
+	for _, m := range idx.Manifests {
+		g.parents[m.Digest.String()] = s.Digest
+	}
+}
+
+func (g *Gate) parent(dgst v1.Hash) *v1.Hash {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if p, ok := g.parents[dgst.String()]; ok {
+		return &p
+	}
+	return nil
+}
+
+// verifySignature runs the rule's signature check; a failure is a result
+// that is not verified (fail closed), with the error as its reason.
+func (g *Gate) verifySignature(ctx context.Context, s *Subject, rule *policy.Rule) *SignatureResult {
+	if rule.Signatures == nil {
+		return nil
+	}
+	res, err := g.sigs.Verify(ctx, s.Upstream, s.Repo, s.Digest, rule.Name, g.parent(s.Digest))
+	if err != nil {
+		res = &SignatureResult{Reason: "signature verification failed", Detail: err.Error(), VerifiedAt: g.now()}
+	}
+	result := "verified"
+	if !res.Verified {
+		result = "not_verified"
+	}
+	metrics.SignatureVerifications.WithLabelValues(result).Inc()
+	return res
 }
 
 // ImageRecord describes a judged manifest.
@@ -136,12 +188,20 @@ func New(opts Options) (*Gate, error) {
 		jobs:    map[string]*job{},
 		memo:    map[string]*Verdict{},
 		tags:    map[string]struct{}{},
+		parents: map[string]v1.Hash{},
+		sigs:    opts.Signatures,
 		closing: make(chan struct{}),
 		sem:     make(chan struct{}, opts.Config.ScanConcurrency),
 		denials: newDenialLog(1000),
 	}
 	for _, t := range opts.Config.PassArtifactTypes {
 		g.pass[t] = true
+	}
+	for _, r := range opts.Config.Policy.Rules {
+		if r.Signatures != nil && g.sigs == nil {
+			db.Close()
+			return nil, fmt.Errorf("gate: rule %q verifies signatures but no signature verifier is configured", r.Name)
+		}
 	}
 	return g, nil
 }
@@ -181,7 +241,9 @@ func parseManifest(s *Subject) (*manifestInfo, error) {
 // gate.maxWait, or an error (fail closed) when the image cannot be judged.
 func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	if types.MediaType(s.MediaType).IsIndex() {
-		// Indexes are served; each platform manifest is judged when asked for.
+		// Indexes are served; each platform manifest is judged when asked
+		// for, and may be admitted by its index's signature.
+		g.noteIndex(&s)
 		return &Verdict{Digest: s.Digest.String(), Admitted: true, Kind: "index", Reason: ReasonIndex, Message: "index"}, nil
 	}
 	rule := g.policy.Match(s.Upstream, s.Repo)
@@ -343,6 +405,8 @@ func (g *Gate) remember(key string, v *Verdict) {
 // judge scans (or reuses a report made with the same DB) and decides.
 func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *policy.Rule, dbv, key string) (*Verdict, error) {
 	rep, err := g.report(s.Digest.String(), dbv)
+	sigc := make(chan *SignatureResult, 1)
+	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
 	if err != nil {
 		metrics.ScansQueued.Inc()
 		select {
@@ -370,14 +434,16 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		metrics.ScanDuration.Observe(time.Since(start).Seconds())
 		if serr != nil {
 			metrics.ScanErrors.Inc()
+			<-sigc
 			return nil, serr
 		}
 		rep = &storedReport{Report: *r, ScannedAt: g.now()}
 		g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
 			"duration", time.Since(start), "db", r.DBVersion)
-		if err := g.putReport(s.Digest.String(), rep); err != nil {
-			g.log.Error("storing scan report", "err", err)
-		}
+	}
+	rep.Signature = <-sigc
+	if err := g.putReport(s.Digest.String(), rep); err != nil {
+		g.log.Error("storing scan report", "err", err)
 	}
 	v := g.decide(&s, info, rule, rep)
 	if err := g.store(key, &s, info, v); err != nil {
@@ -401,6 +467,20 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *st
 		v.Reason = ReasonAudit
 	default:
 		v.Reason = ReasonClean
+	}
+	v.Signature = rep.Signature
+	if sig := rep.Signature; sig != nil && rule.Signatures != nil && rule.Signatures.Required && !sig.Verified {
+		why := "signature required: " + sig.Reason
+		switch {
+		case rule.Mode == config.ModeAudit:
+			v.Reason = ReasonAudit
+			v.Message += "; " + why + " (audit mode)"
+		case v.Admitted:
+			v.Admitted, v.Reason = false, ReasonUnsigned
+			v.Message = fmt.Sprintf("denied by rule %q: %s", rule.Name, why)
+		default:
+			v.Message += "; " + why
+		}
 	}
 	return v
 }

@@ -134,7 +134,17 @@ type fixture struct {
 	now     time.Time
 }
 
-func newFixture(t *testing.T, yml string) *fixture {
+func newFixture(t *testing.T, yml string) *fixture { return newFixtureWith(t, yml, nil) }
+
+func newGateErr(t *testing.T, yml string) (*Gate, error) {
+	cfg, err := config.Parse([]byte(yml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(Options{Config: &cfg.Gate, DataDir: t.TempDir(), Scanner: &fakeScanner{}, Log: slog.New(slog.DiscardHandler)})
+}
+
+func newFixtureWith(t *testing.T, yml string, sigs SignatureVerifier) *fixture {
 	t.Helper()
 	cfg, err := config.Parse([]byte(yml))
 	if err != nil {
@@ -145,7 +155,7 @@ func newFixture(t *testing.T, yml string) *fixture {
 		blobs:   &memBlobs{blobs: map[v1.Hash][]byte{}},
 		now:     time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC),
 	}
-	f.g, err = New(Options{Config: &cfg.Gate, DataDir: t.TempDir(), Scanner: f.scanner, Blobs: f.blobs,
+	f.g, err = New(Options{Config: &cfg.Gate, DataDir: t.TempDir(), Scanner: f.scanner, Blobs: f.blobs, Signatures: sigs,
 		Log: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now }})
 	if err != nil {
 		t.Fatal(err)

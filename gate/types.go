@@ -75,6 +75,34 @@ type Scanner interface {
 	DBVersion() string
 }
 
+// SignatureResult is the outcome of a signature check.
+type SignatureResult struct {
+	Verified bool `json:"verified"`
+	// Format is "legacy-tag" (sha256-<hex>.sig) or "bundle" (an OCI 1.1
+	// referrer carrying a sigstore bundle) when verified.
+	Format string `json:"format,omitempty"`
+	// Identity names the signer: a key fingerprint or issuer and subject.
+	Identity string `json:"identity,omitempty"`
+	// Digest is the manifest the accepted signature covers (the image's
+	// own, or its index's).
+	Digest string `json:"digest,omitempty"`
+	// Reason says why not verified: no signature found, signed by an
+	// untrusted identity, signature does not match the image digest, ...
+	Reason     string    `json:"reason,omitempty"`
+	Detail     string    `json:"detail,omitempty"`
+	VerifiedAt time.Time `json:"verifiedAt"`
+}
+
+// SignatureVerifier checks cosign signatures (gate/sign in production).
+type SignatureVerifier interface {
+	// Verify checks the signatures of upstream/repo@dgst against the
+	// signature policy of the named rule; index is the digest of an image
+	// index listing the manifest, when one was served. A failure to fetch
+	// or verify is a result that is not verified, or an error; never a
+	// verified result.
+	Verify(ctx context.Context, upstream, repo string, dgst v1.Hash, rule string, index *v1.Hash) (*SignatureResult, error)
+}
+
 // ErrNoDB is returned (fail closed) when no vulnerability DB is loaded.
 var ErrNoDB = errors.New("no vulnerability database loaded: run `gatehouse db update` or `gatehouse db import`")
 
@@ -100,6 +128,7 @@ type Verdict struct {
 	Reason     string           `json:"reason"`
 	Message    string           `json:"message"`
 	Decision   *policy.Decision `json:"decision,omitempty"`
+	Signature  *SignatureResult `json:"signature,omitempty"`
 	PolicyHash string           `json:"policyHash,omitempty"`
 	DBVersion  string           `json:"dbVersion,omitempty"`
 	ScannedAt  time.Time        `json:"scannedAt,omitzero"`
@@ -115,6 +144,7 @@ const (
 	ReasonArtifact   = "artifact"
 	ReasonIndex      = "index"
 	ReasonScanError  = "scan_error"
+	ReasonUnsigned   = "signature"
 )
 
 // Pending is returned when a verdict was not ready within gate.maxWait:
