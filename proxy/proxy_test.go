@@ -827,3 +827,25 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
 }
+
+// The in-process transport serves a go-containerregistry client through
+// the handler: the bytes are upstream's, and they land in the cache.
+func TestInProcessTransport(t *testing.T) {
+	e := newEnv(t, nil)
+	img := e.push("team/sig", "v1", 1, 1000)
+	ref, _ := name.ParseReference("registry.invalid/team/sig:v1") // the host is ignored
+	got, err := remote.Image(ref, remote.WithTransport(e.handler.Transport(e.upHost)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(must(got.RawManifest()), must(img.RawManifest())) {
+		t.Fatal("manifest differs")
+	}
+	l := must(got.Layers())[0]
+	rc := must(l.Compressed())
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	e.waitCached(must(l.Digest()))
+}
