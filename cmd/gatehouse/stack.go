@@ -72,7 +72,15 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	s.gate, err = gate.New(gate.Options{Config: &cfg.Gate, DataDir: stateDir, Scanner: s.scanner.ForGate(), Blobs: s.handler, Log: log})
+	opts := gate.Options{Config: &cfg.Gate, DataDir: stateDir, Scanner: s.scanner.ForGate(), Blobs: s.handler, Log: log}
+	sv, err := newSignatureVerifier(cfg, s.handler)
+	if err != nil {
+		return nil, err
+	}
+	if sv != nil {
+		opts.Signatures = sv
+	}
+	s.gate, err = gate.New(opts)
 	if err != nil {
 		return nil, err
 	}
