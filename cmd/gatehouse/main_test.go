@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestUsageAndErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{[]string{"--help"}, 0, "gatehouse serve"},
+		{[]string{"version"}, 0, "gatehouse"},
+		{nil, 2, "Usage:"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"serve", "--nope"}, 2, "flag provided but not defined"},
+		{[]string{"check"}, 2, "check needs one IMAGE"},
+		{[]string{"cache"}, 2, "cache needs a subcommand"},
+	} {
+		var out bytes.Buffer
+		if code := run(context.Background(), tc.args, &out, &out); code != tc.code || !strings.Contains(out.String(), tc.out) {
+			t.Errorf("%v: exit %d, want %d; output %q", tc.args, code, tc.code, out.String())
+		}
+	}
+}
+
+func TestConfigErrorNamesField(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "g.yaml")
+	os.WriteFile(f, []byte("upstreams: [{name: a.io, url: 'ftp://a.io'}]\n"), 0o600)
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "--config", f}, &out, &out); code != 1 || !strings.Contains(out.String(), "upstreams[0].url") {
+		t.Fatalf("exit %d: %s", code, out.String())
+	}
+}
+
+// serve starts, answers health checks and metrics, and stops cleanly when
+// its context ends (SIGTERM in main).
+func TestServeStartsAndShutsDown(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	f := filepath.Join(dir, "g.yaml")
+	os.WriteFile(f, []byte(fmt.Sprintf("listen: %q\ndataDir: %q\ngate: {db: {updateInterval: 0s}}\n", addr, filepath.Join(dir, "data"))), 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var logs bytes.Buffer
+	go func() { done <- run(ctx, []string{"serve", "--config", f}, io.Discard, &syncWriter{w: &logs}) }()
+
+	var resp *http.Response
+	var err error
+	for i := 0; i < 200; i++ {
+		if resp, err = http.Get("http://" + addr + "/readyz"); err == nil {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("readyz %d", resp.StatusCode)
+	}
+	resp, err = http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{"gatehouse_http_requests_total", "gatehouse_cache_size_bytes", "gatehouse_vulndb_age_seconds -1", "go_goroutines"} {
+		if !bytes.Contains(body, []byte(m)) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+	resp, err = http.Get("http://" + addr + "/v2/")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/v2/: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("serve exited %d: %s", code, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
