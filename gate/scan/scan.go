@@ -110,6 +110,8 @@ type Scanner struct {
 
 	// flight makes concurrent scans analyse a layer they share once.
 	flight layerFlight
+	// artifactMu serialises the creation of Trivy artifacts.
+	artifactMu sync.Mutex
 
 	stats struct {
 		scans, rescans, layersAnalysed, layersCached atomic.Uint64
@@ -303,7 +305,11 @@ func (s *Scanner) Scan(ctx context.Context, img v1.Image, name string) (*Report,
 	}
 	cc := &scanCache{Cache: lc, flight: &s.flight}
 	defer cc.release()
+	// NewArtifact calls Init on Trivy's registered analyser instances, which
+	// are process-global (the Python egg analyser writes its fields there).
+	s.artifactMu.Lock()
 	art, err := imageartifact.NewArtifact(wrapped, cc, s.artifactOption())
+	s.artifactMu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", name, err)
 	}

@@ -150,8 +150,11 @@ func TestScanOSPackages(t *testing.T) {
 					t.Errorf("%s: details missing: %+v", v.ID, v)
 				}
 			}
-			if len(rep.Warnings) != 0 {
-				t.Errorf("warnings: %q", rep.Warnings)
+			for _, w := range rep.Warnings {
+				// Alpine 3.22 reaches its end of support in 2027.
+				if !strings.Contains(w, "end of support") {
+					t.Errorf("warning: %q", w)
+				}
 			}
 			if c := rep.Counts(); len(tt.want) > 0 && c[tt.want[0].Severity] == 0 {
 				t.Errorf("Counts() = %v", c)
