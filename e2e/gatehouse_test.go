@@ -81,6 +81,23 @@ type GateRule struct {
 	Allowlist     []GateAllow `yaml:"allowlist,omitempty"`
 	Upstreams     []string    `yaml:"upstreams,omitempty"`
 	Repositories  []string    `yaml:"repositories,omitempty"`
+	// Signatures, when set, makes the rule verify cosign signatures.
+	Signatures *GateSignatures `yaml:"signatures,omitempty"`
+}
+
+// GateSignatures is the signatures section of a rule.
+type GateSignatures struct {
+	Required    bool         `yaml:"required"`
+	Identities  []GateSigner `yaml:"identities"`
+	TrustedRoot string       `yaml:"trustedRoot,omitempty"`
+}
+
+// GateSigner is one trusted identity of a signatures section: a public key
+// (PEM file path or inline PEM), or a keyless issuer and subject.
+type GateSigner struct {
+	PublicKey string `yaml:"publicKey,omitempty"`
+	Issuer    string `yaml:"issuer,omitempty"`
+	Subject   string `yaml:"subject,omitempty"`
 }
 
 // GateAllow is one allowlist entry of a rule.
