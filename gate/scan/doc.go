@@ -42,6 +42,14 @@
 // analysis goes on), closes the old DB, moves the new files in and opens
 // them. Rescan detects again from a stored Inventory, without layers.
 //
+// # Concurrency
+//
+// A Scanner's methods are safe for concurrent use. Trivy keeps its
+// analysers as process-global instances and re-initialises them for every
+// scan; the Scanner serialises that step. One residue remains: the Python
+// .egg analyser rewrites its logger field while another scan may be
+// analysing a .egg file (same value; the race detector can report it).
+//
 // # Logging
 //
 // Importing Trivy's log package replaces slog.Default with a handler that

@@ -883,6 +883,9 @@ func TestTrivyLogLevel(t *testing.T) {
 // TestLayerCacheBusy: the layer cache held by another process (here another
 // bbolt handle) neither blocks DB management nor fails scans.
 func TestLayerCacheBusy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for Trivy's 5 s cache lock timeout")
+	}
 	dir := t.TempDir()
 	opts := Options{DBDir: filepath.Join(dir, "db"), CacheDir: filepath.Join(dir, "cache")}
 	scantest.WriteDB(t, opts.DBDir)
