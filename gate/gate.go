@@ -114,22 +114,31 @@ func (g *Gate) parent(dgst v1.Hash) *v1.Hash {
 	return nil
 }
 
+// sigOutcome is a signature check's result; failed marks a check that
+// could not be made (an error), whose denial must not outlive the request.
+type sigOutcome struct {
+	res    *SignatureResult
+	failed bool
+}
+
 // verifySignature runs the rule's signature check; a failure is a result
 // that is not verified (fail closed), with the error as its reason.
-func (g *Gate) verifySignature(ctx context.Context, s *Subject, rule *policy.Rule) *SignatureResult {
+func (g *Gate) verifySignature(ctx context.Context, s *Subject, rule *policy.Rule) sigOutcome {
 	if rule.Signatures == nil {
-		return nil
+		return sigOutcome{}
 	}
 	res, err := g.sigs.Verify(ctx, s.Upstream, s.Repo, s.Digest, rule.Name, g.parent(s.Digest))
 	if err != nil {
-		res = &SignatureResult{Reason: "signature verification failed", Detail: err.Error(), VerifiedAt: g.now()}
+		metrics.SignatureVerifications.WithLabelValues("error").Inc()
+		g.log.Warn("signature verification failed; image refused (fail closed)", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "err", err)
+		return sigOutcome{res: &SignatureResult{Reason: "signature verification failed", Detail: err.Error(), VerifiedAt: g.now()}, failed: true}
 	}
 	result := "verified"
 	if !res.Verified {
 		result = "not_verified"
 	}
 	metrics.SignatureVerifications.WithLabelValues(result).Inc()
-	return res
+	return sigOutcome{res: res}
 }
 
 // ImageRecord describes a judged manifest.
@@ -349,6 +358,9 @@ func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, err err
 	return nil, &ScanError{Rule: rule.Name, Err: err}
 }
 
+// isArtifact reports whether a manifest is a non-image artifact that passes
+// by media type: its config type, its artifactType, or — as cosign writes
+// legacy signatures, with an ordinary image config — all of its layers.
 func (g *Gate) isArtifact(info *manifestInfo, s *Subject) bool {
 	if g.pass[string(info.config.MediaType)] {
 		return true
@@ -357,7 +369,18 @@ func (g *Gate) isArtifact(info *manifestInfo, s *Subject) bool {
 		ArtifactType string `json:"artifactType"`
 	}
 	_ = json.Unmarshal(s.Manifest, &m)
-	return m.ArtifactType != "" && g.pass[m.ArtifactType]
+	if m.ArtifactType != "" && g.pass[m.ArtifactType] {
+		return true
+	}
+	if len(info.layers) == 0 {
+		return false
+	}
+	for _, l := range info.layers {
+		if !g.pass[string(l.MediaType)] {
+			return false
+		}
+	}
+	return true
 }
 
 func verdictKey(dgst, policyHash, dbv string) string {
@@ -405,7 +428,7 @@ func (g *Gate) remember(key string, v *Verdict) {
 // judge scans (or reuses a report made with the same DB) and decides.
 func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *policy.Rule, dbv, key string) (*Verdict, error) {
 	rep, err := g.report(s.Digest.String(), dbv)
-	sigc := make(chan *SignatureResult, 1)
+	sigc := make(chan sigOutcome, 1)
 	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
 	if err != nil {
 		metrics.ScansQueued.Inc()
@@ -441,9 +464,19 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
 			"duration", time.Since(start), "db", r.DBVersion)
 	}
-	rep.Signature = <-sigc
+	sig := <-sigc
+	if !sig.failed {
+		rep.Signature = sig.res
+	}
 	if err := g.putReport(s.Digest.String(), rep); err != nil {
 		g.log.Error("storing scan report", "err", err)
+	}
+	if sig.failed {
+		// Refuse this request, but judge again next time: an upstream
+		// outage must not become a lasting denial.
+		tmp := *rep
+		tmp.Signature = sig.res
+		return g.decide(&s, info, rule, &tmp), nil
 	}
 	v := g.decide(&s, info, rule, rep)
 	if err := g.store(key, &s, info, v); err != nil {
@@ -468,8 +501,13 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *st
 	default:
 		v.Reason = ReasonClean
 	}
-	v.Signature = rep.Signature
-	if sig := rep.Signature; sig != nil && rule.Signatures != nil && rule.Signatures.Required && !sig.Verified {
+	sig := rep.Signature
+	if sig == nil && rule.Signatures != nil {
+		// Never checked (a report made before the rule asked for it).
+		sig = &SignatureResult{Reason: "signature not verified"}
+	}
+	v.Signature = sig
+	if sig != nil && rule.Signatures != nil && rule.Signatures.Required && !sig.Verified {
 		why := "signature required: " + sig.Reason
 		switch {
 		case rule.Mode == config.ModeAudit:

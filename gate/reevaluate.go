@@ -97,6 +97,17 @@ func (g *Gate) reevaluate(ctx context.Context, rec *ImageRecord, dbv string) (bo
 		info.layers = append(info.layers, v1.Descriptor{Digest: h, Size: l.Size})
 	}
 	rule := g.policy.Match(rec.Upstream, rec.Repo)
+	if rule.Signatures != nil && rep.Signature == nil {
+		sig := g.verifySignature(ctx, s, rule)
+		if sig.failed {
+			// No verdict: the next pull judges it again.
+			return false, fmt.Errorf("signature: %s", sig.res.Detail)
+		}
+		rep.Signature = sig.res
+		if err := g.putReport(rec.Digest, rep); err != nil {
+			return false, err
+		}
+	}
 	v := g.decide(s, info, rule, rep)
 	wasAdmitted := rec.Latest == nil || rec.Latest.Admitted
 	if err := g.store(verdictKey(rec.Digest, rule.Hash, rep.DBVersion), s, info, v); err != nil {

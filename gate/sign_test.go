@@ -86,9 +86,38 @@ func TestSignatureRequired(t *testing.T) {
 func TestSignatureErrorFailsClosed(t *testing.T) {
 	f, sigs := sigFixture(t)
 	sigs.err = errors.New("registry unreachable")
-	v, err := f.g.Check(context.Background(), f.image(t, "signed/app"))
+	s := f.image(t, "signed/app")
+	v, err := f.g.Check(context.Background(), s)
 	if err != nil || v.Admitted || !strings.Contains(v.Message, "signature verification failed") {
 		t.Fatalf("%+v %v", v, err)
+	}
+	// The outage ends: the image is judged again, not denied from a stored
+	// verdict.
+	sigs.mu.Lock()
+	sigs.err = nil
+	sigs.results["signed/app"] = &SignatureResult{Verified: true, Format: "legacy-tag"}
+	sigs.mu.Unlock()
+	v, err = f.g.Check(context.Background(), s)
+	if err != nil || !v.Admitted {
+		t.Fatalf("after the outage: %+v %v", v, err)
+	}
+}
+
+// cosign writes legacy signatures with an ordinary image config and a
+// simplesigning layer: they pass as artifacts, unscanned.
+func TestCosignLegacySignatureManifestPasses(t *testing.T) {
+	f, _ := sigFixture(t)
+	sig := Subject{Upstream: "up.example", Repo: "signed/app", MediaType: "application/vnd.oci.image.manifest.v1+json",
+		Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("d", 64)}, Tag: "sha256-" + strings.Repeat("e", 64) + ".sig",
+		Manifest: []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+			`"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + strings.Repeat("1", 64) + `","size":233},` +
+			`"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"sha256:` + strings.Repeat("2", 64) + `","size":250}]}`)}
+	v, err := f.g.Check(context.Background(), sig)
+	if err != nil || !v.Admitted || v.Reason != ReasonArtifact {
+		t.Fatalf("%+v %v", v, err)
+	}
+	if f.scanner.scans.Load() != 0 {
+		t.Fatal("signature manifest was scanned")
 	}
 }
 
