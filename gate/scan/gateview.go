@@ -45,10 +45,6 @@ func toGate(r *Report) (*gate.Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scan: encoding inventory: %w", err)
 	}
-	out := &gate.Report{Inventory: inv, Vulns: make([]gate.Vuln, len(r.Vulns)), DBVersion: r.DBVersion,
-		Warnings: r.Warnings, Layers: r.Layers, LayersAnalysed: r.LayersAnalysed}
-	for i, v := range r.Vulns {
-		out.Vulns[i] = gate.Vuln(v)
-	}
-	return out, nil
+	return &gate.Report{Inventory: inv, Vulns: r.Vulns, DBVersion: r.DBVersion,
+		Warnings: r.Warnings, Layers: r.Layers, LayersAnalysed: r.LayersAnalysed}, nil
 }

@@ -1,6 +1,8 @@
 package scan
 
 import (
+	"github.com/gatehouse/gatehouse/gate"
+
 	"cmp"
 	"slices"
 
@@ -42,37 +44,9 @@ func (r *Report) Counts() map[string]int {
 	return m
 }
 
-// Vuln is one vulnerability of one installed package.
-type Vuln struct {
-	ID string `json:"id"`
-	// Severity is one of Severities.
-	Severity string `json:"severity"`
-	// SeveritySource is the data source the severity was taken from, e.g.
-	// "nvd", "debian", "ghsa"; empty when there was none.
-	SeveritySource string `json:"severitySource,omitempty"`
-	PkgName        string `json:"pkgName"`
-	// PkgType is the package ecosystem: an OS family ("alpine", "debian",
-	// ...) or a language type ("npm", "gobinary", "pip", ...).
-	PkgType string `json:"pkgType"`
-	// PkgPath is the file a language package was found in, when it has its
-	// own (a Go binary, a jar, a node_modules package.json).
-	PkgPath   string `json:"pkgPath,omitempty"`
-	Installed string `json:"installed"`
-	// Fixed lists the versions that fix it, comma-separated; empty when no
-	// fix exists.
-	Fixed string `json:"fixed,omitempty"`
-	// Status is fixed, affected, will_not_fix, fix_deferred, end_of_life,
-	// under_investigation, not_affected or unknown.
-	Status      string   `json:"status"`
-	Title       string   `json:"title,omitempty"`
-	Description string   `json:"description,omitempty"`
-	PrimaryURL  string   `json:"primaryURL,omitempty"`
-	References  []string `json:"references,omitempty"`
-	// Target is where the package was found: "<image> (alpine 3.22.1)" for
-	// OS packages, the lock file path, or a language name such as "Node.js"
-	// for packages found one by one.
-	Target string `json:"target"`
-}
+// Vuln is one vulnerability of one installed package: the gate's type, so
+// reports need no conversion.
+type Vuln = gate.Vuln
 
 // Inventory is the package inventory of an image: enough to detect its
 // vulnerabilities again with another DB (Rescan). The package lists are
