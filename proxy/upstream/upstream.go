@@ -366,7 +366,20 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 func retryable(resp *http.Response, err error) bool {
 	if err != nil {
-		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return false
+		}
+		// A TLS mismatch does not heal with a retry; failing fast also lets
+		// go-containerregistry's ping fall back to plain HTTP at once for
+		// an http:// upstream.
+		var certErr *tls.CertificateVerificationError
+		var recErr tls.RecordHeaderError
+		var alert tls.AlertError
+		if errors.As(err, &certErr) || errors.As(err, &recErr) || errors.As(err, &alert) ||
+			strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+			return false
+		}
+		return true
 	}
 	switch resp.StatusCode {
 	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
