@@ -147,40 +147,82 @@ type fetchReader struct {
 }
 
 func (r *fetchReader) Read(p []byte) (int, error) {
+	avail, err := r.f.await(r.ctx, r.pos, r.flush)
+	if err != nil {
+		return 0, err
+	}
+	n := min(int64(len(p)), avail-r.pos)
+	m, err := r.file.ReadAt(p[:n], r.pos)
+	r.pos += int64(m)
+	if err == io.EOF && m > 0 {
+		err = nil
+	}
+	return m, err
+}
+
+// await blocks until bytes beyond pos may be read, and returns how many
+// bytes of the blob may be read in all. It returns io.EOF at the end of a
+// verified blob and the fetch's error when it failed. The last byte is held
+// back until the digest and size were verified.
+func (f *fetch) await(ctx context.Context, pos int64, flush func()) (int64, error) {
 	for {
-		r.f.mu.Lock()
-		avail, done, err, wake := r.f.written, r.f.done, r.f.err, r.f.wake
-		r.f.mu.Unlock()
+		f.mu.Lock()
+		avail, done, err, wake := f.written, f.done, f.err, f.wake
+		f.mu.Unlock()
 		if err != nil {
 			return 0, err
 		}
-		if !done && r.f.size > 0 && avail >= r.f.size {
-			avail = r.f.size - 1 // hold the last byte back until verified
+		if !done && f.size > 0 && avail >= f.size {
+			avail = f.size - 1
 		}
-		if r.pos < avail {
-			n := int64(len(p))
-			if n > avail-r.pos {
-				n = avail - r.pos
-			}
-			m, err := r.file.ReadAt(p[:n], r.pos)
-			r.pos += int64(m)
-			if err == io.EOF && m > 0 {
-				err = nil
-			}
-			return m, err
+		if pos < avail {
+			return avail, nil
 		}
 		if done {
 			return 0, io.EOF
 		}
-		if r.flush != nil {
-			r.flush()
+		if flush != nil {
+			flush()
 		}
 		select {
 		case <-wake:
-		case <-r.ctx.Done():
-			return 0, r.ctx.Err()
+		case <-ctx.Done():
+			return 0, ctx.Err()
 		}
 	}
+}
+
+// Send writes the blob's bytes [off, end) to w as they arrive, straight
+// from the file (w's ReadFrom uses sendfile for a file, so a connection
+// gets the bytes without copying them through gatehouse). It returns the
+// bytes written, and the fetch's error when the fetch failed.
+func (st *Stream) Send(ctx context.Context, w io.Writer, off, end int64, flush func()) (int64, error) {
+	if st.blob != nil {
+		if _, err := st.file.Seek(off, io.SeekStart); err != nil {
+			return 0, err
+		}
+		return io.Copy(w, &io.LimitedReader{R: st.file, N: end - off})
+	}
+	var sent int64
+	for pos := off; pos < end; {
+		avail, err := st.fetch.await(ctx, pos, flush)
+		if err == io.EOF {
+			return sent, io.ErrUnexpectedEOF // shorter than promised
+		}
+		if err != nil {
+			return sent, err
+		}
+		if _, err := st.file.Seek(pos, io.SeekStart); err != nil {
+			return sent, err
+		}
+		n, err := io.Copy(w, &io.LimitedReader{R: st.file, N: min(avail, end) - pos})
+		pos += n
+		sent += n
+		if err != nil {
+			return sent, err
+		}
+	}
+	return sent, nil
 }
 
 // Fetch returns a stream of the blob: the committed file when cached, else

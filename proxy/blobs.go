@@ -159,13 +159,18 @@ func (h *Handler) streamFetch(w http.ResponseWriter, r *http.Request, rt *Route,
 
 	rc := http.NewResponseController(w)
 	flush := func() { _ = rc.Flush() }
-	var rd io.Reader = st.Reader(r.Context(), start, flush)
+	var n int64
+	var err error
 	if size >= 0 {
-		rd = io.LimitReader(rd, end-start+1)
+		// From the growing file with sendfile, as bytes arrive.
+		n, err = st.Send(r.Context(), w, start, end+1, flush)
+	} else {
+		// Unknown length: chunked, through a buffer; the chunked encoding
+		// is only finished when the fetch verified.
+		bufp := copyBufs.Get().(*[]byte)
+		n, err = io.CopyBuffer(writerOnly{w}, st.Reader(r.Context(), start, flush), *bufp)
+		copyBufs.Put(bufp)
 	}
-	bufp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bufp)
-	n, err := io.CopyBuffer(writerOnly{w}, rd, *bufp)
 	metrics.ServedBytes.WithLabelValues("upstream").Add(float64(n))
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
