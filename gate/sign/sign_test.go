@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -670,8 +671,10 @@ func TestVerifyFailsClosed(t *testing.T) {
 
 	t.Run("upstream errors", func(t *testing.T) {
 		// Signature requests fail with 500; everything else is served.
+		var failed atomic.Int64
 		broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.Contains(r.URL.Path, "/manifests/sha256-") || strings.Contains(r.URL.Path, "/referrers/") {
+				failed.Add(1)
 				http.Error(w, "boom", http.StatusInternalServerError)
 				return
 			}
@@ -689,6 +692,10 @@ func TestVerifyFailsClosed(t *testing.T) {
 		res, err := v.Verify(ctx, repo, h, keyPolicy(f.key), nil)
 		if err == nil || res == nil || res.Verified || res.Reason != sign.ReasonFetch {
 			t.Fatalf("got %+v, %v; want unverified %q with an error", res, err, sign.ReasonFetch)
+		}
+		// No retries of its own: the transport retries.
+		if n := failed.Load(); n != 2 {
+			t.Errorf("%d failed signature requests, want 2 (signature tag, referrers)", n)
 		}
 	})
 

@@ -86,6 +86,7 @@ type Result struct {
 type Options struct {
 	// Transport carries every registry request made for signatures:
 	// gatehouse's own upstream transport (TLS, retries, credentials).
+	// Verify makes no retries of its own.
 	// Nil means http.DefaultTransport, which only tests should want.
 	Transport http.RoundTripper
 	// Auth authenticates to the registry on top of Transport (go-
@@ -146,12 +147,17 @@ func New(opts Options) *Verifier {
 // transport and authenticator instead of cosign's default keychain, and
 // one puller shared by all the call's requests, so that the registry is
 // pinged and a token fetched once per call rather than once per request.
+//
+// go-containerregistry's own retries are off: gatehouse's transport
+// retries already, and its backoff (1 s, then 3 s, per request) would
+// hold a pull waiting on the gate longer than clients wait for headers.
 func (v *Verifier) registryOpts(ctx context.Context) []ociremote.Option {
 	ropts := []remote.Option{
 		remote.WithTransport(v.rt),
 		remote.WithAuth(v.auth),
 		remote.WithContext(ctx),
 		remote.WithUserAgent("gatehouse"),
+		remote.WithRetryBackoff(remote.Backoff{Duration: time.Second, Steps: 1}),
 	}
 	if p, err := remote.NewPuller(ropts...); err == nil {
 		ropts = append(ropts, remote.Reuse(p))
