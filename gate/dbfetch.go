@@ -38,6 +38,22 @@ func SplitRepository(ref string) (host, repo, tag string, err error) {
 	return host, repo, tag, nil
 }
 
+// DBDigest asks upstream for the manifest digest of the DB artifact with a
+// HEAD, so that an unchanged DB is not downloaded again.
+func DBDigest(ctx context.Context, up Doer, repo, tag string) (string, error) {
+	hdr := http.Header{"Accept": {string(types.OCIManifestSchema1) + ", " + string(types.DockerManifestSchema2)}}
+	resp, err := up.Do(ctx, http.MethodHead, repo, "manifests/"+tag, nil, hdr)
+	if err != nil {
+		return "", fmt.Errorf("checking DB manifest %s:%s: %w", repo, tag, err)
+	}
+	resp.Body.Close()
+	d := resp.Header.Get("Docker-Content-Digest")
+	if _, err := v1.NewHash(d); err != nil {
+		return "", fmt.Errorf("DB manifest %s:%s: upstream sent no usable Docker-Content-Digest", repo, tag)
+	}
+	return d, nil
+}
+
 // FetchDB downloads the vulnerability DB artifact repo:tag through an
 // upstream client and returns a stream of its db.tar.gz layer whose
 // digest and size are verified at EOF, and the manifest digest.

@@ -61,6 +61,9 @@ func TestFetchDBThroughUpstreamClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if head, err := DBDigest(context.Background(), c, repo, tag); err != nil || head != dgst {
+		t.Fatalf("DBDigest %s %v, want %s", head, err, dgst)
+	}
 	got, err := io.ReadAll(rc)
 	rc.Close()
 	if err != nil || !bytes.Equal(got, payload) || !strings.HasPrefix(dgst, "sha256:") {

@@ -22,7 +22,7 @@ func cmdDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs = f
 		cf.register(f)
 		if sub == "update" {
-			f.BoolVar(&force, "force", false, "download even when the loaded DB is not due for an update")
+			f.BoolVar(&force, "force", false, "download even when the artifact is the one last imported")
 		}
 	}); err != nil {
 		return err
@@ -51,7 +51,7 @@ func cmdDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if !updated {
-			fmt.Fprintln(stdout, "vulnerability DB is up to date (use --force to download anyway)")
+			fmt.Fprintln(stdout, "vulnerability DB is the latest published (use --force to download anyway)")
 		}
 	case "import":
 		if fs.NArg() != 1 {

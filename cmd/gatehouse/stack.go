@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
@@ -104,12 +104,10 @@ func (s *stack) Close() error {
 }
 
 // updateDB downloads the DB artifact through the matching upstream and
-// swaps it in. It returns false when the loaded DB is not due for an update
-// (its NextUpdate lies ahead) and force is not set.
+// swaps it in. It returns false, downloading nothing, when a DB is loaded
+// and the artifact's manifest digest is the one last imported (a HEAD
+// tells), unless force is set.
 func updateDB(ctx context.Context, cfg *config.Config, clients map[string]*upstream.Client, sc *scan.Scanner, force bool) (bool, error) {
-	if st, err := sc.DBStatus(); err == nil && !force && time.Now().Before(st.NextUpdate) {
-		return false, nil
-	}
 	host, repo, tag, err := gate.SplitRepository(cfg.Gate.DB.Repository)
 	if err != nil {
 		return false, fmt.Errorf("gate.db.repository: %w", err)
@@ -124,6 +122,17 @@ func updateDB(ctx context.Context, cfg *config.Config, clients map[string]*upstr
 			return false, err
 		}
 	}
+	marker := filepath.Join(cfg.DataDir, "trivy", "db-artifact-digest")
+	if _, err := sc.DBStatus(); err == nil && !force {
+		last, _ := os.ReadFile(marker)
+		current, err := gate.DBDigest(ctx, c, repo, tag)
+		if err != nil {
+			return false, err
+		}
+		if string(last) == current {
+			return false, nil
+		}
+	}
 	rc, dgst, err := gate.FetchDB(ctx, c, repo, tag)
 	if err != nil {
 		return false, err
@@ -131,6 +140,9 @@ func updateDB(ctx context.Context, cfg *config.Config, clients map[string]*upstr
 	defer rc.Close()
 	if err := sc.Import(ctx, rc); err != nil {
 		return false, fmt.Errorf("importing DB %s@%s: %w", cfg.Gate.DB.Repository, dgst, err)
+	}
+	if err := os.WriteFile(marker, []byte(dgst), 0o640); err != nil {
+		return true, fmt.Errorf("recording the DB artifact digest: %w", err)
 	}
 	return true, nil
 }
