@@ -42,6 +42,10 @@ type GatehouseConfig struct {
 	// DBArchive, when set, is a db.tar.gz that `gatehouse db import`
 	// loads into the data directory before `gatehouse serve` starts.
 	DBArchive string
+	// BeforeServe, when set, runs once the config file is written and
+	// before `gatehouse serve` first starts (after DBArchive's import):
+	// e.g. `gatehouse db update`, which must not race serve's own update.
+	BeforeServe func(t testing.TB, g *Gatehouse)
 	// Extra holds further top-level keys, written as they are (for the
 	// metrics, ... sections of later tests). It must not repeat a key the
 	// harness writes (listen, dataDir, log, upstreams, defaultUpstream,
@@ -205,6 +209,11 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 			t.Fatalf("gatehouse db import %s: %v", cfg.DBArchive, res)
 		}
 		t.Logf("gatehouse db import %s:\n%s", filepath.Base(cfg.DBArchive), res.Output())
+	}
+	if cfg.BeforeServe != nil {
+		doc["listen"] = "127.0.0.1:0" // not used by the other commands
+		writeConfig()
+		cfg.BeforeServe(t, g)
 	}
 	startOnFreePort(t, func(port int) error {
 		g.port = port
