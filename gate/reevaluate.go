@@ -75,7 +75,8 @@ func (g *Gate) reevaluate(ctx context.Context, rec *ImageRecord, dbv string) (bo
 		if err != nil {
 			return false, err
 		}
-		rep = &storedReport{Report: *r, ScannedAt: g.now()}
+		// The layers were scanned then; only detection ran again.
+		rep = &storedReport{Report: *r, ScannedAt: old.ScannedAt, Signature: old.Signature}
 		if err := g.putReport(rec.Digest, rep); err != nil {
 			return false, err
 		}
