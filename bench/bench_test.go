@@ -89,6 +89,9 @@ func TestQuick(t *testing.T) {
 		verify:      true,
 		tmpRoot:     dir,
 		progress:    &progress,
+
+		verdictLayers:    3,
+		verdictLayerSize: 4 << 20,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -140,6 +143,22 @@ func TestQuick(t *testing.T) {
 				}
 			}
 		}
+		// Scenario 6: the gate admits A (a 200 after the scan) and B.
+		v := res.Verdict
+		if v == nil {
+			t.Errorf("no first-verdict figures")
+		} else {
+			if v.FirstA <= 0 || v.CachedPull <= 0 || v.FirstB <= 0 || v.Direct <= 0 || v.GateOff <= 0 {
+				t.Errorf("first verdict: missing figures: %+v", v)
+			}
+			if v.VerdictA != "admitted" || v.VerdictB != "admitted" || v.DBVersion == "" {
+				t.Errorf("first verdict: A %q, B %q, DB %q; want both admitted by a scan with a DB", v.VerdictA, v.VerdictB, v.DBVersion)
+			}
+			// For B, only its new layer (and its config) came from the upstream.
+			if v.FirstBUp.BlobBytes < v.BNew || v.FirstBUp.BlobBytes >= v.BNew+v.LayerSize {
+				t.Errorf("first verdict for B: upstream served %d blob bytes; want its new layer (%d bytes) and no other big layer", v.FirstBUp.BlobBytes, v.BNew)
+			}
+		}
 		g := res.Fanout[tGatehouse].Upstream
 		if g.BlobGets != 1 || g.BlobBytes != opts.size {
 			t.Errorf("gatehouse, %d cold clients: upstream served %d blob GETs, %d bytes; want 1 GET of %d bytes",
@@ -152,7 +171,7 @@ func TestQuick(t *testing.T) {
 	if err := writeReport(&report, opts, res); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"## Summary", "## Machine", "### 1. Warm", "### 2. Warm manifest", "### 3. Cold", "### 4 and 5.", "## Targets", opts.command} {
+	for _, want := range []string{"## Summary", "## Machine", "### 1. Warm", "### 2. Warm manifest", "### 3. Cold", "### 4 and 5.", "### 6. Time to first verdict", "## Targets", opts.command} {
 		if !strings.Contains(report.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -18,6 +18,10 @@
 // bytes) and the peak RSS of each proxy. See report.go for the explanation
 // written next to the figures.
 //
+// Scenario 6 (verdict.go, gatehouse only) times the first verdict of the
+// gate for a cold multi-layer image (about 300 MB; 30 MiB with -quick)
+// against a plain pull of it, and for a second image on the same layers.
+//
 // Usage:
 //
 //	go run ./bench -gatehouse ./bin/gatehouse -out BENCHMARKS.md
@@ -57,6 +61,11 @@ type options struct {
 	verify      bool          // hash every body read, not only the untimed ones
 	keep        bool          // keep the temporary directory
 	tmpRoot     string        // parent of the temporary directory ("" = os.TempDir)
+
+	// Scenario 6 (time to first verdict): image A has verdictLayers random
+	// layers of verdictLayerSize bytes on a small base layer; 0 skips it.
+	verdictLayers    int
+	verdictLayerSize int64
 
 	progress io.Writer // progress lines; never nil
 }
@@ -99,6 +108,9 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&opts.coldRuns, "cold-runs", 0, "cold GETs per target, each on a fresh proxy (default 3, 1 with -quick)")
 	fs.IntVar(&opts.loadRounds, "rounds", 0, "rounds of manifest load runs (default 3, 1 with -quick)")
 	fs.BoolVar(&opts.verify, "verify", false, "check the sha256 of every body read (slows the clients down)")
+	fs.IntVar(&opts.verdictLayers, "verdict-layers", 0, "random layers of the first-verdict image A (default 6, 3 with -quick; B shares all but one)")
+	var verdictSize string
+	fs.StringVar(&verdictSize, "verdict-layer-size", "", "size of each random layer of the first-verdict images (default 50MB, 10MiB with -quick)")
 	fs.BoolVar(&opts.keep, "keep", false, "keep the temporary directory (logs, configs, stores)")
 	if err := fs.Parse(args); err != nil {
 		return opts, err
@@ -117,6 +129,19 @@ func parseFlags(args []string) (options, error) {
 	def(&opts.warmRuns, 5, 3)
 	def(&opts.coldRuns, 3, 1)
 	def(&opts.loadRounds, 3, 1)
+	def(&opts.verdictLayers, 6, 3)
+	switch {
+	case verdictSize != "":
+		n, err := parseSize(verdictSize)
+		if err != nil {
+			return opts, err
+		}
+		opts.verdictLayerSize = n
+	case opts.quick:
+		opts.verdictLayerSize = 10 << 20
+	default:
+		opts.verdictLayerSize, _ = parseSize("50MB")
+	}
 	if opts.duration == 0 {
 		opts.duration = 5 * time.Second
 		if opts.quick {
@@ -135,8 +160,8 @@ func parseFlags(args []string) (options, error) {
 	default:
 		opts.size = 1 << 30
 	}
-	if opts.concurrency < 1 || opts.clients < 1 || opts.warmRuns < 1 || opts.coldRuns < 1 || opts.loadRounds < 1 {
-		return opts, errors.New("-concurrency, -clients, -warm-runs, -cold-runs and -rounds must be positive")
+	if opts.concurrency < 1 || opts.clients < 1 || opts.warmRuns < 1 || opts.coldRuns < 1 || opts.loadRounds < 1 || opts.verdictLayers < 1 {
+		return opts, errors.New("-concurrency, -clients, -warm-runs, -cold-runs, -rounds and -verdict-layers must be positive")
 	}
 	opts.command = "go run ./bench " + strings.Join(args, " ")
 	opts.progress = os.Stderr

@@ -326,35 +326,57 @@ http {
 	return s, nil
 }
 
-// startGatehouse starts `gatehouse serve` in dir with a fresh data
-// directory and upstream (host:port, plain HTTP) as its default upstream.
-func startGatehouse(ctx context.Context, bin, dir, upstream string) (*server, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	// The gate is off (one rule, mode off; every blob served; no
-	// vulnerability DB updates): this benchmark measures the proxy and its
-	// cache, not the scanner, which has no DB on a machine without
-	// internet.
-	cfg := fmt.Sprintf(`listen: "127.0.0.1:%d"
-dataDir: %s
-log: {format: json, level: warn}
-defaultUpstream: %q
-upstreams:
-  - name: %q
-    url: "http://%s"
-    tagTTL: 1h
-gate:
+// gateOff is the gate section of the proxy scenarios: the gate is off
+// (one rule, mode off; every blob served; no vulnerability DB updates):
+// they measure the proxy and its cache, not the scanner.
+const gateOff = `gate:
   blobs: any
   db: {updateInterval: 0s}
   policy:
     rules:
       - {name: bench, mode: "off"}
-`, port, filepath.Join(dir, "data"), upstream, upstream, upstream)
+`
+
+// startGatehouse starts `gatehouse serve` in dir with a fresh data
+// directory and upstream (host:port, plain HTTP) as its default upstream,
+// with the gate off.
+func startGatehouse(ctx context.Context, bin, dir, upstream string) (*server, error) {
+	return startGatehouseGate(ctx, bin, dir, upstream, "warn", gateOff, nil)
+}
+
+// startGatehouseGate starts `gatehouse serve` in dir with a fresh data
+// directory, upstream (host:port, plain HTTP) as its default upstream,
+// JSON logs at level and gate (a YAML "gate:" section). With dbArchive set (a db.tar.gz), it first
+// imports that vulnerability DB with `gatehouse db import`.
+func startGatehouseGate(ctx context.Context, bin, dir, upstream, level, gate string, dbArchive []byte) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf(`listen: "127.0.0.1:%d"
+dataDir: %s
+log: {format: json, level: %s}
+defaultUpstream: %q
+upstreams:
+  - name: %q
+    url: "http://%s"
+    tagTTL: 1h
+`, port, filepath.Join(dir, "data"), level, upstream, upstream, upstream) + gate
 	cfgPath := filepath.Join(dir, "gatehouse.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
+	}
+	if dbArchive != nil {
+		dbPath := filepath.Join(dir, "db.tar.gz")
+		if err := os.WriteFile(dbPath, dbArchive, 0o644); err != nil {
+			return nil, err
+		}
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		out, err := exec.CommandContext(ictx, bin, "db", "import", "--config", cfgPath, dbPath).CombinedOutput()
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("gatehouse db import: %v\n%s", err, out)
+		}
 	}
 	p, err := startProc("gatehouse", filepath.Join(dir, "gatehouse.log"), bin, "serve", "--config", cfgPath)
 	if err != nil {

@@ -38,6 +38,7 @@ type results struct {
 	Manifest map[string][]loadResult    // target+"/"+mode -> one result per round
 	Fanout   map[string]fanout          // target -> the concurrent cold clients run
 	Failures map[string]string          // scenario+"/"+target -> why it has no figure
+	Verdict  *verdictResult             // scenario 6; nil when not run
 }
 
 // fanout is the outcome of N concurrent cold clients of one blob.
@@ -191,6 +192,12 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 	}
 	if err := b.fanout(ctx); err != nil {
 		return nil, err
+	}
+	if err := b.verdict(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		b.fail(sVerdict, tGatehouse, err)
 	}
 	b.res.Machine.LoadEnd = readLoadavg()
 	b.res.Finished = time.Now().UTC()
