@@ -5,7 +5,7 @@
 # already present are not touched. Needs root (CI runs as root).
 set -euo pipefail
 
-pkgs=(docker-registry containerd skopeo nginx-light apache2-utils)
+pkgs=(docker-registry containerd skopeo nginx-light apache2-utils prometheus)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
