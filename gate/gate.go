@@ -462,7 +462,7 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		}
 		rep = &storedReport{Report: *r, ScannedAt: g.now()}
 		g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
-			"duration", time.Since(start), "db", r.DBVersion)
+			"layers", r.Layers, "layersAnalysed", r.LayersAnalysed, "duration", time.Since(start), "db", r.DBVersion)
 	}
 	sig := <-sigc
 	if !sig.failed {
