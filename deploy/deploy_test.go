@@ -33,6 +33,7 @@ func exportedMetrics(t *testing.T) map[string]dto.MetricType {
 		CacheUsage:         func() (int64, int) { return 1, 1 },
 		RateLimitRemaining: map[string]func() int64{"docker.io": func() int64 { return 1 }},
 		DB:                 func() (string, time.Time) { return "v", time.Now() },
+		Disk:               func() (uint64, uint64, error) { return 1, 2, nil },
 	})
 	if err != nil {
 		t.Fatal(err)

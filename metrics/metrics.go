@@ -79,6 +79,11 @@ var (
 type Sources struct {
 	// CacheUsage returns the bytes and number of cached blobs.
 	CacheUsage func() (bytes int64, count int)
+	// CacheLimit is cache.maxSize (0: no limit).
+	CacheLimit int64
+	// Disk returns the free and total bytes of the data directory's
+	// filesystem.
+	Disk func() (free, total uint64, err error)
 	// RateLimitRemaining returns, per upstream, the last Docker Hub style
 	// ratelimit-remaining value seen (-1: none seen).
 	RateLimitRemaining map[string]func() int64
@@ -101,6 +106,25 @@ func Register(reg prometheus.Registerer, src Sources) error {
 				func() float64 { b, _ := src.CacheUsage(); return float64(b) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "cache_objects", Help: "Number of cached blobs."},
 				func() float64 { _, n := src.CacheUsage(); return float64(n) }))
+	}
+	cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "cache_max_bytes",
+		Help: "cache.maxSize: the bytes of blobs kept before eviction; 0 means no limit."},
+		func() float64 { return float64(src.CacheLimit) }))
+	if src.Disk != nil {
+		disk := func(pick func(free, total uint64) uint64) func() float64 {
+			return func() float64 {
+				free, total, err := src.Disk()
+				if err != nil {
+					return -1
+				}
+				return float64(pick(free, total))
+			}
+		}
+		cs = append(cs,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "data_disk_free_bytes",
+				Help: "Free bytes on the filesystem of the data directory (-1: unknown)."}, disk(func(f, _ uint64) uint64 { return f })),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "data_disk_size_bytes",
+				Help: "Size of the filesystem of the data directory (-1: unknown)."}, disk(func(_, t uint64) uint64 { return t })))
 	}
 	for up, f := range src.RateLimitRemaining {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_ratelimit_remaining",

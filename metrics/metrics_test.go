@@ -13,6 +13,8 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		CacheUsage:         func() (int64, int) { return 42, 2 },
 		RateLimitRemaining: map[string]func() int64{"docker.io": func() int64 { return 7 }},
 		DB:                 func() (string, time.Time) { return "2-20261123", time.Now().Add(-time.Hour) },
+		CacheLimit:         100,
+		Disk:               func() (uint64, uint64, error) { return 10, 20, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -45,12 +47,14 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_upstream_ratelimit_remaining", "gatehouse_gate_decisions_total", "gatehouse_scan_duration_seconds",
 		"gatehouse_scans_in_flight", "gatehouse_scans_queued", "gatehouse_vulndb_age_seconds", "gatehouse_vulndb_info",
 		"gatehouse_signature_verifications_total", "go_goroutines", "process_resident_memory_bytes",
+		"gatehouse_cache_max_bytes", "gatehouse_data_disk_free_bytes", "gatehouse_data_disk_size_bytes",
 	} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("%s not exported", name)
 		}
 	}
-	if got["gatehouse_cache_size_bytes"] != 42 || got["gatehouse_upstream_ratelimit_remaining"] != 7 {
+	if got["gatehouse_cache_size_bytes"] != 42 || got["gatehouse_upstream_ratelimit_remaining"] != 7 ||
+		got["gatehouse_cache_max_bytes"] != 100 || got["gatehouse_data_disk_free_bytes"] != 10 {
 		t.Errorf("gauges read wrong values: %v", got)
 	}
 	if age := got["gatehouse_vulndb_age_seconds"]; age < 3500 || age > 3700 {

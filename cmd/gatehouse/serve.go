@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -131,7 +132,15 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		rate[name] = c.RateLimitRemaining
 	}
 	if err := metrics.Register(reg, metrics.Sources{
-		CacheUsage:         store.Usage,
+		CacheUsage: store.Usage,
+		CacheLimit: int64(cfg.Cache.MaxSize),
+		Disk: func() (uint64, uint64, error) {
+			var fs syscall.Statfs_t
+			if err := syscall.Statfs(cfg.DataDir, &fs); err != nil {
+				return 0, 0, err
+			}
+			return fs.Bavail * uint64(fs.Bsize), fs.Blocks * uint64(fs.Bsize), nil
+		},
 		RateLimitRemaining: rate,
 		DB: func() (string, time.Time) {
 			s, err := st.scanner.DBStatus()
