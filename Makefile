@@ -16,12 +16,13 @@ run: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/gatehouse
 
-# Packages that link Trivy or cosign are tested without -race: a race build
-# of those trees would double CI's longest compile. Everything of ours that
+# Packages that link Trivy, cosign or the Kubernetes/Helm libraries (deploy)
+# are tested without -race: a race build of those trees would double CI's
+# longest compile. Everything of ours that
 # is concurrent (cache, proxy, gate) runs under the race detector, and the
 # end-to-end tests can build a race-enabled binary (GATEHOUSE_E2E_RACE=1).
-HEAVY_PKGS := ./gate/scan/... ./gate/sign/... ./cmd/... ./e2e/... ./bench/...
-LIGHT_PKGS  = $(shell $(GO) list ./... | grep -v -e /gate/scan -e /gate/sign -e /cmd/ -e /e2e -e /bench)
+HEAVY_PKGS := ./gate/scan/... ./gate/sign/... ./cmd/... ./e2e/... ./bench/... ./deploy/...
+LIGHT_PKGS  = $(shell $(GO) list ./... | grep -v -e /gate/scan -e /gate/sign -e /cmd/ -e /e2e -e /bench -e /deploy)
 
 ## test: install the test dependencies, then run every test (unit and end-to-end)
 test: deps vet
