@@ -263,7 +263,7 @@ func buildGatehouse(dir string) (string, error) {
 	}
 	bin := filepath.Join(dir, "gatehouse")
 	var out strings.Builder
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/gatehouse")
+	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/gatehouse") // shares the compile with make build and the e2e build
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "GOEXPERIMENT=jsonv2", "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = &out, &out
