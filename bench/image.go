@@ -155,20 +155,11 @@ func (img *testImage) push(ctx context.Context, base string) error {
 	}); err != nil {
 		return fmt.Errorf("push layer: %w", err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, base+img.manifestPath(img.tag), bytes.NewReader(img.manifest))
+	got, err := putManifest(ctx, client, base+img.manifestPath(img.tag), img.manifest)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", mediaTypeManifest)
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer drain(resp)
-	if resp.StatusCode != http.StatusCreated {
-		return fmt.Errorf("push manifest: %s: %s", resp.Status, snippet(resp.Body))
-	}
-	if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != img.digest {
+	if got != "" && got != img.digest {
 		return fmt.Errorf("push manifest: registry says digest %s, want %s", got, img.digest)
 	}
 	return nil
@@ -218,6 +209,25 @@ func pushBlob(ctx context.Context, client *http.Client, base, repo string, desc 
 
 // drain reads what is left of a body (capped) and closes it, so that the
 // connection can be reused.
+// putManifest uploads a manifest to url (…/manifests/<tag>) and returns
+// the Docker-Content-Digest the registry answered.
+func putManifest(ctx context.Context, client *http.Client, url string, manifest []byte) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, url, bytes.NewReader(manifest))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", mediaTypeManifest)
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer drain(resp)
+	if resp.StatusCode != http.StatusCreated {
+		return "", fmt.Errorf("push manifest: %s: %s", resp.Status, snippet(resp.Body))
+	}
+	return resp.Header.Get("Docker-Content-Digest"), nil
+}
+
 func drain(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()

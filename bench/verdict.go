@@ -131,20 +131,8 @@ func (img *multiImage) push(ctx context.Context, base string) error {
 			return err
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, img.manifestURL(base), bytes.NewReader(img.manifest))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", mediaTypeManifest)
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer drain(resp)
-	if resp.StatusCode != http.StatusCreated {
-		return fmt.Errorf("push manifest: %s: %s", resp.Status, snippet(resp.Body))
-	}
-	return nil
+	_, err := putManifest(ctx, client, img.manifestURL(base), img.manifest)
+	return err
 }
 
 // getManifest GETs the manifest by tag, as a client resolving it does,

@@ -62,10 +62,7 @@ func TestGate(t *testing.T) {
 		pushed[i] = reg.Push(t, "e2e/vulnerable-"+v.name, "v1", v.img)
 	}
 
-	archive := filepath.Join(t.TempDir(), "db.tar.gz")
-	if err := os.WriteFile(archive, scantest.V1().Archive(t), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	archive := writeTestDB(t)
 	gh := StartGatehouse(t, GatehouseConfig{
 		Upstreams: []GatehouseUpstream{
 			reg.Upstream(), // containerd: ns=127.0.0.1:port
@@ -463,4 +460,15 @@ func sharedWith(t testing.TB, reg *Registry, dgst string, p Pushed) bool {
 	t.Helper()
 	_, ok := reg.Content(t, p.Repo, p.Digest, nil)[dgst]
 	return ok
+}
+
+// writeTestDB writes scantest's V1 vulnerability DB as a db.tar.gz for
+// GatehouseConfig.DBArchive and returns its path.
+func writeTestDB(t *testing.T) string {
+	t.Helper()
+	archive := filepath.Join(t.TempDir(), "db.tar.gz")
+	if err := os.WriteFile(archive, scantest.V1().Archive(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return archive
 }

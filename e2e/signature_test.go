@@ -72,10 +72,7 @@ func TestSignature(t *testing.T) {
 	if err := os.WriteFile(pubPath, trusted.pubPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	archive := filepath.Join(t.TempDir(), "db.tar.gz")
-	if err := os.WriteFile(archive, scantest.V1().Archive(t), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	archive := writeTestDB(t)
 	gh := StartGatehouse(t, GatehouseConfig{
 		Upstreams: []GatehouseUpstream{
 			reg.Upstream(), // containerd: ns=127.0.0.1:port
