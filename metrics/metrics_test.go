@@ -25,6 +25,11 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 	UpstreamRequests.WithLabelValues("docker.io", "200").Inc()
 	UpstreamDuration.WithLabelValues("docker.io").Observe(0.1)
 	UpstreamBytes.WithLabelValues("docker.io").Add(1)
+	UpstreamRetries.WithLabelValues("docker.io", "429").Inc()
+	UpstreamInFlight.WithLabelValues("docker.io").Inc()
+	UpstreamQueued.WithLabelValues("docker.io").Inc()
+	UpstreamQueueTimeouts.WithLabelValues("docker.io").Inc()
+	UpstreamAddressesRefused.WithLabelValues("docker.io").Inc()
 	GateDecisions.WithLabelValues("denied", "vulnerable", "default").Inc()
 	SignatureVerifications.WithLabelValues("verified").Inc()
 	fams, err := reg.Gather()
@@ -48,6 +53,8 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_scans_in_flight", "gatehouse_scans_queued", "gatehouse_vulndb_age_seconds", "gatehouse_vulndb_info",
 		"gatehouse_signature_verifications_total", "go_goroutines", "process_resident_memory_bytes",
 		"gatehouse_cache_max_bytes", "gatehouse_data_disk_free_bytes", "gatehouse_data_disk_size_bytes",
+		"gatehouse_upstream_retries_total", "gatehouse_upstream_requests_in_flight", "gatehouse_upstream_requests_queued",
+		"gatehouse_upstream_queue_timeouts_total", "gatehouse_upstream_addresses_refused_total",
 	} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("%s not exported", name)
