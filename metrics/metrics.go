@@ -63,6 +63,10 @@ var (
 	// link-local or private address.
 	UpstreamAddressesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_addresses_refused_total",
 		Help: "Connections refused because a non-internal upstream's redirect or token endpoint led to a loopback, link-local or private address."}, []string{"upstream"})
+	// ManifestFetchesFailed counts manifests fetched from upstream that were
+	// not kept, by upstream and reason.
+	ManifestFetchesFailed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "manifest_fetches_failed_total",
+		Help: "Upstream manifest downloads that failed and were not cached, by upstream and reason (read, digest, invalid, too_large)."}, []string{"upstream", "reason"})
 	// FetchesStarted and FetchesJoined count upstream blob fetches and the
 	// requests that joined one already under way (deduplication).
 	FetchesStarted = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_total",
@@ -115,7 +119,7 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		Requests, RequestDuration, ServedBytes, CacheRequests, Evictions, EvictedBytes,
 		UpstreamRequests, UpstreamDuration, UpstreamBytes, UpstreamRetries, UpstreamInFlight, UpstreamQueued,
-		UpstreamQueueTimeouts, UpstreamAddressesRefused, FetchesStarted, FetchesJoined, FetchesFailed,
+		UpstreamQueueTimeouts, UpstreamAddressesRefused, ManifestFetchesFailed, FetchesStarted, FetchesJoined, FetchesFailed,
 		GateDecisions, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
 	}
 	if src.CacheUsage != nil {

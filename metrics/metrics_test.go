@@ -30,6 +30,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 	UpstreamQueued.WithLabelValues("docker.io").Inc()
 	UpstreamQueueTimeouts.WithLabelValues("docker.io").Inc()
 	UpstreamAddressesRefused.WithLabelValues("docker.io").Inc()
+	ManifestFetchesFailed.WithLabelValues("docker.io", "read").Inc()
 	GateDecisions.WithLabelValues("denied", "vulnerable", "default").Inc()
 	SignatureVerifications.WithLabelValues("verified").Inc()
 	fams, err := reg.Gather()
@@ -55,6 +56,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_cache_max_bytes", "gatehouse_data_disk_free_bytes", "gatehouse_data_disk_size_bytes",
 		"gatehouse_upstream_retries_total", "gatehouse_upstream_requests_in_flight", "gatehouse_upstream_requests_queued",
 		"gatehouse_upstream_queue_timeouts_total", "gatehouse_upstream_addresses_refused_total",
+		"gatehouse_manifest_fetches_failed_total",
 	} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("%s not exported", name)

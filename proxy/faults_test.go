@@ -1,0 +1,210 @@
+package proxy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/gatehouse/gatehouse/cache"
+	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/internal/faultreg"
+	"github.com/gatehouse/gatehouse/metrics"
+)
+
+// outcome is what one client saw of a pull.
+type outcome struct {
+	status     int
+	code       string // OCI error code of an error response
+	retryAfter string
+	length     int64 // Content-Length, -1 none
+	got        int
+	readErr    error // the body broke off
+	doErr      error // no response at all
+}
+
+func pull(url string) outcome {
+	c := &http.Client{Timeout: 2 * time.Minute}
+	resp, err := c.Get(url)
+	if err != nil {
+		return outcome{doErr: err}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	o := outcome{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"), length: resp.ContentLength, got: len(body), readErr: err}
+	if resp.StatusCode >= 400 {
+		var e struct{ Errors []struct{ Code string } }
+		if jerr := json.Unmarshal(body, &e); jerr == nil && len(e.Errors) > 0 {
+			o.code = e.Errors[0].Code
+		}
+	}
+	return o
+}
+
+// failedCleanly reports why o is not a clean failure: a transfer that broke
+// off (never a complete-looking 200), or an OCI error with a 5xx or 429.
+func (o outcome) failedCleanly() error {
+	switch {
+	case o.doErr != nil:
+		return nil
+	case o.status == http.StatusOK && o.readErr == nil:
+		return fmt.Errorf("a complete-looking 200 with %d bytes (Content-Length %d)", o.got, o.length)
+	case o.status == http.StatusOK && o.length >= 0 && int64(o.got) >= o.length:
+		return fmt.Errorf("200 with all %d announced bytes and then an error", o.got)
+	case o.status == http.StatusOK:
+		return nil
+	case o.code == "":
+		return fmt.Errorf("status %d without an OCI error body", o.status)
+	case o.status < 500 && o.status != http.StatusTooManyRequests:
+		return fmt.Errorf("status %d %s: not a server-side failure", o.status, o.code)
+	}
+	return nil
+}
+
+// The fault-injection matrix: every fault, for blobs and for manifests,
+// with several clients waiting on the one upstream fetch. Each client
+// fails cleanly, nothing is cached or left behind, the failure is counted,
+// and once the upstream recovers the next pull succeeds and is cached.
+func TestFaultyUpstream(t *testing.T) {
+	// Errors a client must see when the failure happens before any byte
+	// of the response (for body faults of blobs, the transfer may also
+	// break off after a 200).
+	wantError := map[faultreg.Kind]map[faultreg.Fault][2]string{
+		faultreg.Blob: {
+			faultreg.ServerError:     {"502", "UNAVAILABLE"},
+			faultreg.TooManyRequests: {"429", "TOOMANYREQUESTS"},
+			faultreg.NoHeaders:       {"502", "UNAVAILABLE"},
+		},
+		faultreg.Manifest: {
+			faultreg.Reset:           {"502", "UNAVAILABLE"},
+			faultreg.Corrupt:         {"502", "MANIFEST_INVALID"},
+			faultreg.Truncated:       {"502", "UNAVAILABLE"},
+			faultreg.Stall:           {"502", "UNAVAILABLE"},
+			faultreg.ServerError:     {"502", "UNAVAILABLE"},
+			faultreg.TooManyRequests: {"429", "TOOMANYREQUESTS"},
+			faultreg.NoHeaders:       {"502", "UNAVAILABLE"},
+		},
+	}
+	const clients = 4
+	for _, kind := range []faultreg.Kind{faultreg.Blob, faultreg.Manifest} {
+		for _, fault := range faultreg.Faults {
+			t.Run(string(kind)+"/"+string(fault), func(t *testing.T) {
+				e := newEnv(t, func(c *config.Config) {
+					c.Upstreams[0].ResponseHeaderTimeout = config.Duration(2 * time.Second)
+				})
+				e.stall = 2 * time.Second
+				e.restart()
+				img := e.push("team/app", "v1", 1, 300_000)
+				layer := must(img.Layers())[0]
+				blob := must(io.ReadAll(must(layer.Compressed())))
+				dgst, mdgst := must(layer.Digest()), must(img.Digest())
+				path, want := "/v2/team/app/blobs/"+dgst.String(), blob
+				if kind == faultreg.Manifest {
+					path, want = "/v2/team/app/manifests/"+mdgst.String(), must(img.RawManifest())
+				}
+				failures := func() float64 {
+					if kind == faultreg.Blob {
+						return testutil.ToFloat64(metrics.FetchesFailed)
+					}
+					n := 0.0
+					for _, r := range []string{"read", "digest", "invalid", "too_large"} {
+						n += testutil.ToFloat64(metrics.ManifestFetchesFailed.WithLabelValues(e.upHost, r))
+					}
+					for _, c := range []string{"500", "429", "error"} {
+						n += testutil.ToFloat64(metrics.UpstreamRequests.WithLabelValues(e.upHost, c))
+					}
+					return n
+				}
+				before, joined := failures(), e.store.Stats().Joined
+
+				hold := make(chan struct{})
+				e.faults.Hold(hold)
+				e.faults.Set(kind, fault)
+				results := make(chan outcome, clients)
+				var wg sync.WaitGroup
+				for range clients {
+					wg.Add(1)
+					go func() { defer wg.Done(); results <- pull(e.gh.URL + path) }()
+				}
+				// Let the fault happen once every client waits on the fetch.
+				deadline := time.Now().Add(30 * time.Second)
+				for e.faults.Hits(kind) == 0 || kind == faultreg.Blob && e.store.Stats().Joined-joined < clients-1 {
+					if time.Now().After(deadline) {
+						t.Fatal("clients did not gather on one upstream fetch")
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+				close(hold)
+				wg.Wait()
+				close(results)
+				for o := range results {
+					if err := o.failedCleanly(); err != nil {
+						t.Errorf("client: %v", err)
+					}
+					if w, ok := wantError[kind][fault]; ok && (strconv.Itoa(o.status) != w[0] || o.code != w[1]) {
+						t.Errorf("client saw %d %q (%v), want %s %s", o.status, o.code, o.doErr, w[0], w[1])
+					}
+					if fault == faultreg.TooManyRequests && o.retryAfter != faultreg.RetryAfter {
+						t.Errorf("Retry-After %q not passed on", o.retryAfter)
+					}
+				}
+				if failures() <= before {
+					t.Error("the failure was not counted in the metrics")
+				}
+
+				// Nothing kept: no cache entry, no temporary file.
+				if kind == faultreg.Blob {
+					if _, ok := e.store.StatBlob(dgst); ok {
+						t.Fatal("a blob from a broken upstream was cached")
+					}
+					waitNoTempFiles(t, filepath.Join(e.dataDir, "tmp"))
+				} else if _, err := e.store.Manifest(mdgst); !errors.Is(err, cache.ErrNotFound) {
+					t.Fatalf("a manifest from a broken upstream was cached (err %v)", err)
+				}
+
+				// The upstream recovers: the next pull succeeds and is cached.
+				e.faults.Set(kind, faultreg.None)
+				e.faults.Hold(nil)
+				resp := e.get("GET", path)
+				if got := readAll(t, resp); resp.StatusCode != 200 || !bytes.Equal(got, want) {
+					t.Fatalf("pull after recovery: status %d, %d bytes", resp.StatusCode, len(got))
+				}
+				if kind == faultreg.Blob {
+					e.waitCached(dgst)
+				} else if _, err := e.store.Manifest(mdgst); err != nil {
+					t.Fatalf("manifest not cached after recovery: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// waitNoTempFiles waits for a failed fetch's partial file to be removed
+// (that happens just after its readers were told).
+func waitNoTempFiles(t *testing.T, dir string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ents) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("temporary files left behind: %v", ents)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
