@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,5 +209,49 @@ func waitNoTempFiles(t *testing.T, dir string) {
 			t.Fatalf("temporary files left behind: %v", ents)
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// A blob redirect (as to a CDN) into the network gatehouse runs in is
+// refused for a non-internal upstream, with a clear error, and followed for
+// an internal one.
+func TestBlobRedirectToLoopback(t *testing.T) {
+	for _, internal := range []bool{false, true} {
+		t.Run(fmt.Sprintf("internal %v", internal), func(t *testing.T) {
+			e := newEnv(t, func(c *config.Config) { c.Upstreams[0].Internal = internal })
+			img := e.push("team/app", "v1", 1, 1000)
+			layer := must(img.Layers())[0]
+			dgst, blob := must(layer.Digest()), must(io.ReadAll(must(layer.Compressed())))
+			var served atomic.Int32
+			cdn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				served.Add(1)
+				w.Write(blob)
+			}))
+			defer cdn.Close()
+			e.up.mutate = func(w http.ResponseWriter, r *http.Request) bool {
+				if r.Method == "GET" && strings.HasSuffix(r.URL.Path, "/blobs/"+dgst.String()) {
+					http.Redirect(w, r, cdn.URL+"/cdn/blob", http.StatusTemporaryRedirect)
+					return true
+				}
+				return false
+			}
+			resp := e.get("GET", "/v2/team/app/blobs/"+dgst.String())
+			body := readAll(t, resp)
+			if internal {
+				if resp.StatusCode != 200 || !bytes.Equal(body, blob) || served.Load() != 1 {
+					t.Fatalf("internal upstream's redirect not followed: %d", resp.StatusCode)
+				}
+				return
+			}
+			if resp.StatusCode != 502 || ociCode(t, body) != "UNAVAILABLE" || !strings.Contains(string(body), "loopback") {
+				t.Fatalf("want 502 UNAVAILABLE naming the loopback address, got %d %s", resp.StatusCode, body)
+			}
+			if served.Load() != 0 {
+				t.Fatal("the loopback redirect target was reached")
+			}
+			if _, ok := e.store.StatBlob(dgst); ok {
+				t.Fatal("blob cached")
+			}
+		})
 	}
 }

@@ -714,24 +714,42 @@ func TestManifestDigestMismatchRefused(t *testing.T) {
 	}
 }
 
+// The 4 MiB cap holds whether upstream announces the size (refused before
+// reading) or not (chunked: refused once the cap is passed).
 func TestManifestSizeCap(t *testing.T) {
-	e := newEnv(t, nil)
 	big := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"annotations":{"x":"` +
 		strings.Repeat("a", proxy.MaxManifestSize) + `"}}`)
 	sum := sha256.Sum256(big)
 	d := "sha256:" + hex.EncodeToString(sum[:])
-	e.up.mutate = func(w http.ResponseWriter, r *http.Request) bool {
-		if strings.HasSuffix(r.URL.Path, "/manifests/"+d) {
-			w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-			w.Write(big)
-			return true
-		}
-		return false
-	}
-	resp := e.get("GET", "/v2/team/app/manifests/"+d)
-	body := readAll(t, resp)
-	if resp.StatusCode != 502 || !strings.Contains(string(body), "4 MiB") {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+	for _, announce := range []bool{true, false} {
+		t.Run(fmt.Sprintf("Content-Length %v", announce), func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.up.mutate = func(w http.ResponseWriter, r *http.Request) bool {
+				if strings.HasSuffix(r.URL.Path, "/manifests/"+d) {
+					w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+					if announce {
+						w.Header().Set("Content-Length", fmt.Sprint(len(big)))
+					} else {
+						w.(http.Flusher).Flush() // headers out without a length: chunked
+					}
+					for i := 0; i < len(big); i += 64 << 10 {
+						if _, err := w.Write(big[i:min(i+64<<10, len(big))]); err != nil {
+							break
+						}
+					}
+					return true
+				}
+				return false
+			}
+			resp := e.get("GET", "/v2/team/app/manifests/"+d)
+			body := readAll(t, resp)
+			if resp.StatusCode != 502 || ociCode(t, body) != "MANIFEST_INVALID" || !strings.Contains(string(body), "4 MiB") {
+				t.Fatalf("%d %s", resp.StatusCode, body)
+			}
+			if _, err := e.store.Manifest(must(v1.NewHash(d))); err == nil {
+				t.Fatal("oversized manifest cached")
+			}
+		})
 	}
 }
 
