@@ -22,11 +22,12 @@ func TestClientTimeouts(t *testing.T) {
 		Upstreams:       []GatehouseUpstream{reg.Upstream()},
 		Extra:           map[string]any{"server": map[string]any{"readHeaderTimeout": "1s", "idleTimeout": "1s"}},
 	})
-	// The server closes the connection; a generous read deadline only
-	// keeps a broken build from hanging the test.
+	// The server closes the connection. The read deadline is 9 times the
+	// configured 1s, and still below the defaults (10s, 2m): a server that
+	// ignored the configuration would keep the connection past it.
 	cutOff := func(t *testing.T, c net.Conn, r io.Reader) {
 		t.Helper()
-		c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		c.SetReadDeadline(time.Now().Add(9 * time.Second))
 		_, err := io.ReadAll(r)
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {

@@ -57,6 +57,7 @@ type Injector struct {
 
 	mu      sync.Mutex
 	faults  map[Kind]Fault
+	left    map[Kind]int // requests still to break; absent: all
 	hold    <-chan struct{}
 	hits    map[Kind]int
 	closing chan struct{}
@@ -65,13 +66,22 @@ type Injector struct {
 
 // New returns an injector in front of next, with no fault set.
 func New(next http.Handler) *Injector {
-	return &Injector{Next: next, faults: map[Kind]Fault{}, hits: map[Kind]int{}, closing: make(chan struct{})}
+	return &Injector{Next: next, faults: map[Kind]Fault{}, left: map[Kind]int{}, hits: map[Kind]int{}, closing: make(chan struct{})}
 }
 
 // Set switches fault f on for kind k (None switches it off).
 func (in *Injector) Set(k Kind, f Fault) {
 	in.mu.Lock()
 	in.faults[k] = f
+	delete(in.left, k)
+	in.mu.Unlock()
+}
+
+// SetN switches fault f on for the next n requests of kind k only.
+func (in *Injector) SetN(k Kind, f Fault, n int) {
+	in.mu.Lock()
+	in.faults[k] = f
+	in.left[k] = n
 	in.mu.Unlock()
 }
 
@@ -110,6 +120,11 @@ func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	faulted := k != "" && f != None && (body || f == ServerError || f == TooManyRequests || f == NoHeaders)
 	if faulted {
 		in.hits[k]++
+		if n, ok := in.left[k]; ok {
+			if in.left[k] = n - 1; n <= 1 {
+				in.faults[k] = None
+			}
+		}
 	}
 	in.mu.Unlock()
 	if !faulted {
