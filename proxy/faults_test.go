@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -37,7 +38,9 @@ type outcome struct {
 }
 
 func pull(url string) outcome {
-	c := &http.Client{Timeout: 2 * time.Minute}
+	// Far beyond every timeout under test: a client still waiting then
+	// was left hanging.
+	c := &http.Client{Timeout: time.Minute}
 	resp, err := c.Get(url)
 	if err != nil {
 		return outcome{doErr: err}
@@ -57,7 +60,10 @@ func pull(url string) outcome {
 // failedCleanly reports why o is not a clean failure: a transfer that broke
 // off (never a complete-looking 200), or an OCI error with a 5xx or 429.
 func (o outcome) failedCleanly() error {
+	var ne net.Error
 	switch {
+	case errors.As(o.doErr, &ne) && ne.Timeout() || errors.As(o.readErr, &ne) && ne.Timeout():
+		return fmt.Errorf("left hanging: %v%v", o.doErr, o.readErr)
 	case o.doErr != nil:
 		return nil
 	case o.status == http.StatusOK && o.readErr == nil:
@@ -99,9 +105,14 @@ func TestFaultyUpstream(t *testing.T) {
 		},
 	}
 	const clients = 4
-	for _, kind := range []faultreg.Kind{faultreg.Blob, faultreg.Manifest} {
+	for _, target := range []struct {
+		name  string
+		kind  faultreg.Kind
+		byTag bool // resolved with a HEAD upstream first
+	}{{"blob", faultreg.Blob, false}, {"manifest by digest", faultreg.Manifest, false}, {"manifest by tag", faultreg.Manifest, true}} {
+		kind := target.kind
 		for _, fault := range faultreg.Faults {
-			t.Run(string(kind)+"/"+string(fault), func(t *testing.T) {
+			t.Run(target.name+"/"+string(fault), func(t *testing.T) {
 				e := newEnv(t, func(c *config.Config) {
 					c.Upstreams[0].ResponseHeaderTimeout = config.Duration(2 * time.Second)
 				})
@@ -114,6 +125,9 @@ func TestFaultyUpstream(t *testing.T) {
 				path, want := "/v2/team/app/blobs/"+dgst.String(), blob
 				if kind == faultreg.Manifest {
 					path, want = "/v2/team/app/manifests/"+mdgst.String(), must(img.RawManifest())
+				}
+				if target.byTag {
+					path = "/v2/team/app/manifests/v1"
 				}
 				failures := func() float64 {
 					if kind == faultreg.Blob {

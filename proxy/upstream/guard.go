@@ -70,6 +70,12 @@ type guard struct {
 
 func newGuard(upstream string, base *url.URL, internal bool, dialer net.Dialer) *guard {
 	g := &guard{upstream: upstream, internal: internal, own: map[string]bool{canonicalAddr(base): true}}
+	if base.Port() == "" {
+		// go-containerregistry tries https first even for an http://
+		// upstream (and the reverse); both default ports are its own.
+		g.own[net.JoinHostPort(base.Hostname(), "80")] = true
+		g.own[net.JoinHostPort(base.Hostname(), "443")] = true
+	}
 	// A proxy from the environment is dialed instead of the target; the
 	// guard then only sees redirect hosts in checkRedirect.
 	for _, scheme := range []string{"http", "https"} {

@@ -46,6 +46,8 @@ func TestGuardAddressRules(t *testing.T) {
 		{"https://registry.example", true, "http://169.254.169.254/", ""},
 		// The upstream's own host is always allowed.
 		{"http://127.0.0.1:5000", false, "http://127.0.0.1:5000/other", ""},
+		{"http://127.0.0.2", false, "https://127.0.0.2/v2/", ""},
+		{"http://127.0.0.2", false, "https://127.0.0.2:8443/v2/", "loopback"},
 	} {
 		base, _ := url.Parse(tc.upstreamURL)
 		g := newGuard("test", base, tc.internal, net.Dialer{})
