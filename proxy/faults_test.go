@@ -269,3 +269,29 @@ func TestBlobRedirectToLoopback(t *testing.T) {
 		})
 	}
 }
+
+// A tag whose mapping expired is served from the last known mapping while
+// upstream answers its revalidation with a fault (stale-if-error), and the
+// answer says it is stale.
+func TestStaleTagWhileUpstreamFaulty(t *testing.T) {
+	for _, fault := range []faultreg.Fault{faultreg.TooManyRequests, faultreg.ServerError, faultreg.NoHeaders} {
+		t.Run(string(fault), func(t *testing.T) {
+			e := newEnv(t, func(c *config.Config) {
+				zero := config.Duration(0)
+				c.Upstreams[0].TagTTL = &zero // revalidate every time
+				c.Upstreams[0].ResponseHeaderTimeout = config.Duration(2 * time.Second)
+			})
+			img := e.push("team/app", "v1", 1, 1000)
+			readAll(t, e.get("GET", "/v2/team/app/manifests/v1"))
+			e.faults.Set(faultreg.Manifest, fault)
+			resp := e.get("GET", "/v2/team/app/manifests/v1")
+			body := readAll(t, resp)
+			if resp.StatusCode != 200 || !bytes.Equal(body, must(img.RawManifest())) || !strings.Contains(resp.Header.Get("Warning"), "110") {
+				t.Fatalf("want the stale manifest with a Warning, got %d %v %s", resp.StatusCode, resp.Header, body)
+			}
+			if e.faults.Hits(faultreg.Manifest) == 0 {
+				t.Fatal("upstream was not asked; the test proves nothing")
+			}
+		})
+	}
+}
