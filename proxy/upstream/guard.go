@@ -73,8 +73,9 @@ func newGuard(upstream string, base *url.URL, internal bool, dialer net.Dialer) 
 	if base.Port() == "" {
 		// go-containerregistry tries https first even for an http://
 		// upstream (and the reverse); both default ports are its own.
-		g.own[net.JoinHostPort(base.Hostname(), "80")] = true
-		g.own[net.JoinHostPort(base.Hostname(), "443")] = true
+		host := strings.ToLower(base.Hostname())
+		g.own[net.JoinHostPort(host, "80")] = true
+		g.own[net.JoinHostPort(host, "443")] = true
 	}
 	// A proxy from the environment is dialed instead of the target; the
 	// guard then only sees redirect hosts in checkRedirect.
@@ -132,7 +133,7 @@ func (g *guard) refused(err *AddressRefusedError) error {
 // DialContext dials addr: the upstream's own host as it is, any other
 // through the address check.
 func (g *guard) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	if g.internal || g.own[addr] {
+	if g.internal || g.own[strings.ToLower(addr)] {
 		return g.ownDial.DialContext(ctx, network, addr)
 	}
 	return g.otherDial.DialContext(ctx, network, addr)
@@ -172,7 +173,7 @@ func canonicalAddr(u *url.URL) string {
 			port = "80"
 		}
 	}
-	return net.JoinHostPort(u.Hostname(), port)
+	return strings.ToLower(net.JoinHostPort(u.Hostname(), port))
 }
 
 func truncateString(s string, n int) string {
