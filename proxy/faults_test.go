@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,12 +107,22 @@ func TestFaultyUpstream(t *testing.T) {
 	}
 	const clients = 4
 	for _, target := range []struct {
-		name  string
-		kind  faultreg.Kind
-		byTag bool // resolved with a HEAD upstream first
-	}{{"blob", faultreg.Blob, false}, {"manifest by digest", faultreg.Manifest, false}, {"manifest by tag", faultreg.Manifest, true}} {
+		name    string
+		kind    faultreg.Kind
+		byTag   bool // resolved with a HEAD upstream first
+		chunked bool // upstream sends no Content-Length
+	}{
+		{name: "blob", kind: faultreg.Blob},
+		{name: "blob chunked", kind: faultreg.Blob, chunked: true},
+		{name: "manifest by digest", kind: faultreg.Manifest},
+		{name: "manifest chunked", kind: faultreg.Manifest, chunked: true},
+		{name: "manifest by tag", kind: faultreg.Manifest, byTag: true},
+	} {
 		kind := target.kind
 		for _, fault := range faultreg.Faults {
+			if target.chunked && !slices.Contains([]faultreg.Fault{faultreg.Reset, faultreg.Corrupt, faultreg.Truncated, faultreg.Stall}, fault) {
+				continue // no body: the same as with a length
+			}
 			t.Run(target.name+"/"+string(fault), func(t *testing.T) {
 				e := newEnv(t, func(c *config.Config) {
 					c.Upstreams[0].ResponseHeaderTimeout = config.Duration(2 * time.Second)
@@ -146,6 +157,7 @@ func TestFaultyUpstream(t *testing.T) {
 
 				hold := make(chan struct{})
 				e.faults.Hold(hold)
+				e.faults.SetChunked(target.chunked)
 				e.faults.Set(kind, fault)
 				results := make(chan outcome, clients)
 				var wg sync.WaitGroup

@@ -22,7 +22,8 @@ import (
 type Fault string
 
 // The faults. Body faults (Reset, Corrupt, Truncated, Stall) announce the
-// full Content-Length; they apply to GET, and a HEAD is answered as it is.
+// full Content-Length, or send the body chunked after SetChunked(true);
+// they apply to GET, and a HEAD is answered as it is.
 const (
 	None            Fault = ""
 	Reset           Fault = "connection reset mid-body"
@@ -59,6 +60,7 @@ type Injector struct {
 	faults  map[Kind]Fault
 	left    map[Kind]int // requests still to break; absent: all
 	hold    <-chan struct{}
+	chunked bool
 	hits    map[Kind]int
 	closing chan struct{}
 	once    sync.Once
@@ -93,6 +95,14 @@ func (in *Injector) Hold(ch <-chan struct{}) {
 	in.mu.Unlock()
 }
 
+// SetChunked makes body faults send no Content-Length (chunked transfer
+// encoding), as some registries and proxies do.
+func (in *Injector) SetChunked(on bool) {
+	in.mu.Lock()
+	in.chunked = on
+	in.mu.Unlock()
+}
+
 // Hits returns how many requests of kind k were faulted.
 func (in *Injector) Hits(k Kind) int {
 	in.mu.Lock()
@@ -115,7 +125,7 @@ func kindOf(path string) Kind {
 func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	k := kindOf(r.URL.Path)
 	in.mu.Lock()
-	f, hold := in.faults[k], in.hold
+	f, hold, chunked := in.faults[k], in.hold, in.chunked
 	body := r.Method == http.MethodGet
 	faulted := k != "" && f != None && (body || f == ServerError || f == TooManyRequests || f == NoHeaders)
 	if faulted {
@@ -163,24 +173,30 @@ func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header()[key] = v
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	if chunked {
+		w.Header().Del("Content-Length")
+	}
 	half := data[:len(data)/2]
+	if f == Reset {
+		reset(w, http.StatusOK, half, chunked)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	if chunked {
+		http.NewResponseController(w).Flush() // headers out without a length
+	}
 	switch f {
 	case Corrupt:
 		bad := bytes.Clone(data)
 		bad[len(bad)/2] ^= 0xff
-		w.WriteHeader(http.StatusOK)
 		w.Write(bad)
 	case Truncated:
-		w.WriteHeader(http.StatusOK)
 		w.Write(half)
 		panic(http.ErrAbortHandler) // the server closes the connection
 	case Stall:
-		w.WriteHeader(http.StatusOK)
 		w.Write(half)
 		http.NewResponseController(w).Flush()
 		in.wait(r)
-	case Reset:
-		reset(w, http.StatusOK, half)
 	}
 }
 
@@ -192,14 +208,21 @@ func (in *Injector) wait(r *http.Request) {
 	}
 }
 
-// reset sends the status, the headers already set and part of the body on
-// the raw connection, then closes it with a TCP RST (SO_LINGER 0).
-func reset(w http.ResponseWriter, status int, part []byte) {
+// reset sends the status, the headers already set and part of the body
+// (as one chunk when chunked) on the raw connection, then closes it with a
+// TCP RST (SO_LINGER 0).
+func reset(w http.ResponseWriter, status int, part []byte, chunked bool) {
 	conn, buf, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		panic(http.ErrAbortHandler)
 	}
+	if chunked {
+		w.Header().Set("Transfer-Encoding", "chunked")
+	}
 	writeHead(buf, status, w.Header())
+	if chunked {
+		fmt.Fprintf(buf, "%x\r\n", len(part))
+	}
 	buf.Write(part)
 	buf.Flush()
 	if tc, ok := conn.(*net.TCPConn); ok {
