@@ -307,3 +307,47 @@ func TestStaleTagWhileUpstreamFaulty(t *testing.T) {
 		})
 	}
 }
+
+// upstreams[].maxConcurrentFetches: many cold blobs at once never put more
+// than the limit of requests on the upstream, and every client is served.
+func TestMaxConcurrentFetchesBoundsUpstream(t *testing.T) {
+	const limit, layers = 2, 6
+	e := newEnv(t, func(c *config.Config) { c.Upstreams[0].MaxConcurrentFetches = limit })
+	img := e.push("team/app", "v1", layers, 50_000)
+	var active, peak atomic.Int32
+	e.up.mutate = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method != "GET" || !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		n := active.Add(1)
+		defer active.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		time.Sleep(50 * time.Millisecond) // widen the overlap; the bound holds regardless
+		e.faults.ServeHTTP(w, r)
+		return true
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, layers)
+	for _, l := range must(img.Layers()) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			want := must(io.ReadAll(must(l.Compressed())))
+			if o := pull(e.gh.URL + "/v2/team/app/blobs/" + must(l.Digest()).String()); o.status != 200 || o.readErr != nil || o.got != len(want) {
+				errs <- fmt.Errorf("blob: %+v", o)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if p := peak.Load(); p > limit || p == 0 {
+		t.Fatalf("upstream saw %d blob requests at once, limit %d", p, limit)
+	}
+	if q := testutil.ToFloat64(metrics.UpstreamQueued.WithLabelValues(e.upHost)); q != 0 {
+		t.Fatalf("%v requests still queued", q)
+	}
+}
