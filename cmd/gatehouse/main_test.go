@@ -111,3 +111,16 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+// Every console page counts under one route label: digests in its paths
+// must not become label values.
+func TestRouteLabelUI(t *testing.T) {
+	for _, p := range []string{"/ui", "/ui/", "/ui/policy", "/ui/denials", "/ui/images/sha256:" + strings.Repeat("a", 64), "/ui/static/style.css"} {
+		if got := routeLabel(p); got != "ui" {
+			t.Errorf("routeLabel(%q) = %q, want ui", p, got)
+		}
+	}
+	if got := routeLabel("/uix"); got != "other" {
+		t.Errorf("routeLabel(/uix) = %q, want other", got)
+	}
+}

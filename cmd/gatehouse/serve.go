@@ -23,6 +23,7 @@ import (
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
 	"github.com/gatehouse/gatehouse/proxy"
+	"github.com/gatehouse/gatehouse/ui"
 )
 
 // commonFlags are the flags every command that reads the configuration has.
@@ -126,6 +127,18 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	mux.Handle("/v2/", handler)
 	mux.Handle("/v2", handler)
 	mux.Handle("/api/", st.gate.APIHandler())
+	console, err := ui.New(ui.Options{Source: st.gate, Log: log,
+		DB: func() (ui.DBStatus, error) {
+			s, err := st.scanner.DBStatus()
+			return ui.DBStatus{Version: s.DBVersion, UpdatedAt: s.UpdatedAt}, err
+		},
+		Cache: func() (int64, int64) { used, _ := store.Usage(); return used, int64(cfg.Cache.MaxSize) },
+	})
+	if err != nil {
+		return err
+	}
+	mux.Handle("/ui/", console)
+	mux.Handle("/ui", ui.RedirectHandler())
 	reg := prometheus.NewRegistry()
 	rate := map[string]func() int64{}
 	for name, c := range st.clients {
@@ -201,6 +214,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 				if err := store.FlushAccess(); err != nil {
 					log.Error("recording access times", "err", err)
 				}
+				if err := st.gate.FlushPulls(); err != nil {
+					log.Error("recording pull counts", "err", err)
+				}
 			}
 		}
 	})
@@ -255,6 +271,8 @@ func routeLabel(p string) string {
 		return proxy.RoutePattern(p)
 	case strings.HasPrefix(p, "/api/"):
 		return "api"
+	case p == "/ui" || strings.HasPrefix(p, "/ui/"):
+		return "ui"
 	case p == "/healthz" || p == "/readyz":
 		return "health"
 	case p == "/metrics":
