@@ -275,7 +275,7 @@ func TestPolicyPage(t *testing.T) {
 func TestDenialsPage(t *testing.T) {
 	srv := newServer(t, newSource())
 	body := get(t, srv, "/ui/denials", 200)
-	contains(t, "denials page", body, "2 recent refused pulls", "10.0.0.7:5123", "ghcr.io/team/&lt;script&gt;", ":v1",
+	contains(t, "denials page", body, "Recent refused pulls, newest first: 2", "10.0.0.7:5123", "ghcr.io/team/&lt;script&gt;", ":v1",
 		`href="/ui/images/`+digest(2)+`"`, "strict", "denied: CVE-2026-1111", "2026-11-23 12:00:00Z")
 	lacks(t, "denials page", body, hostile)
 	if i, j := strings.Index(body, "10.0.0.7"), strings.Index(body, "10.0.0.8"); i < 0 || j < 0 || i > j {
