@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -505,6 +506,12 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		start := time.Now()
 		img := newImage(ctx, g.blobs, &s, info)
 		r, serr := g.scanner.Scan(ctx, img, s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
+		if serr == nil && info.platform == "" {
+			// The scan has just read the config through the cache.
+			if cf, err := img.ConfigFile(); err == nil {
+				info.platform = platformString(cf.OS, cf.Architecture, cf.Variant)
+			}
+		}
 		cancel()
 		<-g.sem
 		metrics.ScansInFlight.Dec()
@@ -515,12 +522,6 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			return nil, serr
 		}
 		rep = &storedReport{Report: *r, ScannedAt: g.now()}
-		if info.platform == "" {
-			// The scan has just read the config through the cache.
-			if cf, err := img.ConfigFile(); err == nil {
-				info.platform = platformString(cf.OS, cf.Architecture, cf.Variant)
-			}
-		}
 		g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
 			"layers", r.Layers, "layersAnalysed", r.LayersAnalysed, "duration", time.Since(start), "db", r.DBVersion)
 	}
@@ -652,7 +653,9 @@ func (g *Gate) putImage(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict)
 		_ = json.Unmarshal(old, &rec)
 	}
 	if rec.Digest == "" {
-		rec = ImageRecord{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, MediaType: s.MediaType, Kind: info.kind,
+		// The verdict's kind says "artifact" for what passed by media type.
+		kind := cmp.Or(v.Kind, info.kind)
+		rec = ImageRecord{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, MediaType: s.MediaType, Kind: kind,
 			Config: info.config.Digest.String(), FirstSeen: g.now(), Tags: []string{}}
 		for _, l := range info.layers {
 			rec.Layers = append(rec.Layers, LayerRef{Digest: l.Digest.String(), Size: l.Size, MediaType: string(l.MediaType)})

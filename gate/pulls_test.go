@@ -3,9 +3,13 @@ package gate
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -66,4 +70,42 @@ func TestPullsCountedAndFlushed(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("second flush", 4)
+}
+
+// An image no index listed gets its platform from its config, read after
+// the scan; a non-image artifact's type is its artifactType.
+func TestPlatformFromConfigAndArtifactType(t *testing.T) {
+	f := newFixture(t, policyYAML)
+	img, err := random.Image(100, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "riscv64"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	f.blobs.add(img)
+	raw, _ := img.RawManifest()
+	d, _ := img.Digest()
+	mt, _ := img.MediaType()
+	if _, err := f.g.Check(context.Background(), Subject{Upstream: "up.example", Repo: "team/app", Digest: d, MediaType: string(mt), Manifest: raw}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := f.g.Image(d.String())
+	if err != nil || rec.Platform != "linux/riscv64" {
+		t.Fatalf("platform %q, %v; want linux/riscv64", rec.Platform, err)
+	}
+
+	chart := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("c", 64)}
+	manifest := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.cncf.helm.config.v1+json",` +
+		`"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`
+	if _, err := f.g.Check(context.Background(), Subject{Upstream: "up.example", Repo: "charts/app", Digest: chart,
+		MediaType: string(types.OCIManifestSchema1), Manifest: []byte(manifest)}); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err = f.g.Image(chart.String()); err != nil || rec.ArtifactType != "application/vnd.cncf.helm.config.v1+json" || rec.Kind != "artifact" {
+		t.Fatalf("chart record %+v, %v", rec, err)
+	}
 }
