@@ -240,7 +240,7 @@ func (h *Handler) images(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusBadRequest, "Bad query parameter "+err.Error()+".")
 		return
 	}
-	all, err := h.opts.Source.Images()
+	all, err := h.imageList()
 	if err != nil {
 		h.opts.Log.Error("listing images for the web console", "err", err)
 		h.fail(w, http.StatusInternalServerError, "The image records could not be read; see gatehouse's log.")

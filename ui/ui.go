@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gatehouse/gatehouse/gate"
@@ -67,6 +68,35 @@ type Handler struct {
 	opts  Options
 	pages map[string]*template.Template
 	mux   *http.ServeMux
+
+	// The image list is read once per listTTL however many pages,
+	// sorts and filters are asked for: with tens of thousands of
+	// records a read costs a good part of a second.
+	listMu sync.Mutex
+	listAt time.Time
+	list   []gate.ImageSummary
+}
+
+// listTTL is how stale the images page may be.
+const listTTL = 2 * time.Second
+
+// imageList returns the judged images, read at most listTTL ago. The slice
+// is shared: callers must not modify it.
+func (h *Handler) imageList() ([]gate.ImageSummary, error) {
+	h.listMu.Lock()
+	defer h.listMu.Unlock()
+	if h.list != nil && time.Since(h.listAt) < listTTL {
+		return h.list, nil
+	}
+	list, err := h.opts.Source.Images()
+	if err != nil {
+		return nil, err
+	}
+	if list == nil {
+		list = []gate.ImageSummary{}
+	}
+	h.list, h.listAt = list, time.Now()
+	return list, nil
 }
 
 var _ http.Handler = (*Handler)(nil)
