@@ -251,6 +251,17 @@ func TestImagePage(t *testing.T) {
 	contains(t, "search", body, "heap overflow", "1 of 2 shown")
 	lacks(t, "search", body, "zlib inflate")
 
+	// A verified signature shows how and by whom.
+	src := newSource()
+	signed := *src.details[digest(2)]
+	latest := *signed.Latest
+	latest.Admitted, latest.Signature = true, &gate.SignatureResult{Verified: true, Format: "bundle", Identity: "https://github.com/team/app/.github/workflows/release.yml@refs/tags/v1",
+		Digest: digest(5), VerifiedAt: now.Add(-time.Minute)}
+	signed.Latest, signed.Digest = &latest, digest(6)
+	src.details[digest(6)] = &signed
+	contains(t, "signed image", get(t, newServer(t, src), "/ui/images/"+digest(6), 200),
+		"s-verified", "bundle", "https://github.com/team/app/.github/workflows/release.yml@refs/tags/v1", digest(5), "2026-11-23 11:59:00Z")
+
 	contains(t, "bad digest", get(t, srv, "/ui/images/nope", 400), "&#34;nope&#34; is not a digest")
 	contains(t, "bad severity", get(t, srv, path+"?severity=SEVERE", 400), "severity: &#34;SEVERE&#34;")
 	contains(t, "unknown digest", get(t, srv, "/ui/images/"+digest(99), 404), "gatehouse has not judged a manifest "+digest(99))
