@@ -219,7 +219,7 @@ func newBrowser(t *testing.T, chromium string) context.Context {
 	t.Cleanup(cancel)
 	ctx, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
 	t.Cleanup(cancelAlloc)
-	ctx, cancelCtx := chromedp.NewContext(ctx, chromedp.WithLogf(t.Logf))
+	ctx, cancelCtx := chromedp.NewContext(ctx)
 	t.Cleanup(cancelCtx)
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("starting chromium: %v", err)
