@@ -28,7 +28,7 @@ var (
 		Help: "Blob bytes sent to clients, by source: cache (committed file) or upstream (streamed from a fetch in progress)."}, []string{"source"})
 	// CacheRequests counts cache lookups by kind and result.
 	CacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cache_requests_total",
-		Help: "Cache lookups by kind (manifest, blob, tag) and result (hit, miss, stale)."}, []string{"kind", "result"})
+		Help: "Cache lookups by kind (manifest, blob, tag) and result (hit, miss, stale, bypass: the cache could not be written)."}, []string{"kind", "result"})
 	// Evictions counts blobs evicted by the size limit.
 	Evictions = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_evictions_total",
 		Help: "Blobs evicted to keep the cache within cache.maxSize."})
@@ -54,6 +54,13 @@ var (
 		Help: "Blob requests that joined an upstream fetch already under way instead of starting one."})
 	FetchesFailed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_failed_total",
 		Help: "Upstream blob fetches that failed (error, digest or size mismatch, stall); nothing was cached."})
+	// CacheWriteErrors counts failures to write the cache (disk full,
+	// read-only directory); BlobPassthroughs the blob transfers that then
+	// went from upstream to the client without being cached.
+	CacheWriteErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_write_errors_total",
+		Help: "Failed writes to the blob cache (disk full, unwritable directory); pulls go on without caching."})
+	BlobPassthroughs = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_passthrough_total",
+		Help: "Blob transfers streamed from upstream without caching because the cache could not be written."})
 	// GateDecisions counts verdicts served by result, reason and rule.
 	GateDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "gate_decisions_total",
 		Help: "Gate decisions on served manifests by result (admitted, denied, error, pending), reason and rule."}, []string{"result", "reason", "rule"})
@@ -98,6 +105,7 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		Requests, RequestDuration, ServedBytes, CacheRequests, Evictions, EvictedBytes,
 		UpstreamRequests, UpstreamDuration, UpstreamBytes, FetchesStarted, FetchesJoined, FetchesFailed,
+		CacheWriteErrors, BlobPassthroughs,
 		GateDecisions, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
 	}
 	if src.CacheUsage != nil {
