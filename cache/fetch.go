@@ -64,20 +64,58 @@ type fetch struct {
 	written int64
 	done    bool // verified or failed
 	err     error
-	wake    chan struct{} // closed (and replaced) on every change
+	wake    chan struct{} // closed (and replaced) to wake readers
+	// Bytes written since readers were last woken, and the timer that
+	// wakes them for those at the latest after wakeDelay.
+	unwoken   int64
+	wakeTimer *time.Timer
 }
 
 func (f *fetch) failed() bool { return f.broken.Load() }
 
+// Readers are woken for every wakeBytes written, and at the latest
+// wakeDelay after a write: often enough that bytes reach clients as they
+// arrive, seldom enough that eight clients of a fast upstream do not cost
+// eight wake-ups and file reads per network read.
+const (
+	wakeBytes = 512 << 10
+	wakeDelay = time.Millisecond
+)
+
 func (f *fetch) progress(n int64, done bool, err error) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.written += n
+	f.unwoken += n
 	if done || err != nil {
 		f.done, f.err = true, err
+		f.wakeLocked()
+		return
 	}
+	switch {
+	case f.unwoken >= wakeBytes:
+		f.wakeLocked()
+	case f.wakeTimer == nil:
+		f.wakeTimer = time.AfterFunc(wakeDelay, func() {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.wakeTimer = nil
+			if f.unwoken > 0 && !f.done {
+				f.wakeLocked()
+			}
+		})
+	}
+}
+
+// wakeLocked wakes every reader waiting for progress.
+func (f *fetch) wakeLocked() {
 	close(f.wake)
 	f.wake = make(chan struct{})
-	f.mu.Unlock()
+	f.unwoken = 0
+	if f.wakeTimer != nil {
+		f.wakeTimer.Stop()
+		f.wakeTimer = nil
+	}
 }
 
 // Stream is a reader's handle on a blob: a committed file, a fetch in
