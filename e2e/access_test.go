@@ -139,6 +139,25 @@ func TestAccessControl(t *testing.T) {
 				AssertDir(t, out, img.Digest.String(), want)
 			})
 		}
+
+		// As a registries.conf mirror, skopeo drops --src-creds (they are
+		// for the registry named); the mirror's credentials come from the
+		// auth file, keyed by gatehouse's host.
+		tw := StartTripwire(t, reg.URL)
+		mirror := NewSkopeo(t, SkopeoRegistry{Prefix: skopeoUpstream, Location: tw.Host, Mirrors: []string{gh.Host + "/" + skopeoUpstream}})
+		authFile := writeTestFile(t, mirror.Dir, "auth.json",
+			`{"auths":{"`+gh.Host+`":{"auth":"`+base64.StdEncoding.EncodeToString([]byte("node:"+accessNodePassword))+`"}}}`)
+		out, err := os.MkdirTemp(mirror.Dir, "copy-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := mirror.Run(t, "copy", "--src-cert-dir", certDir, "--authfile", authFile, "--retry-times", "0", "--preserve-digests",
+			"docker://"+img.Ref(skopeoUpstream), "dir:"+out)
+		if res.Err != nil {
+			t.Fatalf("skopeo copy through the mirror with an auth file: %v", res)
+		}
+		AssertDir(t, out, img.Digest.String(), want)
+		tw.AssertUntouched(t)
 	})
 
 	t.Run("API and probes", func(t *testing.T) {
