@@ -185,6 +185,14 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         tlsConf,
 	}
+	if tlsConf != nil {
+		// HTTP/1.1 only, as over plain HTTP: a denied HEAD carries its
+		// reason in the status line, the one thing containerd <= 2.3.2
+		// shows of it, and HTTP/2 has no reason phrase.
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		srv.Protocols = &protos
+	}
 	bytes, count := store.Usage()
 	names := make([]string, 0, len(cfg.Upstreams))
 	for _, u := range cfg.Upstreams {
