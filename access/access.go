@@ -141,12 +141,11 @@ func (g *Guard) pullIdentity(r *http.Request) (id, reason string) {
 		return "cert:" + r.TLS.VerifiedChains[0][0].Subject.CommonName, ""
 	}
 	if user, password, ok := r.BasicAuth(); ok {
+		known := false
 		if g.users != nil {
-			if hash, known := g.users.get()[user]; known {
-				if g.verified.check(user, password, hash) {
-					return user, ""
-				}
-				return "", reasonInvalid
+			var hash []byte
+			if hash, known = g.users.get()[user]; known && g.verified.check(user, password, hash) {
+				return user, ""
 			}
 		}
 		if g.tokens != nil {
@@ -154,7 +153,7 @@ func (g *Guard) pullIdentity(r *http.Request) (id, reason string) {
 				return name, ""
 			}
 		}
-		if g.users != nil {
+		if g.users != nil && !known {
 			// Unknown user: spend the time a known one would have cost.
 			_ = bcrypt.CompareHashAndPassword(g.dummyHash, []byte(password))
 		}

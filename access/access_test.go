@@ -100,6 +100,7 @@ func TestGuard(t *testing.T) {
 		{"pull with good bearer", false, hdr("Bearer " + pullToken), "ci", ""},
 		{"pull with bearer in lower case", false, hdr("bearer " + pullToken), "ci", ""},
 		{"pull with token as basic password", false, basic("anyone", pullToken), "ci", ""},
+		{"pull with token as the password of an htpasswd user", false, basic("alice", pullToken), "ci", ""},
 		{"pull with bad bearer", false, hdr("Bearer " + pullToken + "x"), "", "invalid"},
 		{"pull with empty bearer", false, hdr("Bearer "), "", "malformed"},
 		{"pull with unknown scheme", false, hdr("Digest username=alice"), "", "malformed"},

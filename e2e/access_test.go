@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"encoding/base64"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gatehouse/gatehouse/access/accesstest"
 )
@@ -46,7 +48,8 @@ func TestAccessControl(t *testing.T) {
 	// An upstream entry with a wrong password, whose refusal reaches the
 	// client as an error body.
 	wrong := GatehouseUpstream{Name: "wrong.e2e", URL: reg.URL, Username: "robot", Password: accessWrongPassword}
-	gh := StartGatehouse(t, GatehouseConfig{Upstreams: []GatehouseUpstream{up, wrong}, TLS: accesstest.NewCA(t), Auth: auth})
+	ca := accesstest.NewCA(t)
+	gh := StartGatehouse(t, GatehouseConfig{Upstreams: []GatehouseUpstream{up, wrong}, TLS: ca, Auth: auth})
 	if !strings.HasPrefix(gh.URL, "https://") {
 		t.Fatalf("gatehouse URL %s is not HTTPS", gh.URL)
 	}
@@ -185,6 +188,32 @@ func TestAccessControl(t *testing.T) {
 					t.Errorf("GET %s: 401 without a challenge or an UNAUTHORIZED body: %v %s", tc.path, resp.Header, resp)
 				}
 			}
+		}
+	})
+
+	t.Run("certificate renewal", func(t *testing.T) {
+		serial := func() int64 {
+			conn, err := tls.Dial("tcp", gh.Host, &tls.Config{RootCAs: ca.Pool})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+		}
+		if got := serial(); got != 1 {
+			t.Fatalf("serial %d, want the first certificate's 1", got)
+		}
+		ca.Issue(t, gh.CertFile, gh.KeyFile, 2, "127.0.0.1", "localhost")
+		// gatehouse looks at the files at most once a second.
+		deadline := time.Now().Add(30 * time.Second)
+		for serial() != 2 {
+			if time.Now().After(deadline) {
+				t.Fatal("the renewed certificate (serial 2) is not served after 30s")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !strings.Contains(gh.Log(), "reloaded a changed file") {
+			t.Error("the reload is not logged")
 		}
 	})
 

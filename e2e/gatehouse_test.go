@@ -151,11 +151,12 @@ type Gatehouse struct {
 	// Host is "127.0.0.1:port"; URL is "http://" + Host, or "https://"
 	// with GatehouseConfig.TLS.
 	Host, URL string
-	// CAFile is the CA certificate clients trust with GatehouseConfig.TLS.
-	CAFile     string
-	DataDir    string
-	ConfigPath string
-	LogPath    string
+	// CAFile is the CA certificate clients trust with GatehouseConfig.TLS;
+	// CertFile and KeyFile are the server's (rewrite them to renew).
+	CAFile, CertFile, KeyFile string
+	DataDir                   string
+	ConfigPath                string
+	LogPath                   string
 
 	port   int
 	scheme string
@@ -211,9 +212,9 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 		if err := os.Mkdir(tlsDir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		certFile, keyFile := filepath.Join(tlsDir, "tls.crt"), filepath.Join(tlsDir, "tls.key")
-		cfg.TLS.Issue(t, certFile, keyFile, 1, "127.0.0.1", "localhost")
-		server["tls"] = map[string]string{"certFile": certFile, "keyFile": keyFile}
+		g.CertFile, g.KeyFile = filepath.Join(tlsDir, "tls.crt"), filepath.Join(tlsDir, "tls.key")
+		cfg.TLS.Issue(t, g.CertFile, g.KeyFile, 1, "127.0.0.1", "localhost")
+		server["tls"] = map[string]string{"certFile": g.CertFile, "keyFile": g.KeyFile}
 		g.scheme, g.CAFile = "https", cfg.TLS.CertFile
 		g.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cfg.TLS.Pool}}
 	}
