@@ -80,6 +80,15 @@ var (
 	// SignatureVerifications counts signature checks by result.
 	SignatureVerifications = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "signature_verifications_total",
 		Help: "Signature verifications by result (verified, unsigned, untrusted, error)."}, []string{"result"})
+	// AuthFailures counts refused client requests by realm (pull, api) and
+	// reason (missing, malformed, invalid).
+	AuthFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "auth_failures_total",
+		Help: "Client requests refused for missing, malformed or invalid credentials, by realm (pull, api)."}, []string{"realm", "reason"})
+	// AccessReloads counts reloads of the TLS certificate and credential
+	// files by file (tls, clientCA, htpasswd, tokens, apiTokens) and result
+	// (ok, error; an error keeps the previous contents).
+	AccessReloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "access_reloads_total",
+		Help: "Reloads of the TLS certificate and credential files after a change, by file and result (error: the previous contents stay in use)."}, []string{"file", "result"})
 )
 
 // Sources of the gauges read at scrape time.
@@ -107,6 +116,7 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		UpstreamRequests, UpstreamDuration, UpstreamBytes, FetchesStarted, FetchesJoined, FetchesFailed,
 		CacheWriteErrors, BlobPassthroughs,
 		GateDecisions, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
+		AuthFailures, AccessReloads,
 	}
 	if src.CacheUsage != nil {
 		cs = append(cs,
@@ -169,6 +179,11 @@ func Register(reg prometheus.Registerer, src Sources) error {
 	}
 	for _, r := range []string{"updated", "current", "error"} {
 		DBUpdates.WithLabelValues(r)
+	}
+	for _, realm := range []string{"pull", "api"} {
+		for _, r := range []string{"missing", "malformed", "invalid"} {
+			AuthFailures.WithLabelValues(realm, r)
+		}
 	}
 	return nil
 }
