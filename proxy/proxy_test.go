@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -821,11 +822,20 @@ func TestEvictionLRU(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
-	// Idle keep-alive connections of http.DefaultClient are not leaks.
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+	code := m.Run()
+	// The tests' own clients keep idle connections; close them, then
+	// anything still running is a leak of the code under test.
+	http.DefaultClient.CloseIdleConnections()
+	if t, ok := remote.DefaultTransport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // The in-process transport serves a go-containerregistry client through
