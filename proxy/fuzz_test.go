@@ -96,12 +96,20 @@ func FuzzRoute(f *testing.F) {
 		{"/v2/a/b/tags/list", "n=10&last=b"},
 		{"/v2/x/referrers/sha256:" + strings.Repeat("1", 64), "artifactType=a%2Fb"},
 		{"/v2/registry-1.docker.io/x/manifests/t", "ns=%zz"},
+		{"/v2/ghcr.io%2Fx/manifests/t", ""},
+		{"/v2/a%2fb/blobs/sha256:" + strings.Repeat("2", 64), ""},
 	} {
 		f.Add(s[0], s[1])
 	}
 	f.Fuzz(func(t *testing.T, path, rawQuery string) {
-		r := &http.Request{Method: http.MethodGet, URL: &url.URL{Path: path, RawQuery: rawQuery}}
-		rt, err := route(fuzzConfig, r)
+		// The path as it arrives on the wire: net/url decodes escapes
+		// into Path and keeps the original in RawPath.
+		u, perr := url.ParseRequestURI(path)
+		if perr != nil {
+			return // the HTTP server answers 400 itself
+		}
+		u.RawQuery = rawQuery
+		rt, err := route(fuzzConfig, &http.Request{Method: http.MethodGet, URL: u})
 		if err != nil {
 			if rt != nil {
 				t.Fatal("route returned both a route and an error")
@@ -127,6 +135,9 @@ func FuzzRoute(f *testing.F) {
 		}
 		if err := validRepo(rt.Repo); err != nil || len(rt.Repo) > maxNameLength {
 			t.Fatalf("route(%q, %q): repository %q: %v", path, rawQuery, rt.Repo, err)
+		}
+		if strings.Contains(strings.ToLower(u.EscapedPath()), "%2f") {
+			t.Fatalf("route(%q, %q) accepted an encoded slash", path, rawQuery)
 		}
 		if strings.Contains(rt.Repo, "..") || strings.ContainsAny(rt.Repo, "%@:?#\\") {
 			t.Fatalf("route(%q, %q): repository %q carries path or URL syntax", path, rawQuery, rt.Repo)
