@@ -7,7 +7,7 @@ BIN     ?= bin/gatehouse
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: run build test unit e2e deps bench fmt vet clean
+.PHONY: run build test unit e2e deps bench fmt vet fuzz clean
 
 ## run: build gatehouse and serve with the embedded defaults on :5000
 run: build
@@ -28,6 +28,23 @@ LIGHT_PKGS  = $(shell $(GO) list ./... | grep -v -e /gate/scan -e /gate/sign -e 
 test: deps vet
 	$(GO) test -race -count=1 -timeout 20m $(LIGHT_PKGS)
 	$(GO) test -count=1 -timeout 60m $(HEAVY_PKGS)
+	$(MAKE) --no-print-directory fuzz
+
+# Every fuzz target (func FuzzXxx in a _test.go) runs for FUZZTIME on top of
+# its committed corpus (testdata/fuzz/FuzzXxx); `go test` alone replays the
+# corpus as ordinary tests. A crasher is written to testdata/fuzz: commit it
+# with the fix.
+FUZZTIME  ?= 5s
+FUZZ_PKGS  = $(sort $(dir $(shell grep -l '^func Fuzz' $$(git ls-files '*_test.go'))))
+
+## fuzz: run each fuzz target for FUZZTIME (default 5s)
+fuzz:
+	@set -e; for pkg in $(FUZZ_PKGS); do \
+		for f in $$($(GO) test -list '^Fuzz' ./$$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f"; \
+			$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime=$(FUZZTIME) ./$$pkg; \
+		done; \
+	done
 
 ## unit: tests that need no system packages
 unit:

@@ -92,8 +92,12 @@ func TestQuick(t *testing.T) {
 
 		verdictLayers:    3,
 		verdictLayerSize: 4 << 20,
+
+		soakDuration: 40 * time.Second,
+		soakClients:  16,
+		soakImages:   60,
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	res, err := measure(ctx, opts)
 	t.Log(progress.String())
@@ -159,6 +163,22 @@ func TestQuick(t *testing.T) {
 				t.Errorf("first verdict for B: upstream served %d blob bytes; want its new layer (%d bytes) and no other big layer", v.FirstBUp.BlobBytes, v.BNew)
 			}
 		}
+		// Scenario 7: every pull succeeded, cold ones included, and
+		// gatehouse ended the soak with the goroutines, open files and
+		// memory it had after the warm-up (within the slack).
+		if sr := res.Soak; sr == nil {
+			t.Errorf("no soak figures")
+		} else {
+			if sr.Pulls == 0 || sr.ColdPulls == 0 || sr.Failures != 0 {
+				t.Errorf("soak: %d pulls, %d cold, %d failed (first: %s); want pulls of both kinds and no failure", sr.Pulls, sr.ColdPulls, sr.Failures, sr.FirstError)
+			}
+			if grew := sr.grew(); len(grew) > 0 {
+				t.Errorf("soak: gatehouse grew from the warm-up to the end: %v (warm %+v, end %+v)", grew, sr.Warm, sr.End)
+			}
+			if sr.Warm.Goroutines == 0 || sr.Warm.FDs == 0 || sr.Warm.RSS == 0 {
+				t.Errorf("soak: samples missing: %+v", sr.Warm)
+			}
+		}
 		g := res.Fanout[tGatehouse].Upstream
 		if g.BlobGets != 1 || g.BlobBytes != opts.size {
 			t.Errorf("gatehouse, %d cold clients: upstream served %d blob GETs, %d bytes; want 1 GET of %d bytes",
@@ -171,7 +191,7 @@ func TestQuick(t *testing.T) {
 	if err := writeReport(&report, opts, res); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"## Summary", "## Machine", "### 1. Warm", "### 2. Warm manifest", "### 3. Cold", "### 4 and 5.", "### 6. Time to first verdict", "## Targets", opts.command} {
+	for _, want := range []string{"## Summary", "## Machine", "### 1. Warm", "### 2. Warm manifest", "### 3. Cold", "### 4 and 5.", "### 6. Time to first verdict", "### 7. Soak", "## Targets", opts.command} {
 		if !strings.Contains(report.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -22,6 +22,10 @@
 // gate for a cold multi-layer image (about 300 MB; 30 MiB with -quick)
 // against a plain pull of it, and for a second image on the same layers.
 //
+// Scenario 7 (soak.go, gatehouse only) runs many clients pulling a mix of
+// cached and cold small images for minutes and records failed pulls and
+// gatehouse's goroutines, open files and RSS after a warm-up and at the end.
+//
 // Usage:
 //
 //	go run ./bench -gatehouse ./bin/gatehouse -out BENCHMARKS.md
@@ -30,7 +34,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -66,6 +69,12 @@ type options struct {
 	// layers of verdictLayerSize bytes on a small base layer; 0 skips it.
 	verdictLayers    int
 	verdictLayerSize int64
+
+	// Scenario 7 (soak): soakClients clients pull a mix of cached and cold
+	// images out of soakImages for soakDuration; 0 duration skips it.
+	soakDuration time.Duration
+	soakClients  int
+	soakImages   int
 
 	progress io.Writer // progress lines; never nil
 }
@@ -111,6 +120,9 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&opts.verdictLayers, "verdict-layers", 0, "random layers of the first-verdict image A (default 6, 3 with -quick; B shares all but one)")
 	var verdictSize string
 	fs.StringVar(&verdictSize, "verdict-layer-size", "", "size of each random layer of the first-verdict images (default 50MB, 10MiB with -quick)")
+	fs.DurationVar(&opts.soakDuration, "soak", 0, "length of the soak scenario (default 5m, 45s with -quick; negative skips it)")
+	fs.IntVar(&opts.soakClients, "soak-clients", 32, "concurrent clients of the soak scenario")
+	fs.IntVar(&opts.soakImages, "soak-images", 0, "images at the upstream for the soak scenario (default 400, 80 with -quick)")
 	fs.BoolVar(&opts.keep, "keep", false, "keep the temporary directory (logs, configs, stores)")
 	if err := fs.Parse(args); err != nil {
 		return opts, err
@@ -130,6 +142,13 @@ func parseFlags(args []string) (options, error) {
 	def(&opts.coldRuns, 3, 1)
 	def(&opts.loadRounds, 3, 1)
 	def(&opts.verdictLayers, 6, 3)
+	def(&opts.soakImages, 400, 80)
+	if opts.soakDuration == 0 {
+		opts.soakDuration = 5 * time.Minute
+		if opts.quick {
+			opts.soakDuration = 45 * time.Second
+		}
+	}
 	switch {
 	case verdictSize != "":
 		n, err := parseSize(verdictSize)
@@ -160,8 +179,9 @@ func parseFlags(args []string) (options, error) {
 	default:
 		opts.size = 1 << 30
 	}
-	if opts.concurrency < 1 || opts.clients < 1 || opts.warmRuns < 1 || opts.coldRuns < 1 || opts.loadRounds < 1 || opts.verdictLayers < 1 {
-		return opts, errors.New("-concurrency, -clients, -warm-runs, -cold-runs, -rounds and -verdict-layers must be positive")
+	if opts.concurrency < 1 || opts.clients < 1 || opts.warmRuns < 1 || opts.coldRuns < 1 || opts.loadRounds < 1 || opts.verdictLayers < 1 ||
+		opts.soakClients < 1 || opts.soakImages < cachedShare {
+		return opts, fmt.Errorf("-concurrency, -clients, -warm-runs, -cold-runs, -rounds, -verdict-layers and -soak-clients must be positive, -soak-images at least %d", cachedShare)
 	}
 	opts.command = "go run ./bench " + strings.Join(args, " ")
 	opts.progress = os.Stderr

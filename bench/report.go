@@ -170,6 +170,15 @@ func (r *results) summary() []summaryRow {
 		row.verdict = verdict(g.PeakRSS < targetRSSMiB*mib)
 	}
 	rows = append(rows, row)
+
+	if sr := r.Soak; sr != nil {
+		row = summaryRow{measure: fmt.Sprintf("7. soak, %d clients for %s: failed pulls; growth after warm-up", sr.Clients, fmtDur(sr.Duration)),
+			target: "0 failed, no growth", ratio: "—", peer: "—"}
+		grew := sr.grew()
+		row.gatehouse = fmt.Sprintf("%d of %d failed; %s", sr.Failures, sr.Pulls, orDash(strings.Join(grew, ", ")))
+		row.verdict = verdict(sr.Failures == 0 && sr.Pulls > 0 && len(grew) == 0)
+		rows = append(rows, row)
+	}
 	return rows
 }
 
@@ -336,6 +345,7 @@ func writeReport(w io.Writer, opts options, r *results) error {
 	}
 
 	writeVerdict(p, r)
+	writeSoak(p, r)
 
 	p(explanation, size, opts.clients, opts.warmRuns, opts.coldRuns, opts.concurrency, opts.duration, opts.loadRounds)
 	_, err := io.WriteString(w, b.String())
@@ -554,4 +564,46 @@ func fmtDurOrDash(d time.Duration) string {
 		return "—"
 	}
 	return fmtDur(d)
+}
+
+func writeSoak(p func(string, ...any), r *results) {
+	sr := r.Soak
+	if sr == nil {
+		if why, ok := r.Failures[sSoak+"/"+tGatehouse]; ok {
+			p("\n### 7. Soak\n\nNot measured: %s\n", oneLine(why))
+		}
+		return
+	}
+	p("\n### 7. Soak: %d clients pulling cached and cold images\n\n", sr.Clients)
+	p("%d images of %d layers of %s of random bytes at the upstream; %d of them pulled through gatehouse before the clients start (cached). "+
+		"%d clients then pull without pause for a warm-up and %s more: the other images are released one by one, evenly over the run, each to the next pull that starts (cold); every other pull takes a random cached image.\n\n",
+		sr.Images, soakLayers, fmtBytes(soakLayerSize), sr.Cached, sr.Clients, fmtDur(sr.Duration))
+	p("| pulls | of them cold | failed | blob bytes read | pulls/s |\n|---:|---:|---:|---:|---:|\n")
+	rate := 0.0
+	if sr.Duration > 0 {
+		rate = float64(sr.Pulls) / sr.Duration.Seconds()
+	}
+	p("| %d | %d | %d | %s | %.0f |\n", sr.Pulls, sr.ColdPulls, sr.Failures, fmtBytes(sr.Bytes), rate)
+	if sr.FirstError != "" {
+		p("\nFirst failure: %s\n", oneLine(sr.FirstError))
+	}
+	p("\n| gatehouse | after warm-up (settled) | peak (1 s samples) | at the end (settled) |\n|---|---:|---:|---:|\n")
+	p("| goroutines (`go_goroutines`) | %d | %d | %d |\n", sr.Warm.Goroutines, sr.Peak.Goroutines, sr.End.Goroutines)
+	p("| open files (`process_open_fds`) | %d | %d | %d |\n", sr.Warm.FDs, sr.Peak.FDs, sr.End.FDs)
+	p("| RSS (VmRSS) | %s | %s | %s |\n", fmtBytes(sr.Warm.RSS), fmtBytes(sr.Peak.RSS), fmtBytes(sr.End.RSS))
+	grew := sr.grew()
+	p("\nGrowth from the warm-up to the end beyond the slack (%d goroutines or files; RSS over twice the warm value + 64 MiB): %s.\n",
+		soakSlack, orDash(strings.Join(grew, ", ")))
+	if why, ok := r.Failures[sSoak+"/"+tGatehouse]; ok {
+		p("\nIncomplete: %s\n", oneLine(why))
+	}
+	p(`
+Each pull is a client's: the manifest by tag, then the config and every
+layer, %d blobs at a time on fresh connections, each body checked for
+length and sha256; a failed pull is any error, status other than 200 or
+mismatch. "Settled" is the smallest of five samples 200 ms apart once the
+clients have stopped, so requests just finished do not count while a leak
+(a goroutine or file per pull) would. Gatehouse runs with the gate off:
+the scenario measures the proxy and its cache, not the scanner.
+`, pullConcurrency)
 }

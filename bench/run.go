@@ -39,6 +39,7 @@ type results struct {
 	Fanout   map[string]fanout          // target -> the concurrent cold clients run
 	Failures map[string]string          // scenario+"/"+target -> why it has no figure
 	Verdict  *verdictResult             // scenario 6; nil when not run
+	Soak     *soakResult                // scenario 7; nil when not run
 }
 
 // fanout is the outcome of N concurrent cold clients of one blob.
@@ -198,6 +199,12 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 			return nil, ctx.Err()
 		}
 		b.fail(sVerdict, tGatehouse, err)
+	}
+	if err := b.soak(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		b.fail(sSoak, tGatehouse, err)
 	}
 	b.res.Machine.LoadEnd = readLoadavg()
 	b.res.Finished = time.Now().UTC()

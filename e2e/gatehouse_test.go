@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -320,7 +321,7 @@ func (g *Gatehouse) start(t testing.TB) error {
 	var once sync.Once
 	stop := func(t testing.TB) {
 		once.Do(func() {
-			if err := p.Stop(t); err != nil {
+			if err := p.Stop(t); err != nil && !p.Killed() {
 				t.Errorf("gatehouse did not exit cleanly on SIGTERM: %v", err)
 			}
 		})
@@ -336,6 +337,45 @@ func (g *Gatehouse) start(t testing.TB) error {
 func (g *Gatehouse) Stop(t testing.TB) {
 	t.Helper()
 	g.stop(t)
+}
+
+// Kill ends gatehouse with SIGKILL (no shutdown runs); Start brings it back
+// on the same data directory.
+func (g *Gatehouse) Kill(t testing.TB) {
+	t.Helper()
+	g.proc.Kill(t)
+}
+
+// Metric returns the sum of the samples of a metric family (every label
+// set) on gatehouse's /metrics, e.g. "go_goroutines" or
+// "gatehouse_scan_duration_seconds_count"; it fails the test when the
+// family is absent.
+func (g *Gatehouse) Metric(t testing.TB, name string) float64 {
+	t.Helper()
+	resp := g.Do(t, http.MethodGet, "/metrics")
+	if resp.Status != http.StatusOK {
+		t.Fatalf("GET /metrics: %s", resp)
+	}
+	sum, found := 0.0, false
+	for _, line := range strings.Split(string(resp.Body), "\n") {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		fields := strings.Fields(rest[strings.LastIndexByte(rest, '}')+1:])
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			t.Fatalf("/metrics line %q: %v", line, err)
+		}
+		sum, found = sum+v, true
+	}
+	if !found {
+		t.Fatalf("/metrics has no %s", name)
+	}
+	return sum
 }
 
 // Restart stops gatehouse and starts it again on the same data directory.

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +34,7 @@ type Process struct {
 	err  error // valid once done is closed
 
 	stopOnce sync.Once
+	killed   atomic.Bool // ended by Kill: its exit status is not a failure
 }
 
 // StartProcess starts argv with its output appended to logPath; env
@@ -122,6 +124,20 @@ func (p *Process) Stop(t testing.TB) error {
 	<-p.done
 	return p.err
 }
+
+// Kill ends the process group with SIGKILL at once, as a crash or the OOM
+// killer would (no shutdown code runs), and waits until it is gone.
+func (p *Process) Kill(t testing.TB) {
+	t.Helper()
+	p.killed.Store(true)
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("%s: SIGKILL: %v", p.Name, err)
+	}
+	<-p.done
+}
+
+// Killed reports whether Kill ended the process.
+func (p *Process) Killed() bool { return p.killed.Load() }
 
 // Log returns the whole log file.
 func (p *Process) Log() string {

@@ -285,6 +285,13 @@ func parseManifest(s *Subject) (*manifestInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing manifest: %w", err)
 	}
+	// A descriptor without a digest cannot be fetched, so the image cannot
+	// be judged: refuse it rather than judge a part of it.
+	for i, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		if d.Digest.Algorithm == "" || d.Size < 0 {
+			return nil, fmt.Errorf("parsing manifest: descriptor %d has no digest or a negative size", i)
+		}
+	}
 	at := string(m.Config.MediaType)
 	var a struct {
 		ArtifactType string `json:"artifactType"`

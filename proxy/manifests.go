@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -283,7 +284,40 @@ func manifestMediaType(data []byte, contentType string) (string, *Error) {
 	if isIndex && doc.Manifests == nil || !isIndex && doc.Config == nil {
 		return "", errorf(CodeManifestInvalid, "manifest content does not match its media type %s", mt)
 	}
+	if err := checkDescriptors(data, isIndex); err != nil {
+		return "", errorf(CodeManifestInvalid, "upstream %s is malformed: %v", mt, err)
+	}
 	return mt, nil
+}
+
+// checkDescriptors checks that every descriptor of a manifest (config and
+// layers) or index (children) has a sha256 digest and a size that is not
+// negative: clients, the cache and the gate follow them by digest, and a
+// manifest pointing nowhere must not be cached or judged.
+func checkDescriptors(data []byte, isIndex bool) error {
+	var descs []v1.Descriptor
+	if isIndex {
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(data))
+		if err != nil {
+			return err
+		}
+		descs = idx.Manifests
+	} else {
+		m, err := v1.ParseManifest(bytes.NewReader(data))
+		if err != nil {
+			return err
+		}
+		descs = append([]v1.Descriptor{m.Config}, m.Layers...)
+	}
+	for i, d := range descs {
+		if d.Digest.Algorithm == "" {
+			return fmt.Errorf("descriptor %d has no digest", i)
+		}
+		if d.Size < 0 {
+			return fmt.Errorf("descriptor %d has a negative size", i)
+		}
+	}
+	return nil
 }
 
 func knownManifestType(mt string) bool {

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -519,8 +521,11 @@ func TestRouting(t *testing.T) {
 	}
 }
 
+// Hostile routing input is refused before anything is dialed: every
+// configured upstream points at a listener that counts connections, and
+// none of these requests may reach it (nor anything else: an unconfigured
+// host is never dialed at all).
 func TestUnconfiguredUpstreamNeverDialed(t *testing.T) {
-	// A listener that records every connection: it must see none.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -537,25 +542,72 @@ func TestUnconfiguredUpstreamNeverDialed(t *testing.T) {
 			c.Close()
 		}
 	}()
-	e := newEnv(t, nil)
-	target := ln.Addr().String()
-	for _, path := range []string{
-		"/v2/x/manifests/latest?ns=" + url.QueryEscape(target),
-		"/v2/" + target + "/x/manifests/latest",
-		"/v2/x/blobs/sha256:" + strings.Repeat("a", 64) + "?ns=" + url.QueryEscape(target),
-		"/v2/x/manifests/latest?ns=169.254.169.254",
-		"/v2/x/manifests/latest?ns=localhost:22",
-		"/v2/x/manifests/latest?ns=%5B::1%5D",
-	} {
-		resp := e.get("GET", path)
-		body := readAll(t, resp)
-		if resp.StatusCode < 400 {
-			t.Errorf("%s: status %d, want refusal", path, resp.StatusCode)
+	e := newEnv(t, func(cfg *config.Config) {
+		for i := range cfg.Upstreams {
+			cfg.Upstreams[i].URL = "http://" + ln.Addr().String()
 		}
-		_ = body
+	})
+	target := ln.Addr().String()
+	dg := "sha256:" + strings.Repeat("a", 64)
+	long := strings.Repeat("a", 250) + "/" + strings.Repeat("b", 10)
+	for _, tc := range []struct{ name, path, code string }{
+		{"ns is the listener", "/v2/x/manifests/latest?ns=" + url.QueryEscape(target), "DENIED"},
+		{"ns blob", "/v2/x/blobs/" + dg + "?ns=" + url.QueryEscape(target), "DENIED"},
+		{"ns cloud metadata", "/v2/x/manifests/latest?ns=169.254.169.254", "DENIED"},
+		{"ns metadata port 80", "/v2/x/manifests/latest?ns=169.254.169.254%3A80", "DENIED"},
+		{"ns localhost ssh", "/v2/x/manifests/latest?ns=localhost:22", "DENIED"},
+		{"ns ipv6 loopback", "/v2/x/manifests/latest?ns=%5B::1%5D", "NAME_INVALID"},
+		{"ns ipv6 loopback port", "/v2/x/manifests/latest?ns=%5B::1%5D:5000", "DENIED"},
+		{"ns userinfo", "/v2/x/manifests/latest?ns=user%40" + url.QueryEscape(target), "NAME_INVALID"},
+		{"ns configured after userinfo", "/v2/x/manifests/latest?ns=evil%40other.example", "NAME_INVALID"},
+		{"ns encoded slash", "/v2/x/manifests/latest?ns=other.example%2F..%2F" + url.QueryEscape(target), "NAME_INVALID"},
+		{"ns dot dot", "/v2/x/manifests/latest?ns=..", "NAME_INVALID"},
+		{"ns scheme", "/v2/x/manifests/latest?ns=http%3A%2F%2F" + url.QueryEscape(target), "NAME_INVALID"},
+		{"ns empty", "/v2/x/manifests/latest?ns=", "NAME_INVALID"},
+		{"ns twice", "/v2/x/manifests/latest?ns=other.example&ns=" + url.QueryEscape(target), "NAME_INVALID"},
+		{"ns over-long", "/v2/x/manifests/latest?ns=" + strings.Repeat("a", 300) + ".io", "NAME_INVALID"},
+		{"ns label over 63", "/v2/x/manifests/latest?ns=" + strings.Repeat("a", 64) + ".io", "NAME_INVALID"},
+		{"ns bad port", "/v2/x/manifests/latest?ns=other.example:99999", "NAME_INVALID"},
+		{"malformed query", "/v2/x/manifests/latest?ns=%zz", "NAME_INVALID"},
+		{"path prefix listener", "/v2/" + target + "/x/manifests/latest", "NAME_INVALID"},
+		{"path prefix metadata with port", "/v2/169.254.169.254:80/latest/manifests/x", "NAME_INVALID"},
+		{"name with @", "/v2/team/app@evil/manifests/latest", "NAME_INVALID"},
+		{"name with encoded slash", "/v2/other.example%2Fteam/manifests/latest", "NAME_INVALID"},
+		{"name with dot dot", "/v2/team/../../app/manifests/latest", "NAME_INVALID"},
+		{"name with upper case", "/v2/Team/app/manifests/latest", "NAME_INVALID"},
+		{"component separator run", "/v2/team/a___b/manifests/latest", "NAME_INVALID"},
+		{"component leading dash", "/v2/team/-app/manifests/latest", "NAME_INVALID"},
+		{"empty component", "/v2/team//app/manifests/latest", "NAME_INVALID"},
+		{"name over 255", "/v2/" + long + "/manifests/latest", "NAME_INVALID"},
+		{"tag over 128", "/v2/team/app/manifests/" + strings.Repeat("t", 129), "MANIFEST_INVALID"},
+		{"digest algorithm", "/v2/team/app/blobs/md5:" + strings.Repeat("a", 32), "DIGEST_INVALID"},
+		{"digest short", "/v2/team/app/blobs/sha256:abc", "DIGEST_INVALID"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Raw paths as a hostile client sends them, unnormalised.
+			conn, err := net.Dial("tcp", e.ghHost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", tc.path, e.ghHost)
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := readAll(t, resp)
+			if got := ociCode(t, body); got != tc.code {
+				t.Errorf("%s: %d %s, want %s", tc.path, resp.StatusCode, body, tc.code)
+			}
+		})
 	}
 	if n := conns.Load(); n != 0 {
-		t.Fatalf("unconfigured upstream was dialed %d times", n)
+		t.Fatalf("hostile requests made %d upstream connections", n)
+	}
+	// The counter counts: a request for the configured upstream dials it.
+	readAll(t, e.get("GET", "/v2/x/manifests/latest"))
+	if conns.Load() == 0 {
+		t.Fatal("a request to the configured upstream made no connection: the counting listener is not wired")
 	}
 }
 
@@ -783,11 +835,20 @@ func TestEvictionLRU(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
-	// Idle keep-alive connections of http.DefaultClient are not leaks.
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+	code := m.Run()
+	// The tests' own clients keep idle connections; close them, then
+	// anything still running is a leak of the code under test.
+	http.DefaultClient.CloseIdleConnections()
+	if t, ok := remote.DefaultTransport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // The in-process transport serves a go-containerregistry client through

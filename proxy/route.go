@@ -141,6 +141,11 @@ func route(cfg *config.Config, r *http.Request) (*Route, *Error) {
 	if perr != nil {
 		return nil, perr
 	}
+	// net/url decodes %2F into the path: "a%2Fb" would become the two
+	// components "a/b" (or an upstream prefix). No valid name needs it.
+	if strings.Contains(strings.ToLower(r.URL.RawPath), "%2f") {
+		return nil, errorf(CodeNameInvalid, "encoded slash (%%2F) in the path: repository names are written with plain slashes")
+	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		return nil, errorf(CodeNameInvalid, "malformed query string")
