@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -144,6 +145,7 @@ const (
 	ReasonArtifact   = "artifact"
 	ReasonIndex      = "index"
 	ReasonScanError  = "scan_error"
+	ReasonScanLimit  = "scan_limit"
 	ReasonUnsigned   = "signature"
 )
 
@@ -168,3 +170,26 @@ func (e *ScanError) Error() string {
 }
 
 func (e *ScanError) Unwrap() error { return e.Err }
+
+// Limits named by a LimitError: the fields of gate.scanLimits. They are the
+// label values of gatehouse_scan_limits_exceeded_total.
+const (
+	LimitLayerSize  = "maxLayerSize"
+	LimitLayerFiles = "maxLayerFiles"
+)
+
+// LimitError is a scan stopped because a layer broke one of gate.scanLimits
+// while it was read: a decompression bomb, or a layer too large to analyse.
+// The image is denied (fail closed) unless its rule is in audit mode.
+type LimitError struct {
+	// Limit is LimitLayerSize or LimitLayerFiles.
+	Limit string
+	// Layer is the layer's diffID.
+	Layer string
+	// Max is the limit's value: bytes or tar entries.
+	Max int64
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("layer %s exceeds gate.scanLimits.%s (%d)", e.Layer, e.Limit, e.Max)
+}

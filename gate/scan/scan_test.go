@@ -7,11 +7,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +22,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/goleak"
 
@@ -27,6 +31,7 @@ import (
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 	trivylog "github.com/aquasecurity/trivy/pkg/log"
 
+	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/scan/scantest"
 )
 
@@ -551,25 +556,228 @@ func TestSwapUnderConcurrentScans(t *testing.T) {
 	t.Logf("%d scans during 6 swaps", scans.Load())
 }
 
+// bombLayer returns a gzip layer whose tar stream write produces, and the
+// size of its compressed blob.
+func bombLayer(t *testing.T, write func(w io.Writer, tw *tar.Writer) error) (v1.Layer, int) {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	if err := write(zw, tw); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, len(b)
+}
+
+// zeros writes n zero bytes to w.
+func zeros(w io.Writer, n int64) error {
+	_, err := io.CopyN(w, zeroReader{}, n)
+	return err
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// paxRecord is one "length key=value\n" record of a PAX header.
+func paxRecord(k, v string) string {
+	rec := " " + k + "=" + v + "\n"
+	n := len(rec)
+	for len(strconv.Itoa(n))+len(rec) != n {
+		n = len(strconv.Itoa(n)) + len(rec)
+	}
+	return strconv.Itoa(n) + rec
+}
+
+// writeSparse writes a GNU sparse file (PAX format 0.1) that declares
+// size bytes and holds one byte of data: archive/tar reads it back as size
+// bytes, almost all of them holes that take no room in the stream.
+// archive/tar's writer drops GNU.sparse records, so the PAX header is
+// written as a regular entry and its type flag patched by the caller
+// (patchPAX).
+func writeSparse(tw *tar.Writer, name string, size int64) error {
+	pax := paxRecord("GNU.sparse.size", strconv.FormatInt(size, 10)) +
+		paxRecord("GNU.sparse.numblocks", "1") + paxRecord("GNU.sparse.map", "0,1")
+	if err := tw.WriteHeader(&tar.Header{Name: "PaxHeaders/" + path.Base(name), Typeflag: tar.TypeReg, Size: int64(len(pax)), Format: tar.FormatUSTAR}); err != nil {
+		return err
+	}
+	if _, err := tw.Write([]byte(pax)); err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o755, Size: 1, Format: tar.FormatUSTAR}); err != nil {
+		return err
+	}
+	_, err := tw.Write([]byte{0x7f})
+	return err
+}
+
+// patchPAX turns the header block at off of a tar stream into a PAX
+// extended header ('x') and fixes its checksum.
+func patchPAX(b []byte, off int) {
+	blk := b[off : off+512]
+	blk[156] = tar.TypeXHeader
+	copy(blk[148:156], "        ")
+	sum := 0
+	for _, c := range blk {
+		sum += int(c)
+	}
+	copy(blk[148:156], fmt.Sprintf("%06o\x00 ", sum))
+}
+
 func TestLimits(t *testing.T) {
+	const limit = 4 << 20 // bytes
 	tests := []struct {
-		name string
-		opt  func(*Options)
+		name   string
+		opt    func(*Options)
+		layer  func(t *testing.T) (v1.Layer, int)
+		broken string // the limit the scan must break
 	}{
-		{"size", func(o *Options) { o.MaxLayerSize = 2048 }},
-		{"files", func(o *Options) { o.MaxFiles = 3 }},
+		{"size: one file of 32 MiB of zeros", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) (v1.Layer, int) {
+			return bombLayer(t, func(_ io.Writer, tw *tar.Writer) error {
+				if err := tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Mode: 0o644, Size: 32 << 20}); err != nil {
+					return err
+				}
+				if err := zeros(tw, 32<<20); err != nil {
+					return err
+				}
+				return tw.Close()
+			})
+		}, gate.LimitLayerSize},
+		{"size: 32 MiB of zeros after the end of the archive", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) (v1.Layer, int) {
+			return bombLayer(t, func(w io.Writer, tw *tar.Writer) error {
+				if err := tw.WriteHeader(&tar.Header{Name: "etc/hostname", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5}); err != nil {
+					return err
+				}
+				if _, err := tw.Write([]byte("host\n")); err != nil {
+					return err
+				}
+				if err := tw.Close(); err != nil {
+					return err
+				}
+				return zeros(w, 32<<20) // Trivy reads a layer to its end
+			})
+		}, gate.LimitLayerSize},
+		{"size: sparse file declaring 32 MiB in a few bytes", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) (v1.Layer, int) {
+			var raw bytes.Buffer
+			tw := tar.NewWriter(&raw)
+			if err := writeSparse(tw, "usr/local/bin/app", 32<<20); err != nil {
+				t.Fatal(err)
+			}
+			if err := tw.Close(); err != nil {
+				t.Fatal(err)
+			}
+			b := raw.Bytes()
+			patchPAX(b, 0)
+			// The stream itself is far under the limit: only the declared
+			// size can catch this one.
+			if len(b) >= limit {
+				t.Fatalf("sparse tar is %d bytes", len(b))
+			}
+			tr := tar.NewReader(bytes.NewReader(b))
+			if h, err := tr.Next(); err != nil || h.Size != 32<<20 || h.Name != "usr/local/bin/app" {
+				t.Fatalf("sparse entry reads back as %+v, %v", h, err)
+			}
+			return bombLayer(t, func(w io.Writer, _ *tar.Writer) error { _, err := w.Write(b); return err })
+		}, gate.LimitLayerSize},
+		{"files: 5000 empty files", func(o *Options) { o.MaxLayerFiles = 1000 }, func(t *testing.T) (v1.Layer, int) {
+			return bombLayer(t, func(_ io.Writer, tw *tar.Writer) error {
+				for i := range 5000 {
+					if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("f/%d", i), Typeflag: tar.TypeReg, Mode: 0o644}); err != nil {
+						return err
+					}
+				}
+				return tw.Close()
+			})
+		}, gate.LimitLayerFiles},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newScanner(t, v1DB(), tt.opt)
-			rep, err := s.Scan(context.Background(), scantest.VulnerableAlpine(), "big")
-			if !errors.Is(err, ErrLimit) {
-				t.Fatalf("Scan = %v, %v; want ErrLimit", rep, err)
+			l, compressed := tt.layer(t)
+			t.Logf("compressed layer: %d bytes", compressed)
+			diffID, err := l.DiffID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := scantest.Append(scantest.VulnerableAlpine(), []v1.Layer{l})
+			rep, err := s.Scan(context.Background(), img, "bomb")
+			var le *gate.LimitError
+			if !errors.As(err, &le) {
+				t.Fatalf("Scan = %+v, %v; want a *gate.LimitError", rep, err)
+			}
+			if le.Limit != tt.broken || le.Layer != diffID.String() {
+				t.Fatalf("limit error %+v, want %s of layer %s", le, tt.broken, diffID)
+			}
+			t.Log(err)
+			// Nothing of the layer was cached: the next scan reads it
+			// again and fails again.
+			if rep, err := s.Scan(context.Background(), img, "bomb"); !errors.As(err, &le) {
+				t.Fatalf("second scan = %+v, %v; want a *gate.LimitError", rep, err)
 			}
 		})
 	}
-	s := newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = 1 << 20; o.MaxFiles = 100 })
-	equal(t, "within limits", got(scan(t, s, scantest.VulnerableAlpine(), "a").Vulns), wantAlpine)
+	t.Run("within limits", func(t *testing.T) {
+		s := newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = 1 << 20; o.MaxLayerFiles = 100 })
+		equal(t, "within limits", got(scan(t, s, scantest.VulnerableAlpine(), "a").Vulns), wantAlpine)
+	})
+}
+
+// TestLimitReaderStops: the tar watcher's goroutine ends whether the
+// stream is read to its end, stopped by a limit or abandoned half-way.
+func TestLimitReaderStops(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	files := scantest.Files{}
+	for i := range 200 {
+		files[fmt.Sprintf("d/%03d", i)] = bytes.Repeat([]byte{'x'}, 1000)
+	}
+	base := scantest.Layer(files)
+	open := func(lim limits) (*image, io.ReadCloser) {
+		img := &image{Image: scantest.Image([]v1.Layer{base}), limits: lim}
+		l, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := l[0].Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img, rc
+	}
+	t.Run("read to the end", func(t *testing.T) {
+		_, rc := open(limits{bytes: 1 << 20, files: 1000})
+		if _, err := io.Copy(io.Discard, rc); err != nil {
+			t.Fatal(err)
+		}
+		rc.Close()
+	})
+	t.Run("files", func(t *testing.T) {
+		_, rc := open(limits{files: 50})
+		_, err := io.Copy(io.Discard, rc)
+		var le *gate.LimitError
+		if !errors.As(err, &le) || le.Limit != gate.LimitLayerFiles {
+			t.Fatalf("read: %v", err)
+		}
+		if _, err := rc.Read(make([]byte, 10)); !errors.As(err, &le) {
+			t.Fatalf("read after the limit: %v", err)
+		}
+		rc.Close()
+	})
+	t.Run("abandoned", func(t *testing.T) {
+		img, rc := open(limits{bytes: 1 << 20})
+		if _, err := io.ReadFull(rc, make([]byte, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		img.closeAll() // as Scan does when it ends
+		rc.Close()
+	})
 }
 
 // failingImage's layers fail half-way through.
