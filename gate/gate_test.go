@@ -18,8 +18,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
@@ -33,8 +33,8 @@ type fakeScanner struct {
 	vulns   map[string][]Vuln // by image name prefix (upstream/repo)
 	scans   atomic.Int32
 	rescans atomic.Int32
-	running atomic.Int32 // scans under way
-	most    atomic.Int32 // the most scans ever under way at once
+	running atomic.Int32  // scans under way
+	most    atomic.Int32  // the most scans ever under way at once
 	block   chan struct{} // when set, Scan waits for it
 	err     error
 }
