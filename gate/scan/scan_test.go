@@ -22,7 +22,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/goleak"
 
@@ -556,37 +555,6 @@ func TestSwapUnderConcurrentScans(t *testing.T) {
 	t.Logf("%d scans during 6 swaps", scans.Load())
 }
 
-// bombLayer returns a gzip layer whose tar stream write produces, and the
-// size of its compressed blob.
-func bombLayer(t *testing.T, write func(w io.Writer, tw *tar.Writer) error) (v1.Layer, int) {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	if err := write(zw, tw); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l, len(b)
-}
-
-// zeros writes n zero bytes to w.
-func zeros(w io.Writer, n int64) error {
-	_, err := io.CopyN(w, zeroReader{}, n)
-	return err
-}
-
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
-
 // paxRecord is one "length key=value\n" record of a PAX header.
 func paxRecord(k, v string) string {
 	rec := " " + k + "=" + v + "\n"
@@ -637,22 +605,14 @@ func TestLimits(t *testing.T) {
 	tests := []struct {
 		name   string
 		opt    func(*Options)
-		layer  func(t *testing.T) (v1.Layer, int)
+		layer  func(t *testing.T) v1.Layer
 		broken string // the limit the scan must break
 	}{
-		{"size: one file of 32 MiB of zeros", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) (v1.Layer, int) {
-			return bombLayer(t, func(_ io.Writer, tw *tar.Writer) error {
-				if err := tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Mode: 0o644, Size: 32 << 20}); err != nil {
-					return err
-				}
-				if err := zeros(tw, 32<<20); err != nil {
-					return err
-				}
-				return tw.Close()
-			})
+		{"size: one file of 32 MiB of zeros", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) v1.Layer {
+			return scantest.Zeros(32 << 20)
 		}, gate.LimitLayerSize},
-		{"size: 32 MiB of zeros after the end of the archive", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) (v1.Layer, int) {
-			return bombLayer(t, func(w io.Writer, tw *tar.Writer) error {
+		{"size: 32 MiB of zeros after the end of the archive", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) v1.Layer {
+			return scantest.GzipLayer(func(w io.Writer, tw *tar.Writer) error {
 				if err := tw.WriteHeader(&tar.Header{Name: "etc/hostname", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5}); err != nil {
 					return err
 				}
@@ -662,10 +622,11 @@ func TestLimits(t *testing.T) {
 				if err := tw.Close(); err != nil {
 					return err
 				}
-				return zeros(w, 32<<20) // Trivy reads a layer to its end
+				_, err := w.Write(make([]byte, 32<<20)) // Trivy reads a layer to its end
+				return err
 			})
 		}, gate.LimitLayerSize},
-		{"size: sparse file declaring 32 MiB in a few bytes", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) (v1.Layer, int) {
+		{"size: sparse file declaring 32 MiB in a few bytes", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) v1.Layer {
 			var raw bytes.Buffer
 			tw := tar.NewWriter(&raw)
 			if err := writeSparse(tw, "usr/local/bin/app", 32<<20); err != nil {
@@ -685,23 +646,20 @@ func TestLimits(t *testing.T) {
 			if h, err := tr.Next(); err != nil || h.Size != 32<<20 || h.Name != "usr/local/bin/app" {
 				t.Fatalf("sparse entry reads back as %+v, %v", h, err)
 			}
-			return bombLayer(t, func(w io.Writer, _ *tar.Writer) error { _, err := w.Write(b); return err })
+			return scantest.GzipLayer(func(w io.Writer, _ *tar.Writer) error { _, err := w.Write(b); return err })
 		}, gate.LimitLayerSize},
-		{"files: 5000 empty files", func(o *Options) { o.MaxLayerFiles = 1000 }, func(t *testing.T) (v1.Layer, int) {
-			return bombLayer(t, func(_ io.Writer, tw *tar.Writer) error {
-				for i := range 5000 {
-					if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("f/%d", i), Typeflag: tar.TypeReg, Mode: 0o644}); err != nil {
-						return err
-					}
-				}
-				return tw.Close()
-			})
+		{"files: 5000 empty files", func(o *Options) { o.MaxLayerFiles = 1000 }, func(t *testing.T) v1.Layer {
+			return scantest.ManyFiles(5000)
 		}, gate.LimitLayerFiles},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newScanner(t, v1DB(), tt.opt)
-			l, compressed := tt.layer(t)
+			l := tt.layer(t)
+			compressed, err := l.Size()
+			if err != nil {
+				t.Fatal(err)
+			}
 			t.Logf("compressed layer: %d bytes", compressed)
 			diffID, err := l.DiffID()
 			if err != nil {
