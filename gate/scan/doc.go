@@ -24,14 +24,17 @@
 // Options.MaxLayerSize and Options.MaxLayerFiles bound each layer a scan
 // reads (gate.scanLimits). Trivy v0.74 reads a layer through
 // LayerByDiffID(...).Uncompressed() and walks it with archive/tar; the
-// Scanner wraps that stream. Its bytes are counted, and a copy is parsed
-// by archive/tar on a goroutine in lock step with the reads, so the header
-// of one entry too many, or of a file whose declared size (a sparse file's
-// holes take no stream bytes) breaks the size limit, fails the read that
-// completes it, before Trivy sees it. The error is a *gate.LimitError
-// naming the limit and the layer. Trivy ignores the error of its last read
-// of a layer (past the tar's end), so a breach is also recorded per layer:
-// such a layer's analysis is never cached, and Scan returns the error.
+// Scanner wraps that stream: a goroutine reads the layer ahead of Trivy,
+// counts its bytes and parses it with archive/tar, and hands bytes on to
+// Trivy only once every tar header they complete has been checked. So the
+// header of one entry too many, or of a file whose declared size (a sparse
+// file's holes take no stream bytes) breaks the size limit, never reaches
+// Trivy: its read fails instead. The error is a *gate.LimitError naming the
+// limit and the layer. Trivy ignores the error of its last read of a layer
+// (past the tar's end), so a breach is also recorded per layer: such a
+// layer's analysis is never cached, and Scan returns the error. The
+// read-ahead is bounded (a few 32 KiB chunks) and the goroutine ends when
+// the stream is closed, or when the scan ends at the latest.
 //
 // # Layer cache
 //

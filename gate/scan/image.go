@@ -2,6 +2,7 @@ package scan
 
 import (
 	"archive/tar"
+	"errors"
 	"io"
 	"maps"
 	"slices"
@@ -30,7 +31,7 @@ type image struct {
 // errors (it reads a layer's tail after the tar's end and ignores the
 // result), so a breach is kept here as well and checked before the layer's
 // analysis is cached and before the scan returns.
-func (i *image) breach(diffID string, err error) error {
+func (i *image) breach(diffID string, err error) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	if i.broken == nil {
@@ -39,7 +40,6 @@ func (i *image) breach(diffID string, err error) error {
 	if _, ok := i.broken[diffID]; !ok {
 		i.broken[diffID] = err
 	}
-	return err
 }
 
 // breached returns the limit error of layer diffID, or with diffID "" of
@@ -154,9 +154,10 @@ func (l *layer) Uncompressed() (io.ReadCloser, error) {
 		rc.Close()
 		return nil, err
 	}
-	lr := &limitReader{rc: rc, diffID: diffID.String(), lim: lim, img: l.img}
-	lr.tar = newTarWatch(lr.checkEntry)
+	lr := &limitReader{rc: rc, diffID: diffID.String(), lim: lim, img: l.img,
+		out: make(chan []byte, outChunks), quit: make(chan struct{}), done: make(chan struct{})}
 	l.img.track(lr, true)
+	go lr.watch()
 	return lr, nil
 }
 
@@ -166,149 +167,214 @@ type limits struct {
 	files int64 // tar entries of a layer
 }
 
-// limitReader fails the read that takes a layer past a limit, before Trivy
-// sees the bytes: past limits.bytes of the stream, or completing the tar
-// header of one entry too many, or of an entry whose size takes the sum of
-// the entries' sizes past limits.bytes. The declared sizes count because
-// archive/tar expands the holes of a sparse file: a few bytes of stream can
-// declare a terabyte file, which Trivy would copy to a temporary file.
+// releaseSize is how many checked bytes the watcher gathers before it hands
+// them to the reader: large enough that the hand-over costs little per
+// byte, small enough to bound the read-ahead (outChunks of them).
+const (
+	releaseSize = 32 << 10
+	outChunks   = 4
+)
+
+// limitReader is the layer stream Trivy reads. A watcher goroutine reads
+// the layer ahead of it and parses it with archive/tar — the parser Trivy's
+// walker uses, so both see the same entries — and hands bytes on only once
+// the parser has asked for more input after them: every tar header they
+// complete has been checked by then. The stream fails, before Trivy sees
+// the header that breaks a limit, on: more than limits.bytes of stream,
+// more than limits.files entries, or entries whose declared sizes add up to
+// more than limits.bytes. The declared sizes count because archive/tar
+// expands the holes of a sparse file: a few bytes of stream can declare a
+// terabyte file, which Trivy would copy to a temporary file.
 type limitReader struct {
 	rc     io.ReadCloser
 	diffID string
 	lim    limits
 	img    *image
-	n      int64 // stream bytes read
-	tar    *tarWatch
 
-	// Written by the watcher goroutine, read after feed returns.
-	entries, declared int64
+	out  chan []byte   // checked bytes, in order; closed after the last
+	quit chan struct{} // closed by Close
+	done chan struct{} // closed when the watcher has returned
+	err  error         // why out was closed (nil: the layer's end); set before it is
 
+	buf       []byte // the part of a chunk not read yet
 	closeOnce sync.Once
 	closeErr  error
 }
 
 func (r *limitReader) Read(p []byte) (int, error) {
-	n, err := r.rc.Read(p)
-	r.n += int64(n)
-	if r.lim.bytes > 0 && r.n > r.lim.bytes {
-		return 0, r.img.breach(r.diffID, &gate.LimitError{Limit: gate.LimitLayerSize, Layer: r.diffID, Max: r.lim.bytes})
-	}
-	if n > 0 {
-		if lerr := r.tar.feed(p[:n]); lerr != nil {
-			return 0, r.img.breach(r.diffID, lerr)
+	for len(r.buf) == 0 {
+		select {
+		case b, ok := <-r.out:
+			if !ok {
+				if r.err != nil {
+					return 0, r.err
+				}
+				return 0, io.EOF
+			}
+			r.buf = b
+		case <-r.quit:
+			return 0, errQuit
 		}
 	}
-	return n, err
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
 }
 
-// checkEntry runs on the watcher goroutine for every tar header.
-func (r *limitReader) checkEntry(h *tar.Header) error {
-	r.entries++
-	if r.lim.files > 0 && r.entries > r.lim.files {
-		return &gate.LimitError{Limit: gate.LimitLayerFiles, Layer: r.diffID, Max: r.lim.files}
-	}
-	if h.Size > 0 {
-		r.declared += h.Size
-	}
-	if r.lim.bytes > 0 && (h.Size > r.lim.bytes || r.declared > r.lim.bytes) {
-		return &gate.LimitError{Limit: gate.LimitLayerSize, Layer: r.diffID, Max: r.lim.bytes}
-	}
-	return nil
-}
-
+// Close stops the watcher, then closes the layer stream.
 func (r *limitReader) Close() error {
 	r.closeOnce.Do(func() {
+		close(r.quit)
+		<-r.done
 		r.closeErr = r.rc.Close()
-		r.tar.close()
 		r.img.track(r, false)
 	})
 	return r.closeErr
 }
 
-// tarWatch parses a copy of a layer stream with archive/tar — the parser
-// Trivy's walker uses, so both see the same entries — on its own goroutine,
-// in lock step with the reader: feed returns only when the parser has taken
-// every byte handed to it and wants more, so every header the stream so far
-// completes has been checked before the bytes go on to Trivy.
-type tarWatch struct {
-	in   chan []byte   // bytes to parse
-	idle chan struct{} // the parser took all of the last bytes
-	quit chan struct{} // closed by close: the stream ends here
-	done chan struct{} // the parser stopped; err is set
-	err  error
-	once sync.Once
+// watch is the watcher goroutine: it feeds the layer to archive/tar through
+// a teeReader, then passes on whatever follows the archive (Trivy reads a
+// layer to its end).
+func (r *limitReader) watch() {
+	defer close(r.done)
+	t := &teeReader{r: r}
+	err := t.parse()
+	if err == nil {
+		// The end of the archive, or a malformed one that Trivy's walker
+		// will report: pass on the rest of the stream unparsed.
+		err = t.drain()
+	}
+	if err == errQuit {
+		return
+	}
+	var le *gate.LimitError
+	if errors.As(err, &le) {
+		r.img.breach(r.diffID, err)
+	}
+	r.err = err
+	close(r.out)
 }
 
-func newTarWatch(check func(*tar.Header) error) *tarWatch {
-	w := &tarWatch{in: make(chan []byte), idle: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
-	go w.run(check)
-	return w
+// errQuit: the reader was closed.
+var errQuit = errors.New("layer stream closed")
+
+// teeReader is archive/tar's input on the watcher goroutine. It reads the
+// layer, counts it, and keeps what the parser took in pending until the
+// parser asks for more.
+type teeReader struct {
+	r        *limitReader
+	n        int64 // stream bytes read
+	pending  []byte
+	entries  int64
+	declared int64
+	rcErr    error // the layer stream's own error, io.EOF included
+	stop     error // a limit error, or errQuit
 }
 
-func (w *tarWatch) run(check func(*tar.Header) error) {
-	defer close(w.done)
-	tr := tar.NewReader(&chunkReader{w: w})
+// parse runs archive/tar over the layer, checking every header. It returns
+// nil when the parser stops on its own (the end of the archive, or a
+// malformed archive), else the limit or stream error that stopped it.
+func (t *teeReader) parse() error {
+	tr := tar.NewReader(t)
 	for {
 		h, err := tr.Next()
+		if t.stop != nil {
+			return t.stop
+		}
 		if err != nil {
-			// The end of the archive, the end of the stream, or a
-			// malformed archive: Trivy's walker meets the same and reports
-			// it. Nothing more to check.
-			return
-		}
-		if err := check(h); err != nil {
-			w.err = err
-			return
-		}
-	}
-}
-
-// feed hands p to the parser and waits until it has taken all of it. It
-// returns the error of a broken limit, then and on every later call.
-func (w *tarWatch) feed(p []byte) error {
-	select {
-	case w.in <- p:
-	case <-w.done:
-		return w.err
-	}
-	select {
-	case <-w.idle:
-		return nil
-	case <-w.done:
-		return w.err
-	}
-}
-
-// close ends the parser and waits for its goroutine to return.
-func (w *tarWatch) close() {
-	w.once.Do(func() { close(w.quit) })
-	<-w.done
-}
-
-// chunkReader is the parser's side of a tarWatch.
-type chunkReader struct {
-	w   *tarWatch
-	buf []byte
-	fed bool // a feed is waiting for idle
-}
-
-func (c *chunkReader) Read(p []byte) (int, error) {
-	for len(c.buf) == 0 {
-		if c.fed {
-			c.fed = false
-			select {
-			case c.w.idle <- struct{}{}:
-			default:
+			if t.rcErr != nil && t.rcErr != io.EOF {
+				return t.rcErr
 			}
+			return nil
 		}
-		select {
-		case b := <-c.w.in:
-			c.buf, c.fed = b, true
-		case <-c.w.quit:
-			return 0, io.EOF
+		if err := t.check(h); err != nil {
+			return err
 		}
 	}
-	n := copy(p, c.buf)
-	c.buf = c.buf[n:]
-	return n, nil
+}
+
+func (t *teeReader) check(h *tar.Header) error {
+	lim, diffID := t.r.lim, t.r.diffID
+	t.entries++
+	if lim.files > 0 && t.entries > lim.files {
+		return &gate.LimitError{Limit: gate.LimitLayerFiles, Layer: diffID, Max: lim.files}
+	}
+	if h.Size > 0 {
+		t.declared += h.Size
+	}
+	if lim.bytes > 0 && (h.Size > lim.bytes || t.declared > lim.bytes) {
+		return &gate.LimitError{Limit: gate.LimitLayerSize, Layer: diffID, Max: lim.bytes}
+	}
+	return nil
+}
+
+// Read is called by archive/tar only after it has dealt with everything it
+// read before, so pending is checked: it is handed on once large enough.
+func (t *teeReader) Read(p []byte) (int, error) {
+	if t.stop != nil {
+		return 0, t.stop
+	}
+	if t.rcErr != nil {
+		return 0, t.rcErr
+	}
+	if len(t.pending) >= releaseSize {
+		if !t.send(t.pending) {
+			t.stop = errQuit
+			return 0, t.stop
+		}
+		t.pending = make([]byte, 0, releaseSize+len(p))
+	}
+	n, err := t.r.rc.Read(p)
+	if err := t.count(n); err != nil {
+		t.stop = err
+		return 0, err
+	}
+	t.pending = append(t.pending, p[:n]...)
+	if err != nil {
+		t.rcErr = err
+	}
+	return n, err
+}
+
+func (t *teeReader) count(n int) error {
+	t.n += int64(n)
+	if lim := t.r.lim.bytes; lim > 0 && t.n > lim {
+		return &gate.LimitError{Limit: gate.LimitLayerSize, Layer: t.r.diffID, Max: lim}
+	}
+	return nil
+}
+
+// drain hands on pending and the rest of the layer stream, counted.
+func (t *teeReader) drain() error {
+	if len(t.pending) > 0 {
+		if !t.send(t.pending) {
+			return errQuit
+		}
+		t.pending = nil
+	}
+	for t.rcErr == nil {
+		b := make([]byte, releaseSize)
+		n, err := t.r.rc.Read(b)
+		if err := t.count(n); err != nil {
+			return err
+		}
+		if n > 0 && !t.send(b[:n]) {
+			return errQuit
+		}
+		t.rcErr = err
+	}
+	if t.rcErr == io.EOF {
+		return nil
+	}
+	return t.rcErr
+}
+
+// send hands b to the reader; false when the reader was closed.
+func (t *teeReader) send(b []byte) bool {
+	select {
+	case t.r.out <- b:
+		return true
+	case <-t.r.quit:
+		return false
+	}
 }

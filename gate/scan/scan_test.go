@@ -711,10 +711,22 @@ func TestLimitReaderStops(t *testing.T) {
 	}
 	t.Run("read to the end", func(t *testing.T) {
 		_, rc := open(limits{bytes: 1 << 20, files: 1000})
-		if _, err := io.Copy(io.Discard, rc); err != nil {
+		got, err := io.ReadAll(rc)
+		if err != nil {
 			t.Fatal(err)
 		}
 		rc.Close()
+		orc, err := base.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := io.ReadAll(orc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read %d bytes through the limits, the layer has %d (or they differ)", len(got), len(want))
+		}
 	})
 	t.Run("files", func(t *testing.T) {
 		_, rc := open(limits{files: 50})
@@ -727,6 +739,28 @@ func TestLimitReaderStops(t *testing.T) {
 			t.Fatalf("read after the limit: %v", err)
 		}
 		rc.Close()
+	})
+	t.Run("stream error", func(t *testing.T) {
+		// The layer's own error reaches the reader, after the bytes
+		// before it: never a clean end.
+		src := scantest.VulnerableAlpine()
+		cf, err := src.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		img := &image{Image: failingImage{src}, limits: limits{bytes: 1 << 20, files: 1000}}
+		l, err := img.LayerByDiffID(cf.RootFS.DiffIDs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		if _, err := io.Copy(io.Discard, rc); err == nil || err.Error() != "upstream went away" {
+			t.Fatalf("read: %v", err)
+		}
 	})
 	t.Run("abandoned", func(t *testing.T) {
 		img, rc := open(limits{bytes: 1 << 20})
