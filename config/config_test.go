@@ -141,14 +141,14 @@ func TestScanLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l := cfg.Gate.ScanLimits; l.MaxLayerSize != 16<<30 || l.MaxLayerFiles != 1_000_000 {
+	if l := cfg.Gate.ScanLimits; l.MaxLayerSize != 16<<30 || l.MaxLayerFiles != 1_000_000 || l.MaxImageSize != 128<<30 {
 		t.Fatalf("zero-config scan limits %+v", l)
 	}
-	cfg, err = Parse([]byte("gate: {scanLimits: {maxLayerSize: 2GiB, maxLayerFiles: 5000}}"))
+	cfg, err = Parse([]byte("gate: {scanLimits: {maxLayerSize: 2GiB, maxLayerFiles: 5000, maxImageSize: 10GiB}}"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l := cfg.Gate.ScanLimits; l.MaxLayerSize != 2<<30 || l.MaxLayerFiles != 5000 {
+	if l := cfg.Gate.ScanLimits; l.MaxLayerSize != 2<<30 || l.MaxLayerFiles != 5000 || l.MaxImageSize != 10<<30 {
 		t.Fatalf("scan limits %+v", l)
 	}
 }

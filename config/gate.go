@@ -50,12 +50,19 @@ type ScanLimits struct {
 	// MaxLayerFiles is the largest number of tar entries (files,
 	// directories, links) of one layer. Default 1000000.
 	MaxLayerFiles int64 `yaml:"maxLayerFiles"`
+	// MaxImageSize is the most uncompressed bytes one scan reads over all
+	// the layers of an image, e.g. "128GiB" (layers analysed before, by
+	// this or another image, are not read again and do not count). It
+	// bounds an image of many bombs each under maxLayerSize. Default
+	// 128GiB.
+	MaxImageSize ByteSize `yaml:"maxImageSize"`
 }
 
 // Defaults of ScanLimits.
 const (
 	DefaultMaxLayerSize  = 16 << 30
 	DefaultMaxLayerFiles = 1_000_000
+	DefaultMaxImageSize  = 128 << 30
 )
 
 // VulnDB configures where the Trivy vulnerability DB comes from.
@@ -262,6 +269,12 @@ func (g *Gate) finish() []error {
 		g.ScanLimits.MaxLayerFiles = DefaultMaxLayerFiles
 	case g.ScanLimits.MaxLayerFiles < 0:
 		bad("scanLimits.maxLayerFiles", "must not be negative")
+	}
+	switch {
+	case g.ScanLimits.MaxImageSize == 0:
+		g.ScanLimits.MaxImageSize = DefaultMaxImageSize
+	case g.ScanLimits.MaxImageSize < 0:
+		bad("scanLimits.maxImageSize", "must not be negative")
 	}
 	if g.DB.Repository == "" {
 		g.DB.Repository = "ghcr.io/aquasecurity/trivy-db:2"

@@ -85,7 +85,7 @@ func TestScanLimits(t *testing.T) {
 	// One scan per image and rule: the denial is remembered, so neither
 	// the second request nor containerd's made gatehouse read a bomb again.
 	metrics := string(gh.Do(t, http.MethodGet, "/metrics").Body)
-	for limit, want := range map[string]string{"maxLayerSize": "1", "maxLayerFiles": "2"} {
+	for limit, want := range map[string]string{"maxLayerSize": "1", "maxLayerFiles": "2", "maxImageSize": "0"} {
 		re := regexp.MustCompile(`(?m)^gatehouse_scan_limits_exceeded_total\{limit="` + limit + `"\} (\S+)$`)
 		if m := re.FindStringSubmatch(metrics); m == nil || m[1] != want {
 			t.Errorf("gatehouse_scan_limits_exceeded_total{limit=%q} = %v, want %s", limit, m, want)

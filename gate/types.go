@@ -176,20 +176,24 @@ func (e *ScanError) Unwrap() error { return e.Err }
 const (
 	LimitLayerSize  = "maxLayerSize"
 	LimitLayerFiles = "maxLayerFiles"
+	LimitImageSize  = "maxImageSize"
 )
 
 // LimitError is a scan stopped because a layer broke one of gate.scanLimits
 // while it was read: a decompression bomb, or a layer too large to analyse.
 // The image is denied (fail closed) unless its rule is in audit mode.
 type LimitError struct {
-	// Limit is LimitLayerSize or LimitLayerFiles.
+	// Limit is LimitLayerSize, LimitLayerFiles or LimitImageSize.
 	Limit string
-	// Layer is the layer's diffID.
+	// Layer is the diffID of the layer being read when the limit broke.
 	Layer string
 	// Max is the limit's value: bytes or tar entries.
 	Max int64
 }
 
 func (e *LimitError) Error() string {
+	if e.Limit == LimitImageSize {
+		return fmt.Sprintf("image exceeds gate.scanLimits.%s (%d) at layer %s", e.Limit, e.Max, e.Layer)
+	}
 	return fmt.Sprintf("layer %s exceeds gate.scanLimits.%s (%d)", e.Layer, e.Limit, e.Max)
 }

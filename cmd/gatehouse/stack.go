@@ -36,7 +36,8 @@ func dbDir(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "trivy
 // (check and db, which may run next to a serve holding the disk cache).
 func newScanner(cfg *config.Config, log *slog.Logger, persist bool) (*scan.Scanner, error) {
 	opts := scan.Options{DBDir: dbDir(cfg), Log: log,
-		MaxLayerSize: int64(cfg.Gate.ScanLimits.MaxLayerSize), MaxLayerFiles: cfg.Gate.ScanLimits.MaxLayerFiles}
+		MaxLayerSize: int64(cfg.Gate.ScanLimits.MaxLayerSize), MaxLayerFiles: cfg.Gate.ScanLimits.MaxLayerFiles,
+		MaxImageSize: int64(cfg.Gate.ScanLimits.MaxImageSize)}
 	if persist {
 		opts.CacheDir = filepath.Join(cfg.DataDir, "trivy")
 	}

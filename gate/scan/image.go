@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -21,6 +22,8 @@ type image struct {
 	v1.Image
 	name   string
 	limits limits
+
+	read atomic.Int64 // uncompressed bytes read, for limits.image
 
 	mu     sync.Mutex
 	open   map[*limitReader]struct{} // limited streams not closed yet
@@ -146,7 +149,7 @@ func (l *layer) Uncompressed() (io.ReadCloser, error) {
 		return nil, err
 	}
 	lim := l.img.limits
-	if lim.bytes <= 0 && lim.files <= 0 {
+	if lim.bytes <= 0 && lim.files <= 0 && lim.image <= 0 {
 		return rc, nil
 	}
 	diffID, err := l.DiffID()
@@ -165,6 +168,7 @@ func (l *layer) Uncompressed() (io.ReadCloser, error) {
 type limits struct {
 	bytes int64 // uncompressed bytes of a layer, and the sum of its entries' sizes
 	files int64 // tar entries of a layer
+	image int64 // uncompressed bytes of all the layers a scan reads
 }
 
 // releaseSize is how many checked bytes the watcher gathers before it hands
@@ -340,6 +344,9 @@ func (t *teeReader) count(n int) error {
 	t.n += int64(n)
 	if lim := t.r.lim.bytes; lim > 0 && t.n > lim {
 		return &gate.LimitError{Limit: gate.LimitLayerSize, Layer: t.r.diffID, Max: lim}
+	}
+	if lim := t.r.lim.image; lim > 0 && t.r.img.read.Add(int64(n)) > lim {
+		return &gate.LimitError{Limit: gate.LimitImageSize, Layer: t.r.diffID, Max: lim}
 	}
 	return nil
 }

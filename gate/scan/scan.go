@@ -86,6 +86,10 @@ type Options struct {
 	// directories, links) of a layer; the header of one more fails the scan
 	// with a *gate.LimitError before Trivy sees it.
 	MaxLayerFiles int64
+	// MaxImageSize, when > 0, is the most uncompressed bytes one Scan reads
+	// over all the layers it analyses (layers found in the layer cache are
+	// not read); more fail the scan with a *gate.LimitError.
+	MaxImageSize int64
 	// Parallel is the number of layers one scan reads and analyses at once.
 	// 0 means DefaultParallel.
 	Parallel int
@@ -302,7 +306,7 @@ func (s *Scanner) Scan(ctx context.Context, img v1.Image, name string) (*Report,
 		return nil, err
 	}
 	s.stats.scans.Add(1)
-	wrapped := &image{Image: img, name: name, limits: limits{bytes: s.opts.MaxLayerSize, files: s.opts.MaxLayerFiles}}
+	wrapped := &image{Image: img, name: name, limits: limits{bytes: s.opts.MaxLayerSize, files: s.opts.MaxLayerFiles, image: s.opts.MaxImageSize}}
 	defer wrapped.closeAll()
 	lc, ap, err := s.layerCache()
 	if err != nil {

@@ -682,8 +682,22 @@ func TestLimits(t *testing.T) {
 			}
 		})
 	}
+	t.Run("image: three layers of 3 MiB", func(t *testing.T) {
+		img := scantest.Append(scantest.VulnerableAlpine(), []v1.Layer{scantest.Zeros(3 << 20), scantest.Zeros(3<<20 + 1), scantest.Zeros(3<<20 + 2)})
+		// Each layer is within maxLayerSize.
+		s := newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = limit })
+		scan(t, s, img, "three")
+		s.Close()
+		s = newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = limit; o.MaxImageSize = 8 << 20 })
+		rep, err := s.Scan(context.Background(), img, "three")
+		var le *gate.LimitError
+		if !errors.As(err, &le) || le.Limit != gate.LimitImageSize || le.Max != 8<<20 {
+			t.Fatalf("Scan = %+v, %v; want a *gate.LimitError of maxImageSize", rep, err)
+		}
+		t.Log(err)
+	})
 	t.Run("within limits", func(t *testing.T) {
-		s := newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = 1 << 20; o.MaxLayerFiles = 100 })
+		s := newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = 1 << 20; o.MaxLayerFiles = 100; o.MaxImageSize = 2 << 20 })
 		equal(t, "within limits", got(scan(t, s, scantest.VulnerableAlpine(), "a").Vulns), wantAlpine)
 	})
 }
