@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -39,7 +40,9 @@ type FetchStats struct {
 	Started int64 // fetches that went to upstream
 	Joined  int64 // requests that joined a fetch already under way
 	Failed  int64
-	Bytes   int64 // bytes read from upstream
+	// Bypassed counts transfers that skipped an unwritable cache.
+	Bypassed int64
+	Bytes    int64 // bytes read from upstream
 }
 
 // fetch is one upstream download of a blob. The bytes go to a partial file
@@ -53,39 +56,95 @@ type fetch struct {
 	ready chan struct{} // closed once size is known or the fetch failed
 	size  int64         // set before ready is closed; -1 unknown
 
+	// broken is set when the partial file could not be written; the
+	// download stops and readers go on from upstream directly.
+	broken atomic.Bool
+
 	mu      sync.Mutex
 	written int64
 	done    bool // verified or failed
 	err     error
-	wake    chan struct{} // closed (and replaced) on every change
+	wake    chan struct{} // closed (and replaced) to wake readers
+	// Bytes written since readers were last woken, and the timer that
+	// wakes them for those at the latest after wakeDelay.
+	unwoken   int64
+	wakeTimer *time.Timer
 }
+
+func (f *fetch) failed() bool { return f.broken.Load() }
+
+// Readers are woken for every wakeBytes written, and at the latest
+// wakeDelay after a write: often enough that bytes reach clients as they
+// arrive, seldom enough that eight clients of a fast upstream do not cost
+// eight wake-ups and file reads per network read.
+const (
+	wakeBytes = 512 << 10
+	wakeDelay = time.Millisecond
+)
 
 func (f *fetch) progress(n int64, done bool, err error) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.written += n
+	f.unwoken += n
 	if done || err != nil {
 		f.done, f.err = true, err
+		f.wakeLocked()
+		return
 	}
-	close(f.wake)
-	f.wake = make(chan struct{})
-	f.mu.Unlock()
+	switch {
+	case f.unwoken >= wakeBytes:
+		f.wakeLocked()
+	case f.wakeTimer == nil:
+		f.wakeTimer = time.AfterFunc(wakeDelay, func() {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.wakeTimer = nil
+			if f.unwoken > 0 && !f.done {
+				f.wakeLocked()
+			}
+		})
+	}
 }
 
-// Stream is a reader's handle on a blob: either a committed file or a
-// fetch in progress. Close it when done.
+// wakeLocked wakes every reader waiting for progress.
+func (f *fetch) wakeLocked() {
+	close(f.wake)
+	f.wake = make(chan struct{})
+	f.unwoken = 0
+	if f.wakeTimer != nil {
+		f.wakeTimer.Stop()
+		f.wakeTimer = nil
+	}
+}
+
+// Stream is a reader's handle on a blob: a committed file, a fetch in
+// progress, or — when the cache cannot be written — a transfer straight
+// from upstream that is verified but not kept. Close it when done.
 type Stream struct {
 	file  *os.File
 	blob  *Blob  // committed
 	fetch *fetch // in progress
+
+	// For a transfer that bypasses the cache: from the start, or after
+	// the fetch this stream was reading could not write the cache.
+	dgst v1.Hash
+	src  Source
+	pass *passReader
 }
 
 // Size returns the blob's size, or -1 when upstream did not announce it.
 // For a fetch it is only valid after Wait returned nil.
 func (st *Stream) Size() int64 {
-	if st.blob != nil {
+	switch {
+	case st.blob != nil:
 		return st.blob.Size
+	case st.fetch != nil:
+		return st.fetch.size
+	case st.pass != nil:
+		return st.pass.size
 	}
-	return st.fetch.size
+	return -1
 }
 
 // File returns the open file of a committed blob (for sendfile and
@@ -97,11 +156,26 @@ func (st *Stream) File() *os.File {
 	return nil
 }
 
+// Cached reports whether the stream's bytes go to the cache (false for a
+// transfer that bypasses an unwritable cache).
+func (st *Stream) Cached() bool { return st.blob != nil || st.fetch != nil }
+
 // Wait blocks until upstream answered (the size is known), the fetch
 // failed (its error is returned, e.g. an *upstream.Error for a 404), or
 // ctx ends.
 func (st *Stream) Wait(ctx context.Context) error {
-	if st.blob != nil {
+	switch {
+	case st.blob != nil:
+		return nil
+	case st.fetch == nil:
+		if st.pass != nil {
+			return nil
+		}
+		p, err := openPass(ctx, st.dgst, st.src, 0)
+		if err != nil {
+			return err
+		}
+		st.pass = p
 		return nil
 	}
 	select {
@@ -119,10 +193,16 @@ func (st *Stream) Wait(ctx context.Context) error {
 
 // Close releases the stream.
 func (st *Stream) Close() error {
+	if st.pass != nil {
+		st.pass.body.Close()
+	}
 	if st.blob != nil {
 		return st.blob.Close()
 	}
-	return st.file.Close()
+	if st.file != nil {
+		return st.file.Close()
+	}
+	return nil
 }
 
 // Reader returns a reader of the blob from offset off. Reading a fetch in
@@ -132,32 +212,57 @@ func (st *Stream) Close() error {
 // failed fetch can never look like a complete one; a failure returns the
 // fetch's error.
 func (st *Stream) Reader(ctx context.Context, off int64, flush func()) io.Reader {
-	if st.blob != nil {
+	switch {
+	case st.blob != nil:
 		return io.NewSectionReader(st.file, off, st.blob.Size-off)
+	case st.fetch == nil:
+		return &skipReader{r: st.pass, skip: off}
 	}
-	return &fetchReader{ctx: ctx, f: st.fetch, file: st.file, pos: off, flush: flush}
+	return &fetchReader{ctx: ctx, st: st, pos: off, flush: flush}
 }
 
 type fetchReader struct {
 	ctx   context.Context
-	f     *fetch
-	file  *os.File
+	st    *Stream
 	pos   int64
 	flush func()
+	pass  io.Reader // set once the fetch could not write the cache
 }
 
 func (r *fetchReader) Read(p []byte) (int, error) {
-	avail, err := r.f.await(r.ctx, r.pos, r.flush)
+	if r.pass != nil {
+		return r.pass.Read(p)
+	}
+	avail, err := r.st.fetch.await(r.ctx, r.pos, r.flush)
+	if werr := (*WriteError)(nil); errors.As(err, &werr) {
+		if r.pass, err = r.st.bypass(r.ctx, r.pos); err != nil {
+			return 0, err
+		}
+		return r.pass.Read(p)
+	}
 	if err != nil {
 		return 0, err
 	}
 	n := min(int64(len(p)), avail-r.pos)
-	m, err := r.file.ReadAt(p[:n], r.pos)
+	m, err := r.st.file.ReadAt(p[:n], r.pos)
 	r.pos += int64(m)
 	if err == io.EOF && m > 0 {
 		err = nil
 	}
 	return m, err
+}
+
+// bypass goes on from offset pos with a transfer of its own from
+// upstream, after the fetch this stream read could not write the cache.
+// The new transfer starts at the beginning, so that the digest is still
+// verified, and skips what the reader already has.
+func (st *Stream) bypass(ctx context.Context, pos int64) (io.Reader, error) {
+	p, err := openPass(ctx, st.dgst, st.src, pos)
+	if err != nil {
+		return nil, err
+	}
+	st.pass = p
+	return p, nil
 }
 
 // await blocks until bytes beyond pos may be read, and returns how many
@@ -203,9 +308,20 @@ func (st *Stream) Send(ctx context.Context, w io.Writer, off, end int64, flush f
 		}
 		return io.Copy(w, &io.LimitedReader{R: st.file, N: end - off})
 	}
+	if st.fetch == nil {
+		return copyExactly(w, st.Reader(ctx, off, flush), end-off)
+	}
 	var sent int64
 	for pos := off; pos < end; {
 		avail, err := st.fetch.await(ctx, pos, flush)
+		if werr := (*WriteError)(nil); errors.As(err, &werr) {
+			r, err := st.bypass(ctx, pos)
+			if err != nil {
+				return sent, err
+			}
+			n, err := copyExactly(w, r, end-pos)
+			return sent + n, err
+		}
 		if err == io.EOF {
 			return sent, io.ErrUnexpectedEOF // shorter than promised
 		}
@@ -225,6 +341,21 @@ func (st *Stream) Send(ctx context.Context, w io.Writer, off, end int64, flush f
 	return sent, nil
 }
 
+// copyExactly copies n bytes from r to w; fewer is an error.
+func copyExactly(w io.Writer, r io.Reader, n int64) (int64, error) {
+	bufp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bufp)
+	m, err := io.CopyBuffer(writerOnly{w}, io.LimitReader(r, n), *bufp)
+	if err == nil && m < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return m, err
+}
+
+// writerOnly hides a writer's ReadFrom so that io.CopyBuffer uses the
+// buffer it is given.
+type writerOnly struct{ io.Writer }
+
 // Fetch returns a stream of the blob: the committed file when cached, else
 // a reader of the one upstream download of it, starting that download if
 // nobody else has. The download belongs to the store, not to ctx: a client
@@ -242,14 +373,20 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 		}
 		s.stats.Joined++
 		metrics.FetchesJoined.Inc()
-		return &Stream{file: file, fetch: f}, nil
+		return &Stream{file: file, fetch: f, dgst: dgst, src: src}, nil
 	}
 	if s.closed {
 		return nil, errClosing
 	}
+	if s.bypassingLocked() {
+		return s.passStream(dgst, src), nil
+	}
 	tmp, err := os.CreateTemp(s.tmpDir(), dgst.Hex+".*")
 	if err != nil {
-		return nil, fmt.Errorf("cache: %w", err)
+		s.mu.Unlock()
+		s.noteWriteError(&WriteError{Err: err})
+		s.mu.Lock()
+		return s.passStream(dgst, src), nil
 	}
 	file, err := os.Open(tmp.Name())
 	if err != nil {
@@ -266,7 +403,7 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 		defer s.wg.Done()
 		s.run(context.WithoutCancel(ctx), f, tmp, src)
 	}()
-	return &Stream{file: file, fetch: f}, nil
+	return &Stream{file: file, fetch: f, dgst: dgst, src: src}, nil
 }
 
 // Stats returns a snapshot of the fetch counters.
@@ -309,6 +446,10 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 		s.mu.Unlock()
 		metrics.FetchesFailed.Inc()
 		os.Remove(f.path)
+		if werr := (*WriteError)(nil); errors.As(err, &werr) {
+			s.noteWriteError(err)
+			return
+		}
 		s.log.Warn("blob fetch failed; nothing cached", "digest", f.dgst, "upstream", f.upstream, "err", err)
 		return
 	}
@@ -329,12 +470,36 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 	}
 	if err != nil {
 		os.Remove(f.path)
+		s.noteWriteError(err)
 		s.log.Error("caching blob failed; it was served but not kept", "digest", f.dgst, "err", err)
 		return
 	}
 	s.Evict(0)
 }
 
+// chunk is one read from upstream on its way to the file and the hash.
+type chunk struct {
+	buf  *[]byte
+	n    int
+	refs atomic.Int32
+}
+
+func (c *chunk) bytes() []byte { return (*c.buf)[:c.n] }
+
+func (c *chunk) release() {
+	if c.refs.Add(-1) == 0 {
+		bufPool.Put(c.buf)
+	}
+}
+
+// pipelineDepth bounds the chunks between the upstream reader and the file
+// writer or the hasher: at most this many buffers per fetch are in flight.
+const pipelineDepth = 8
+
+// download copies upstream's body to the partial file and hashes it. The
+// three jobs run side by side, each on its own goroutine, so that a cold
+// blob moves as fast as the slowest of them rather than their sum; readers
+// see each chunk once it is in the file.
 func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source, stall *time.Timer) error {
 	body, size, err := src(ctx)
 	if err != nil {
@@ -344,40 +509,87 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 	f.size = size
 	close(f.ready)
 
-	fetched := metrics.UpstreamBytes.WithLabelValues(f.upstream)
-	h := sha256.New()
-	bufp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bufp)
-	buf := *bufp
-	for {
-		n, rerr := body.Read(buf)
-		if n > 0 {
-			stall.Reset(s.stallTimeout)
-			if size >= 0 && f.written+int64(n) > size {
-				return ErrSizeMismatch
+	toHash := make(chan *chunk, pipelineDepth)
+	toFile := make(chan *chunk, pipelineDepth)
+	sum := make(chan string, 1)
+	go func() {
+		h := sha256.New()
+		for c := range toHash {
+			h.Write(c.bytes())
+			c.release()
+		}
+		sum <- hex.EncodeToString(h.Sum(nil))
+	}()
+	var wg sync.WaitGroup
+	var werr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for c := range toFile {
+			if werr == nil {
+				if _, err := tmp.Write(c.bytes()); err != nil {
+					werr = &WriteError{Err: err}
+					f.broken.Store(true)
+				} else {
+					f.progress(int64(c.n), false, nil)
+				}
 			}
-			if _, err := tmp.Write(buf[:n]); err != nil {
-				return fmt.Errorf("cache: writing: %w", err)
-			}
-			h.Write(buf[:n])
-			s.fetchedBytes.Add(int64(n))
-			fetched.Add(float64(n))
-			f.progress(int64(n), false, nil)
+			c.release()
 		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			return rerr
-		}
-	}
-	if size >= 0 && f.written != size {
+	}()
+
+	rerr := s.readBody(f, body, size, stall, toHash, toFile)
+	close(toHash)
+	close(toFile)
+	wg.Wait()
+	got := <-sum
+	switch {
+	case werr != nil:
+		return werr
+	case rerr != nil:
+		return rerr
+	case size >= 0 && f.written != size:
 		return ErrSizeMismatch
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != f.dgst.Hex {
+	case got != f.dgst.Hex:
 		return fmt.Errorf("%w: got sha256:%s", ErrDigestMismatch, got)
 	}
 	return nil
+}
+
+// readBody reads upstream's body into chunks for the writer and the hasher.
+// It stops early when the writer failed.
+func (s *Store) readBody(f *fetch, body io.Reader, size int64, stall *time.Timer, toHash, toFile chan<- *chunk) error {
+	fetched := metrics.UpstreamBytes.WithLabelValues(f.upstream)
+	var total int64
+	for {
+		c := &chunk{buf: bufPool.Get().(*[]byte)}
+		n, err := body.Read(*c.buf)
+		if n == 0 {
+			bufPool.Put(c.buf)
+		} else {
+			stall.Reset(s.stallTimeout)
+			total += int64(n)
+			if size >= 0 && total > size {
+				bufPool.Put(c.buf)
+				return ErrSizeMismatch
+			}
+			s.fetchedBytes.Add(int64(n))
+			fetched.Add(float64(n))
+			c.n = n
+			c.refs.Store(2)
+			toHash <- c
+			toFile <- c
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if f.failed() {
+			return nil // the writer's error is reported
+		}
+	}
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}

@@ -43,6 +43,10 @@ type Options struct {
 	// StallTimeout aborts a blob download whose upstream sends nothing for
 	// this long. Default DefaultStallTimeout.
 	StallTimeout time.Duration
+	// WriteRetryInterval is how long after a failed cache write (a full
+	// disk, a read-only directory) downloads bypass the cache before
+	// writing is tried again. Default DefaultWriteRetryInterval.
+	WriteRetryInterval time.Duration
 	// Log receives the store's own events.
 	Log *slog.Logger
 }
@@ -64,6 +68,8 @@ type Store struct {
 
 	fetchedBytes atomic.Int64
 	stallTimeout time.Duration
+	writeRetry   time.Duration
+	writeFailed  time.Time     // last failed cache write; guarded by mu
 	closing      chan struct{} // closed by Close: running fetches stop
 	wg           sync.WaitGroup
 }
@@ -99,6 +105,10 @@ func Open(opts Options) (*Store, error) {
 		closing: make(chan struct{}),
 
 		stallTimeout: opts.StallTimeout,
+		writeRetry:   opts.WriteRetryInterval,
+	}
+	if s.writeRetry <= 0 {
+		s.writeRetry = DefaultWriteRetryInterval
 	}
 	if s.stallTimeout <= 0 {
 		s.stallTimeout = DefaultStallTimeout

@@ -29,7 +29,7 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// Cache configures the on-disk store.
 	Cache Cache `yaml:"cache"`
-	// Server holds the client-facing HTTP timeouts.
+	// Server holds the client-facing HTTP timeouts, TLS and access control.
 	Server Server `yaml:"server"`
 	// DefaultUpstream names the upstream used when a request carries neither
 	// an `ns` query parameter nor a path prefix naming an upstream. An
@@ -71,7 +71,65 @@ type Server struct {
 	IdleTimeout Duration `yaml:"idleTimeout"`
 	// ShutdownTimeout bounds graceful shutdown. Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdownTimeout"`
+	// TLS serves HTTPS instead of plain HTTP when certFile and keyFile are
+	// set. Unset (the default): plain HTTP.
+	TLS ServerTLS `yaml:"tls"`
+	// Auth requires credentials from clients. Unset (the default): every
+	// client may pull and read the API.
+	Auth ServerAuth `yaml:"auth"`
 }
+
+// ServerTLS configures HTTPS on the listener. The certificate and key files
+// are read again when either changes (checked at most once a second, on a
+// TLS handshake), so a renewed certificate (cert-manager, a mounted Secret)
+// is picked up without a restart; a renewal that fails to load keeps the
+// previous certificate and is logged and counted.
+type ServerTLS struct {
+	// CertFile is a PEM certificate chain, the server's certificate first.
+	// Set together with keyFile.
+	CertFile string `yaml:"certFile,omitempty"`
+	// KeyFile is the PEM private key of certFile.
+	KeyFile string `yaml:"keyFile,omitempty"`
+	// ClientCAFile, when set, is a PEM bundle of CAs whose client
+	// certificates authenticate pulls (mutual TLS). Clients without a
+	// certificate can still connect (health probes) and authenticate with
+	// the credentials of server.auth. Requires certFile and keyFile.
+	ClientCAFile string `yaml:"clientCAFile,omitempty"`
+}
+
+// Enabled reports whether the listener serves HTTPS.
+func (t ServerTLS) Enabled() bool { return t.CertFile != "" }
+
+// ServerAuth configures client credentials. Pulls (/v2/) need credentials
+// when htpasswd, tokensFile or tls.clientCAFile is set; the JSON API (/api/)
+// then needs them too: an API token when apiTokenFile is set, else the pull
+// credentials. /healthz and /readyz are always open; /metrics is open unless
+// protectMetrics is set. Every file is read again when it changes (checked
+// at most once a second); a change that does not parse keeps the previous
+// contents and is logged and counted.
+type ServerAuth struct {
+	// Htpasswd is an Apache htpasswd file ("user:hash" lines, bcrypt hashes
+	// only, as written by `htpasswd -B`) whose users may pull with HTTP
+	// basic auth.
+	Htpasswd string `yaml:"htpasswd,omitempty"`
+	// TokensFile holds bearer tokens that may pull, one per line as
+	// "name token" (or a bare token, named after its line). The name is
+	// what the access log shows. A token is accepted as
+	// "Authorization: Bearer <token>" or as the password of basic auth with
+	// any user name (for clients that only do basic auth).
+	TokensFile string `yaml:"tokensFile,omitempty"`
+	// APITokenFile holds the tokens of the JSON API (/api/), in the format
+	// of tokensFile. When set, pull credentials are not accepted by the API
+	// and API tokens are not accepted for pulls.
+	APITokenFile string `yaml:"apiTokenFile,omitempty"`
+	// ProtectMetrics makes /metrics require the API's credentials (an API
+	// token, or pull credentials when apiTokenFile is unset). Default false:
+	// Prometheus scrapes without credentials.
+	ProtectMetrics bool `yaml:"protectMetrics,omitempty"`
+}
+
+// PullAuth reports whether pulls need credentials.
+func (a ServerAuth) PullAuth() bool { return a.Htpasswd != "" || a.TokensFile != "" }
 
 // Upstream is one registry gatehouse may reach.
 type Upstream struct {
@@ -210,6 +268,12 @@ var envVars = []struct {
 	{"GATEHOUSE_LOG_LEVEL", func(c *Config, v string) error { c.Log.Level = v; return nil }},
 	{"GATEHOUSE_DEFAULT_UPSTREAM", func(c *Config, v string) error { c.DefaultUpstream = v; return nil }},
 	{"GATEHOUSE_CACHE_MAX_SIZE", func(c *Config, v string) error { return c.Cache.MaxSize.parse(v) }},
+	{"GATEHOUSE_TLS_CERT_FILE", func(c *Config, v string) error { c.Server.TLS.CertFile = v; return nil }},
+	{"GATEHOUSE_TLS_KEY_FILE", func(c *Config, v string) error { c.Server.TLS.KeyFile = v; return nil }},
+	{"GATEHOUSE_TLS_CLIENT_CA_FILE", func(c *Config, v string) error { c.Server.TLS.ClientCAFile = v; return nil }},
+	{"GATEHOUSE_AUTH_HTPASSWD", func(c *Config, v string) error { c.Server.Auth.Htpasswd = v; return nil }},
+	{"GATEHOUSE_AUTH_TOKENS_FILE", func(c *Config, v string) error { c.Server.Auth.TokensFile = v; return nil }},
+	{"GATEHOUSE_AUTH_API_TOKEN_FILE", func(c *Config, v string) error { c.Server.Auth.APITokenFile = v; return nil }},
 }
 
 func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
@@ -260,6 +324,7 @@ func (c *Config) Finish() error {
 	setDur(&c.Server.ReadHeaderTimeout, 10*time.Second)
 	setDur(&c.Server.IdleTimeout, 2*time.Minute)
 	setDur(&c.Server.ShutdownTimeout, 30*time.Second)
+	errs = append(errs, c.Server.finishAccess()...)
 
 	if len(c.Upstreams) == 0 {
 		bad("upstreams", "at least one upstream is required")
@@ -337,6 +402,54 @@ func (u *Upstream) finish(field string) []error {
 		bad("retries", "must be between 0 and 10")
 	}
 	return errs
+}
+
+func (s *Server) finishAccess() []error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: server.%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	t := s.TLS
+	switch {
+	case t.CertFile != "" && t.KeyFile == "":
+		bad("tls.keyFile", "required when tls.certFile is set")
+	case t.CertFile == "" && t.KeyFile != "":
+		bad("tls.certFile", "required when tls.keyFile is set")
+	case t.ClientCAFile != "" && t.CertFile == "":
+		bad("tls.clientCAFile", "needs tls.certFile and tls.keyFile (client certificates need HTTPS)")
+	}
+	for _, f := range []struct{ field, path string }{
+		{"tls.certFile", t.CertFile}, {"tls.keyFile", t.KeyFile}, {"tls.clientCAFile", t.ClientCAFile},
+		{"auth.htpasswd", s.Auth.Htpasswd}, {"auth.tokensFile", s.Auth.TokensFile}, {"auth.apiTokenFile", s.Auth.APITokenFile},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if fh, err := os.Open(f.path); err != nil {
+			bad(f.field, "%v", err)
+		} else {
+			fh.Close()
+		}
+	}
+	if s.Auth.ProtectMetrics && !s.Auth.PullAuth() && s.Auth.APITokenFile == "" && t.ClientCAFile == "" {
+		bad("auth.protectMetrics", "needs credentials to check: set auth.apiTokenFile, auth.htpasswd or auth.tokensFile")
+	}
+	return errs
+}
+
+// Redacted returns a copy of the configuration that is safe to print: every
+// upstream password is replaced by "<redacted>". File paths (passwordFile,
+// dockerConfig, the files of server.auth) are kept; their contents are
+// never part of the configuration.
+func (c *Config) Redacted() *Config {
+	r := *c
+	r.Upstreams = append([]Upstream(nil), c.Upstreams...)
+	for i := range r.Upstreams {
+		if r.Upstreams[i].Password != "" {
+			r.Upstreams[i].Password = "<redacted>"
+		}
+	}
+	return &r
 }
 
 // Upstream returns the upstream whose name or alias is host (case

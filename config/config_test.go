@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestDefaultsAreValid(t *testing.T) {
@@ -150,5 +152,75 @@ func TestScanLimits(t *testing.T) {
 	}
 	if l := cfg.Gate.ScanLimits; l.MaxLayerSize != 2<<30 || l.MaxLayerFiles != 5000 || l.MaxImageSize != 10<<30 {
 		t.Fatalf("scan limits %+v", l)
+	}
+}
+
+func TestServerAccessValidation(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "exists")
+	if err := os.WriteFile(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing")
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"cert without key", "server: {tls: {certFile: " + file + "}}", "server.tls.keyFile: required"},
+		{"key without cert", "server: {tls: {keyFile: " + file + "}}", "server.tls.certFile: required"},
+		{"client CA without TLS", "server: {tls: {clientCAFile: " + file + "}}", "server.tls.clientCAFile"},
+		{"unreadable cert", "server: {tls: {certFile: " + missing + ", keyFile: " + file + "}}", "server.tls.certFile: open " + missing},
+		{"unreadable htpasswd", "server: {auth: {htpasswd: " + missing + "}}", "server.auth.htpasswd: open"},
+		{"unreadable tokens", "server: {auth: {tokensFile: " + missing + "}}", "server.auth.tokensFile: open"},
+		{"unreadable API tokens", "server: {auth: {apiTokenFile: " + missing + "}}", "server.auth.apiTokenFile: open"},
+		{"protected metrics without credentials", "server: {auth: {protectMetrics: true}}", "server.auth.protectMetrics"},
+		{"unknown field", "server: {auth: {password: x}}", "field password not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	cfg, err := Parse([]byte("server: {tls: {certFile: " + file + ", keyFile: " + file + "}, auth: {htpasswd: " + file + ", apiTokenFile: " + file + ", protectMetrics: true}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Server.TLS.Enabled() || !cfg.Server.Auth.PullAuth() {
+		t.Errorf("server %+v", cfg.Server)
+	}
+	if d := Default(); d.Finish() != nil || d.Server.TLS.Enabled() || d.Server.Auth.PullAuth() {
+		t.Errorf("access control is on by default: %+v", d.Server)
+	}
+}
+
+func TestServerAccessFromEnvironment(t *testing.T) {
+	cfg := Default()
+	env := map[string]string{"GATEHOUSE_TLS_CERT_FILE": "/c", "GATEHOUSE_TLS_KEY_FILE": "/k", "GATEHOUSE_AUTH_HTPASSWD": "/h",
+		"GATEHOUSE_AUTH_TOKENS_FILE": "/t", "GATEHOUSE_AUTH_API_TOKEN_FILE": "/a", "GATEHOUSE_TLS_CLIENT_CA_FILE": "/ca"}
+	if err := cfg.applyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
+		t.Fatal(err)
+	}
+	want := Server{TLS: ServerTLS{CertFile: "/c", KeyFile: "/k", ClientCAFile: "/ca"}, Auth: ServerAuth{Htpasswd: "/h", TokensFile: "/t", APITokenFile: "/a"}}
+	if cfg.Server.TLS != want.TLS || cfg.Server.Auth != want.Auth {
+		t.Errorf("got %+v, want %+v", cfg.Server, want)
+	}
+}
+
+func TestRedactedHidesUpstreamPasswords(t *testing.T) {
+	const secret = "Sup3r-Secret-Upstream-Pw"
+	cfg, err := Parse([]byte("upstreams: [{name: r.example, username: robot, password: " + secret + "}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := yaml.Marshal(cfg.Redacted())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), secret) || !strings.Contains(string(out), "<redacted>") || !strings.Contains(string(out), "robot") {
+		t.Errorf("redacted config:\n%s", out)
+	}
+	if cfg.Upstreams[0].Password != secret {
+		t.Error("Redacted changed the configuration itself")
 	}
 }

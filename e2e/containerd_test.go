@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -173,6 +174,11 @@ type Hosts struct {
 	Server string
 	// Mirrors are tried first, in order, with capabilities pull and resolve.
 	Mirrors []string
+	// CA is a PEM file every host entry trusts (`ca`), for an HTTPS server.
+	CA string
+	// Header is sent with every request to every host entry (`[host.*.header]`),
+	// e.g. Authorization for a gatehouse that requires credentials.
+	Header map[string]string
 }
 
 // SetHosts writes HostsDir/<host>/hosts.toml.
@@ -189,6 +195,15 @@ func (c *Containerd) SetHosts(t testing.TB, host string, h Hosts) {
 	}
 	for _, m := range mirrors {
 		fmt.Fprintf(&b, "\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", m)
+		if h.CA != "" {
+			fmt.Fprintf(&b, "  ca = %q\n", h.CA)
+		}
+		if len(h.Header) > 0 {
+			fmt.Fprintf(&b, "  [host.%q.header]\n", m)
+			for _, k := range slices.Sorted(maps.Keys(h.Header)) {
+				fmt.Fprintf(&b, "    %s = %q\n", k, h.Header[k])
+			}
+		}
 	}
 	dir := filepath.Join(c.HostsDir, host)
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/gatehouse/gatehouse/access/accesstest"
 )
 
 // GatehouseUpstream is one entry of the config's upstreams list.
@@ -46,11 +49,25 @@ type GatehouseConfig struct {
 	// before `gatehouse serve` first starts (after DBArchive's import):
 	// e.g. `gatehouse db update`, which must not race serve's own update.
 	BeforeServe func(t testing.TB, g *Gatehouse)
+	// TLS, when set, makes gatehouse serve HTTPS (server.tls) with a
+	// certificate for 127.0.0.1 issued by this CA; URL is then https://
+	// and Do trusts the CA.
+	TLS *accesstest.CA
+	// Auth is server.auth: client credentials.
+	Auth *GatehouseAuth
 	// Extra holds further top-level keys, written as they are (for the
 	// metrics, ... sections of later tests). It must not repeat a key the
 	// harness writes (listen, dataDir, log, upstreams, defaultUpstream,
 	// gate).
 	Extra map[string]any
+}
+
+// GatehouseAuth is server.auth of gatehouse's config.
+type GatehouseAuth struct {
+	Htpasswd       string `yaml:"htpasswd,omitempty"`
+	TokensFile     string `yaml:"tokensFile,omitempty"`
+	APITokenFile   string `yaml:"apiTokenFile,omitempty"`
+	ProtectMetrics bool   `yaml:"protectMetrics,omitempty"`
 }
 
 // GateConfig is the gate section of gatehouse's config (config/gate.go):
@@ -138,13 +155,19 @@ func (r *Registry) Upstream() GatehouseUpstream {
 // Gatehouse is the gatehouse binary serving on a loopback port with a data
 // directory that survives Restart.
 type Gatehouse struct {
-	// Host is "127.0.0.1:port"; URL is "http://" + Host.
-	Host, URL  string
-	DataDir    string
-	ConfigPath string
-	LogPath    string
+	// Host is "127.0.0.1:port"; URL is "http://" + Host, or "https://"
+	// with GatehouseConfig.TLS.
+	Host, URL string
+	// CAFile is the CA certificate clients trust with GatehouseConfig.TLS;
+	// CertFile and KeyFile are the server's (rewrite them to renew).
+	CAFile, CertFile, KeyFile string
+	DataDir                   string
+	ConfigPath                string
+	LogPath                   string
 
 	port   int
+	scheme string
+	client *http.Client // trusts CAFile
 	bin    string
 	tmpDir string // TMPDIR of every gatehouse process
 	proc   *Process
@@ -164,6 +187,8 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 		LogPath:    filepath.Join(dir, "gatehouse.log"),
 		bin:        bin,
 		tmpDir:     filepath.Join(dir, "tmp"),
+		scheme:     "http",
+		client:     &http.Client{Timeout: 30 * time.Second},
 	}
 	// Trivy makes a temporary directory per process: keep them under the
 	// test's directory.
@@ -187,6 +212,24 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 		// are refused, which proves the other routes are really taken.
 		"defaultUpstream": cfg.DefaultUpstream,
 		"gate":            gateCfg,
+	}
+	server := map[string]any{}
+	if cfg.TLS != nil {
+		tlsDir := filepath.Join(dir, "tls")
+		if err := os.Mkdir(tlsDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		g.CertFile, g.KeyFile = filepath.Join(tlsDir, "tls.crt"), filepath.Join(tlsDir, "tls.key")
+		cfg.TLS.Issue(t, g.CertFile, g.KeyFile, 1, "127.0.0.1", "localhost")
+		server["tls"] = map[string]string{"certFile": g.CertFile, "keyFile": g.KeyFile}
+		g.scheme, g.CAFile = "https", cfg.TLS.CertFile
+		g.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cfg.TLS.Pool}}
+	}
+	if cfg.Auth != nil {
+		server["auth"] = cfg.Auth
+	}
+	if len(server) > 0 {
+		doc["server"] = server
 	}
 	for k, v := range cfg.Extra {
 		if _, taken := doc[k]; taken || k == "listen" {
@@ -225,7 +268,7 @@ func StartGatehouse(t testing.TB, cfg GatehouseConfig) *Gatehouse {
 	startOnFreePort(t, func(port int) error {
 		g.port = port
 		g.Host = loopback(port)
-		g.URL = "http://" + g.Host
+		g.URL = g.scheme + "://" + g.Host
 		doc["listen"] = g.Host
 		writeConfig()
 		return g.start(t)
@@ -293,7 +336,7 @@ func (g *Gatehouse) start(t testing.TB) error {
 	// Runs before StartProcess's own cleanup: the exit status is checked
 	// however the test ends.
 	t.Cleanup(func() { stop(t) })
-	return waitHTTP(g.proc, g.port, g.URL+"/readyz", 60*time.Second, func(s int) bool { return s == http.StatusOK })
+	return waitHTTPWith(g.client, g.proc, g.port, g.URL+"/readyz", 60*time.Second, func(s int) bool { return s == http.StatusOK })
 }
 
 // Stop sends SIGTERM and checks that gatehouse exits cleanly.
@@ -384,8 +427,7 @@ func (g *Gatehouse) Do(t testing.TB, method, path string, headers ...string) Res
 		k, v, _ := strings.Cut(h, ":")
 		req.Header.Add(strings.TrimSpace(k), strings.TrimSpace(v))
 	}
-	client := &http.Client{Timeout: 30 * time.Second}
-	resp, err := client.Do(req)
+	resp, err := g.client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}

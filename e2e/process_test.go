@@ -195,7 +195,12 @@ func startOnFreePort(t testing.TB, start func(port int) error) {
 }
 
 func waitHTTP(p *Process, port int, url string, timeout time.Duration, ok func(status int) bool) error {
-	client := &http.Client{Timeout: 2 * time.Second}
+	return waitHTTPWith(&http.Client{}, p, port, url, timeout, ok)
+}
+
+// waitHTTPWith is waitHTTP with the client's transport (HTTPS trust).
+func waitHTTPWith(c *http.Client, p *Process, port int, url string, timeout time.Duration, ok func(status int) bool) error {
+	client := &http.Client{Transport: c.Transport, Timeout: 2 * time.Second}
 	deadline := time.Now().Add(timeout)
 	last := "no answer"
 	for {

@@ -42,6 +42,21 @@ type Registry struct {
 	proc    *Process
 }
 
+// WriteHtpasswd writes an htpasswd file at path with one user, as an
+// operator would: `htpasswd -B` (bcrypt, the only format distribution and
+// gatehouse accept). It returns path.
+func WriteHtpasswd(t testing.TB, path, user, password string) string {
+	t.Helper()
+	res := runCmd(t.Context(), 30*time.Second, nil, "htpasswd", "-Bbn", user, password)
+	if res.Err != nil {
+		t.Fatalf("htpasswd: %v", res)
+	}
+	if err := os.WriteFile(path, res.Stdout, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // StartRegistry starts a docker-registry and waits until it answers /v2/.
 // It is stopped in t.Cleanup.
 func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
@@ -55,16 +70,7 @@ func StartRegistry(t testing.TB, opts RegistryOptions) *Registry {
 		logPath: filepath.Join(dir, "registry.log"),
 	}
 	if opts.Username != "" && opts.Password != "" {
-		// distribution accepts bcrypt entries only: htpasswd -B.
-		res := runCmd(t.Context(), 30*time.Second, nil, "htpasswd", "-Bbn", opts.Username, opts.Password)
-		if res.Err != nil {
-			t.Fatalf("htpasswd: %v", res)
-		}
-		htpasswd := filepath.Join(dir, "htpasswd")
-		if err := os.WriteFile(htpasswd, res.Stdout, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		r.auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: e2e\n    path: %s\n", htpasswd)
+		r.auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: e2e\n    path: %s\n", WriteHtpasswd(t, filepath.Join(dir, "htpasswd"), opts.Username, opts.Password))
 	}
 	startOnFreePort(t, func(port int) error {
 		r.port = port

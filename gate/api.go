@@ -14,11 +14,15 @@ import (
 
 // ImageSummary is one row of GET /api/v1/images.
 type ImageSummary struct {
-	Digest    string         `json:"digest"`
-	Upstream  string         `json:"upstream"`
-	Repo      string         `json:"repository"`
-	Tags      []string       `json:"tags"`
-	Kind      string         `json:"kind"`
+	Digest   string   `json:"digest"`
+	Upstream string   `json:"upstream"`
+	Repo     string   `json:"repository"`
+	Tags     []string `json:"tags"`
+	Kind     string   `json:"kind"`
+	// ArtifactType is the artifactType or config media type.
+	ArtifactType string `json:"artifactType,omitempty"`
+	// Platform is os/architecture[/variant], when known.
+	Platform  string         `json:"platform,omitempty"`
 	Verdict   string         `json:"verdict"` // admitted, denied
 	Reason    string         `json:"reason"`
 	Rule      string         `json:"rule,omitempty"`
@@ -26,6 +30,12 @@ type ImageSummary struct {
 	ScannedAt time.Time      `json:"scannedAt,omitzero"`
 	DBVersion string         `json:"dbVersion,omitempty"`
 	FirstSeen time.Time      `json:"firstSeen"`
+	// LastPulled and Pulls count GETs of the manifest.
+	LastPulled time.Time `json:"lastPulled,omitzero"`
+	Pulls      int64     `json:"pulls"`
+	// Signature is the latest signature check; absent when the rule
+	// verifies none.
+	Signature *SignatureResult `json:"signature,omitempty"`
 }
 
 // ImageDetail is GET /api/v1/images/<digest>.
@@ -36,9 +46,11 @@ type ImageDetail struct {
 
 func summary(rec *ImageRecord) ImageSummary {
 	s := ImageSummary{Digest: rec.Digest, Upstream: rec.Upstream, Repo: rec.Repo, Tags: rec.Tags, Kind: rec.Kind,
-		FirstSeen: rec.FirstSeen, Counts: map[string]int{}}
+		ArtifactType: rec.ArtifactType, Platform: rec.Platform, FirstSeen: rec.FirstSeen, LastPulled: rec.LastPulled,
+		Pulls: rec.Pulls, Counts: map[string]int{}}
 	if v := rec.Latest; v != nil {
 		s.Verdict, s.Reason, s.ScannedAt, s.DBVersion = "denied", v.Reason, v.ScannedAt, v.DBVersion
+		s.Signature = v.Signature
 		if v.Admitted {
 			s.Verdict = "admitted"
 		}
@@ -52,10 +64,14 @@ func summary(rec *ImageRecord) ImageSummary {
 // Images lists judged manifests, newest first.
 func (g *Gate) Images() ([]ImageSummary, error) {
 	var out []ImageSummary
+	pending := g.unflushed()
 	err := g.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketImages).ForEach(func(k, v []byte) error {
 			var rec ImageRecord
 			if json.Unmarshal(v, &rec) == nil {
+				if p, ok := pending[rec.Digest]; ok {
+					addPulls(&rec, &p)
+				}
 				out = append(out, summary(&rec))
 			}
 			return nil
@@ -68,14 +84,18 @@ func (g *Gate) Images() ([]ImageSummary, error) {
 // Image returns one judged manifest with every vulnerability found.
 func (g *Gate) Image(dgst string) (*ImageDetail, error) {
 	var d *ImageDetail
+	pending := g.unflushed()
 	err := g.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketImages).Get([]byte(dgst))
 		if v == nil {
-			return errNotFound
+			return ErrNotFound
 		}
 		d = &ImageDetail{Vulns: []Vuln{}}
 		if err := json.Unmarshal(v, &d.ImageRecord); err != nil {
 			return err
+		}
+		if p, ok := pending[dgst]; ok {
+			addPulls(&d.ImageRecord, &p)
 		}
 		if r := tx.Bucket(bucketReports).Get([]byte(dgst)); r != nil {
 			var rep storedReport
@@ -124,7 +144,7 @@ func (g *Gate) APIHandler() http.Handler {
 			return
 		}
 		d, err := g.Image(dgst)
-		if err == errNotFound {
+		if err == ErrNotFound {
 			apiError(w, http.StatusNotFound, "no judged manifest "+dgst)
 			return
 		} else if err != nil {

@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -53,15 +54,17 @@ type Gate struct {
 	now     func() time.Time
 	pass    map[string]bool
 
-	mu      sync.Mutex
-	jobs    map[string]*job
-	memo    map[string]*Verdict // verdict key → verdict, the hot path
-	tags    map[string]struct{} // digest+tag pairs already recorded
-	parents map[string]v1.Hash  // platform manifest → the index that listed it
-	closed  bool
-	closing chan struct{}
-	wg      sync.WaitGroup
-	sem     chan struct{}
+	mu        sync.Mutex
+	jobs      map[string]*job
+	memo      map[string]*Verdict   // verdict key → verdict, the hot path
+	tags      map[string]struct{}   // digest+tag pairs already recorded
+	parents   map[string]v1.Hash    // platform manifest → the index that listed it
+	platforms map[string]string     // platform manifest → os/arch of its index entry
+	pulls     map[string]*pullCount // manifest → pulls not yet flushed
+	closed    bool
+	closing   chan struct{}
+	wg        sync.WaitGroup
+	sem       chan struct{}
 
 	denials *denialLog
 }
@@ -99,10 +102,32 @@ func (g *Gate) noteIndex(s *Subject) {
 	defer g.mu.Unlock()
 	if len(g.parents) > maxParents {
 		clear(g.parents)
+		clear(g.platforms)
 	}
 	for _, m := range idx.Manifests {
 		g.parents[m.Digest.String()] = s.Digest
+		if m.Platform != nil {
+			g.platforms[m.Digest.String()] = platformString(m.Platform.OS, m.Platform.Architecture, m.Platform.Variant)
+		}
 	}
+}
+
+// platformString writes a platform as os/architecture[/variant].
+func platformString(os, arch, variant string) string {
+	if os == "" && arch == "" {
+		return ""
+	}
+	p := os + "/" + arch
+	if variant != "" {
+		p += "/" + variant
+	}
+	return p
+}
+
+func (g *Gate) platform(dgst v1.Hash) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.platforms[dgst.String()]
 }
 
 func (g *Gate) parent(dgst v1.Hash) *v1.Hash {
@@ -143,16 +168,27 @@ func (g *Gate) verifySignature(ctx context.Context, s *Subject, rule *policy.Rul
 
 // ImageRecord describes a judged manifest.
 type ImageRecord struct {
-	Digest    string     `json:"digest"`
-	Upstream  string     `json:"upstream"`
-	Repo      string     `json:"repository"`
-	Tags      []string   `json:"tags"`
-	MediaType string     `json:"mediaType"`
-	Kind      string     `json:"kind"`
+	Digest    string   `json:"digest"`
+	Upstream  string   `json:"upstream"`
+	Repo      string   `json:"repository"`
+	Tags      []string `json:"tags"`
+	MediaType string   `json:"mediaType"`
+	Kind      string   `json:"kind"`
+	// ArtifactType is the manifest's artifactType, else its config media
+	// type: what kind of artifact it is (image, Helm chart, signature, ...).
+	ArtifactType string `json:"artifactType,omitempty"`
+	// Platform is os/architecture[/variant] of an image, from the index
+	// that listed it or its config; empty when unknown.
+	Platform  string     `json:"platform,omitempty"`
 	Config    string     `json:"config,omitempty"`
 	Layers    []LayerRef `json:"layers,omitempty"`
 	FirstSeen time.Time  `json:"firstSeen"`
-	Latest    *Verdict   `json:"verdict,omitempty"`
+	// LastPulled is the time of the latest GET of the manifest and Pulls
+	// counts them (HEADs are not pulls); both are written in batches, see
+	// FlushPulls.
+	LastPulled time.Time `json:"lastPulled,omitzero"`
+	Pulls      int64     `json:"pulls"`
+	Latest     *Verdict  `json:"verdict,omitempty"`
 }
 
 // LayerRef is a layer of an image.
@@ -186,22 +222,24 @@ func New(opts Options) (*Gate, error) {
 		return nil, fmt.Errorf("gate: %w", err)
 	}
 	g := &Gate{
-		cfg:     opts.Config,
-		policy:  policy.New(opts.Config.Policy.Rules),
-		scanner: opts.Scanner,
-		blobs:   opts.Blobs,
-		db:      db,
-		log:     opts.Log,
-		now:     opts.Now,
-		pass:    map[string]bool{},
-		jobs:    map[string]*job{},
-		memo:    map[string]*Verdict{},
-		tags:    map[string]struct{}{},
-		parents: map[string]v1.Hash{},
-		sigs:    opts.Signatures,
-		closing: make(chan struct{}),
-		sem:     make(chan struct{}, opts.Config.ScanConcurrency),
-		denials: newDenialLog(1000),
+		cfg:       opts.Config,
+		policy:    policy.New(opts.Config.Policy.Rules),
+		scanner:   opts.Scanner,
+		blobs:     opts.Blobs,
+		db:        db,
+		log:       opts.Log,
+		now:       opts.Now,
+		pass:      map[string]bool{},
+		jobs:      map[string]*job{},
+		memo:      map[string]*Verdict{},
+		tags:      map[string]struct{}{},
+		parents:   map[string]v1.Hash{},
+		platforms: map[string]string{},
+		pulls:     map[string]*pullCount{},
+		sigs:      opts.Signatures,
+		closing:   make(chan struct{}),
+		sem:       make(chan struct{}, opts.Config.ScanConcurrency),
+		denials:   newDenialLog(1000),
 	}
 	for _, t := range opts.Config.PassArtifactTypes {
 		g.pass[t] = true
@@ -224,6 +262,9 @@ func (g *Gate) Close() error {
 	}
 	g.mu.Unlock()
 	g.wg.Wait()
+	if err := g.FlushPulls(); err != nil {
+		g.log.Error("recording pulls", "err", err)
+	}
 	return g.db.Close()
 }
 
@@ -232,9 +273,11 @@ func (g *Gate) Policy() *policy.Policy { return g.policy }
 
 // manifestInfo is what the gate reads of a manifest.
 type manifestInfo struct {
-	kind   string
-	config v1.Descriptor
-	layers []v1.Descriptor
+	kind         string
+	artifactType string
+	platform     string
+	config       v1.Descriptor
+	layers       []v1.Descriptor
 }
 
 func parseManifest(s *Subject) (*manifestInfo, error) {
@@ -242,7 +285,14 @@ func parseManifest(s *Subject) (*manifestInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing manifest: %w", err)
 	}
-	return &manifestInfo{kind: "image", config: m.Config, layers: m.Layers}, nil
+	at := string(m.Config.MediaType)
+	var a struct {
+		ArtifactType string `json:"artifactType"`
+	}
+	if json.Unmarshal(s.Manifest, &a) == nil && a.ArtifactType != "" {
+		at = a.ArtifactType
+	}
+	return &manifestInfo{kind: "image", artifactType: at, config: m.Config, layers: m.Layers}, nil
 }
 
 // Check judges a manifest before it is served. It returns the verdict
@@ -264,12 +314,14 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	// The hot path: a manifest judged before costs a map lookup.
 	if v := g.cached(key); v != nil {
 		g.noteTag(&s)
+		g.notePull(&s)
 		return g.deny(v, &s), nil
 	}
 	info, err := parseManifest(&s)
 	if err != nil {
 		return nil, err
 	}
+	info.platform = g.platform(s.Digest)
 	var v *Verdict
 	switch {
 	case g.isArtifact(info, &s):
@@ -285,6 +337,7 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 		if err := g.store(key, &s, info, v); err != nil {
 			g.log.Error("storing verdict", "err", err)
 		}
+		g.notePull(&s)
 		return v, nil
 	}
 
@@ -321,6 +374,7 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	if j.err != nil {
 		return g.failed(&s, info, rule, j.err)
 	}
+	g.notePull(&s)
 	return g.deny(j.verdict, &s), nil
 }
 
@@ -352,6 +406,7 @@ func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, err err
 		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name, Reason: ReasonScanError,
 			Message: fmt.Sprintf("not scanned (%v); admitted because rule %q is in audit mode", err, rule.Name), JudgedAt: g.now()}
 		g.record(s, info, v)
+		g.notePull(s)
 		return v, nil
 	}
 	g.log.Error("scan failed; image refused (fail closed)", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", err)
@@ -451,6 +506,12 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		start := time.Now()
 		img := newImage(ctx, g.blobs, &s, info)
 		r, serr := g.scanner.Scan(ctx, img, s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
+		if serr == nil && info.platform == "" {
+			// The scan has just read the config through the cache.
+			if cf, err := img.ConfigFile(); err == nil {
+				info.platform = platformString(cf.OS, cf.Architecture, cf.Variant)
+			}
+		}
 		cancel()
 		<-g.sem
 		metrics.ScansInFlight.Dec()
@@ -556,7 +617,7 @@ func (g *Gate) report(dgst, dbv string) (*storedReport, error) {
 	err := g.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketReports).Get([]byte(dgst))
 		if b == nil {
-			return errNotFound
+			return ErrNotFound
 		}
 		rep = &storedReport{}
 		return json.Unmarshal(b, rep)
@@ -565,12 +626,13 @@ func (g *Gate) report(dgst, dbv string) (*storedReport, error) {
 		return nil, err
 	}
 	if rep.DBVersion != dbv {
-		return nil, errNotFound
+		return nil, ErrNotFound
 	}
 	return rep, nil
 }
 
-var errNotFound = errors.New("not found")
+// ErrNotFound is returned for a digest the gate has not judged.
+var ErrNotFound = errors.New("not found")
 
 func (g *Gate) putReport(dgst string, rep *storedReport) error {
 	b, err := json.Marshal(rep)
@@ -620,7 +682,9 @@ func (g *Gate) putImage(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict)
 		_ = json.Unmarshal(old, &rec)
 	}
 	if rec.Digest == "" {
-		rec = ImageRecord{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, MediaType: s.MediaType, Kind: info.kind,
+		// The verdict's kind says "artifact" for what passed by media type.
+		kind := cmp.Or(v.Kind, info.kind)
+		rec = ImageRecord{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, MediaType: s.MediaType, Kind: kind,
 			Config: info.config.Digest.String(), FirstSeen: g.now(), Tags: []string{}}
 		for _, l := range info.layers {
 			rec.Layers = append(rec.Layers, LayerRef{Digest: l.Digest.String(), Size: l.Size, MediaType: string(l.MediaType)})
@@ -628,6 +692,14 @@ func (g *Gate) putImage(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict)
 	}
 	if s.Tag != "" && !slices.Contains(rec.Tags, s.Tag) {
 		rec.Tags = append(rec.Tags, s.Tag)
+	}
+	// Records written before these fields existed get them on the next
+	// judgement.
+	if rec.ArtifactType == "" {
+		rec.ArtifactType = info.artifactType
+	}
+	if rec.Platform == "" {
+		rec.Platform = info.platform
 	}
 	rec.Latest = v
 	rb, err := json.Marshal(&rec)

@@ -116,6 +116,9 @@ type Subject struct {
 	MediaType string
 	Manifest  []byte
 	Client    string // remote address, for the denial log
+	// Pull marks a GET (the manifest body is served): counted as a pull
+	// of the image. A HEAD resolves a tag and is not counted.
+	Pull bool
 }
 
 // Verdict is the gate's judgement of one manifest.

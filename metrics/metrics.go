@@ -28,7 +28,7 @@ var (
 		Help: "Blob bytes sent to clients, by source: cache (committed file) or upstream (streamed from a fetch in progress)."}, []string{"source"})
 	// CacheRequests counts cache lookups by kind and result.
 	CacheRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cache_requests_total",
-		Help: "Cache lookups by kind (manifest, blob, tag) and result (hit, miss, stale)."}, []string{"kind", "result"})
+		Help: "Cache lookups by kind (manifest, blob, tag) and result (hit, miss, stale, bypass: the cache could not be written)."}, []string{"kind", "result"})
 	// Evictions counts blobs evicted by the size limit.
 	Evictions = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_evictions_total",
 		Help: "Blobs evicted to keep the cache within cache.maxSize."})
@@ -54,6 +54,13 @@ var (
 		Help: "Blob requests that joined an upstream fetch already under way instead of starting one."})
 	FetchesFailed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_failed_total",
 		Help: "Upstream blob fetches that failed (error, digest or size mismatch, stall); nothing was cached."})
+	// CacheWriteErrors counts failures to write the cache (disk full,
+	// read-only directory); BlobPassthroughs the blob transfers that then
+	// went from upstream to the client without being cached.
+	CacheWriteErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_write_errors_total",
+		Help: "Failed writes to the blob cache (disk full, unwritable directory); pulls go on without caching."})
+	BlobPassthroughs = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_passthrough_total",
+		Help: "Blob transfers streamed from upstream without caching because the cache could not be written."})
 	// GateDecisions counts verdicts served by result, reason and rule.
 	GateDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "gate_decisions_total",
 		Help: "Gate decisions on served manifests by result (admitted, denied, error, pending), reason and rule."}, []string{"result", "reason", "rule"})
@@ -78,6 +85,15 @@ var (
 	// SignatureVerifications counts signature checks by result.
 	SignatureVerifications = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "signature_verifications_total",
 		Help: "Signature verifications by result (verified, unsigned, untrusted, error)."}, []string{"result"})
+	// AuthFailures counts refused client requests by realm (pull, api) and
+	// reason (missing, malformed, invalid).
+	AuthFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "auth_failures_total",
+		Help: "Client requests refused for missing, malformed or invalid credentials, by realm (pull, api)."}, []string{"realm", "reason"})
+	// AccessReloads counts reloads of the TLS certificate and credential
+	// files by file (tls, clientCA, htpasswd, tokens, apiTokens) and result
+	// (ok, error; an error keeps the previous contents).
+	AccessReloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "access_reloads_total",
+		Help: "Reloads of the TLS certificate and credential files after a change, by file and result (error: the previous contents stay in use)."}, []string{"file", "result"})
 )
 
 // Sources of the gauges read at scrape time.
@@ -103,7 +119,9 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		Requests, RequestDuration, ServedBytes, CacheRequests, Evictions, EvictedBytes,
 		UpstreamRequests, UpstreamDuration, UpstreamBytes, FetchesStarted, FetchesJoined, FetchesFailed,
+		CacheWriteErrors, BlobPassthroughs,
 		GateDecisions, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
+		AuthFailures, AccessReloads,
 	}
 	cs = append(cs, ScanLimitsExceeded)
 	if src.CacheUsage != nil {
@@ -170,6 +188,11 @@ func Register(reg prometheus.Registerer, src Sources) error {
 	}
 	for _, l := range []string{"maxLayerSize", "maxLayerFiles", "maxImageSize"} {
 		ScanLimitsExceeded.WithLabelValues(l)
+	}
+	for _, realm := range []string{"pull", "api"} {
+		for _, r := range []string{"missing", "malformed", "invalid"} {
+			AuthFailures.WithLabelValues(realm, r)
+		}
 	}
 	return nil
 }

@@ -49,6 +49,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_signature_verifications_total", "go_goroutines", "process_resident_memory_bytes",
 		"gatehouse_cache_max_bytes", "gatehouse_data_disk_free_bytes", "gatehouse_data_disk_size_bytes",
 		"gatehouse_scan_limits_exceeded_total",
+		"gatehouse_auth_failures_total",
 	} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("%s not exported", name)

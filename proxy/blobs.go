@@ -74,7 +74,11 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Er
 		metrics.ServedBytes.WithLabelValues("cache").Add(float64(cw.n))
 		return nil
 	}
-	metrics.CacheRequests.WithLabelValues("blob", "miss").Inc()
+	result := "miss"
+	if !st.Cached() {
+		result = "bypass" // the cache cannot be written
+	}
+	metrics.CacheRequests.WithLabelValues("blob", result).Inc()
 	return h.streamFetch(w, r, rt, st)
 }
 

@@ -159,7 +159,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err *Error) {
 		if sn, ok := w.(interface{ NoteStatus(int) }); ok {
 			sn.NoteStatus(status) // the access log and metrics see the hijacked status
 		}
-		if r.ProtoMajor == 1 && status != http.StatusNotFound && writeStatusLine(w, status, reason, len(body)+1) {
+		// A 401 says nothing a client needs to read: it answers the
+		// challenge on the same connection.
+		if r.ProtoMajor == 1 && status != http.StatusNotFound && status != http.StatusUnauthorized && writeStatusLine(w, status, reason, len(body)+1) {
 			return
 		}
 		w.WriteHeader(status)
@@ -167,6 +169,13 @@ func writeError(w http.ResponseWriter, r *http.Request, err *Error) {
 	}
 	w.WriteHeader(status)
 	w.Write(append(body, '\n'))
+}
+
+// WriteError writes an OCI error response with code and message, for the
+// handlers that wrap the proxy (access control). Header fields set on w
+// before the call (WWW-Authenticate) are sent with it.
+func WriteError(w http.ResponseWriter, r *http.Request, code Code, message string) {
+	writeError(w, r, &Error{Code: code, Message: message})
 }
 
 type errorJSON struct {

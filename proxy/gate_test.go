@@ -50,13 +50,36 @@ func (repoScanner) Rescan(ctx context.Context, inv json.RawMessage) (*gate.Repor
 
 func (repoScanner) DBVersion() string { return "test-db" }
 
-func (e *env) withGate() {
+func (e *env) withGate() *gate.Gate {
 	g, err := gate.New(gate.Options{Config: &e.cfg.Gate, DataDir: e.t.TempDir(), Scanner: repoScanner{}, Blobs: e.handler, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { g.Close() })
 	e.handler.SetGate(g)
+	return g
+}
+
+// A GET of a manifest is a pull; a HEAD (tag resolution) is not.
+func TestManifestGETsCountAsPulls(t *testing.T) {
+	e := newEnv(t, nil)
+	g := e.withGate()
+	img := e.push("good/app", "v1", 1, 100)
+	dgst := must(img.Digest()).String()
+	for _, req := range []struct{ method, ref string }{{"HEAD", "v1"}, {"GET", dgst}, {"HEAD", "v1"}, {"GET", "v1"}, {"GET", dgst}} {
+		resp := e.get(req.method, "/v2/good/app/manifests/"+req.ref)
+		readAll(t, resp)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s %s: %d", req.method, req.ref, resp.StatusCode)
+		}
+	}
+	d, err := g.Image(dgst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Pulls != 3 || d.LastPulled.IsZero() {
+		t.Errorf("after 3 GETs and 2 HEADs: %d pulls, last %v; want 3", d.Pulls, d.LastPulled)
+	}
 }
 
 func TestGateDeniesVulnerableImage(t *testing.T) {

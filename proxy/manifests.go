@@ -45,7 +45,7 @@ func (h *Handler) serveManifest(w http.ResponseWriter, r *http.Request, rt *Rout
 			tag = rt.Ref
 		}
 		v, err := h.gate.Check(r.Context(), gate.Subject{Upstream: rt.Upstream.Name, Repo: rt.Repo, Tag: tag,
-			Digest: m.Digest, MediaType: m.MediaType, Manifest: m.Data, Client: r.RemoteAddr})
+			Digest: m.Digest, MediaType: m.MediaType, Manifest: m.Data, Client: r.RemoteAddr, Pull: r.Method == http.MethodGet})
 		if err != nil {
 			oe := gateError(err)
 			result := "error"

@@ -140,14 +140,7 @@ func cmdConfig(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	redacted := *cfg
-	redacted.Upstreams = append([]config.Upstream(nil), cfg.Upstreams...)
-	for i := range redacted.Upstreams {
-		if redacted.Upstreams[i].Password != "" {
-			redacted.Upstreams[i].Password = "<redacted>"
-		}
-	}
-	out, err := yaml.Marshal(&redacted)
+	out, err := yaml.Marshal(cfg.Redacted())
 	if err != nil {
 		return err
 	}

@@ -3,16 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gatehouse/gatehouse/access/accesstest"
 )
 
 func TestUsageAndErrors(t *testing.T) {
@@ -45,27 +49,50 @@ func TestConfigErrorNamesField(t *testing.T) {
 	}
 }
 
-// serve starts, answers health checks and metrics, and stops cleanly when
-// its context ends (SIGTERM in main).
-func TestServeStartsAndShutsDown(t *testing.T) {
+// startServe runs `gatehouse serve` with the YAML config extra (listen and
+// dataDir are added) until the test ends, and returns its address once
+// /readyz answers through client. stop ends it and checks its exit code.
+func startServe(t *testing.T, extra string, client *http.Client, scheme string) (addr string, stop func()) {
+	t.Helper()
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
+	addr = ln.Addr().String()
 	ln.Close()
 	dir := t.TempDir()
 	f := filepath.Join(dir, "g.yaml")
-	os.WriteFile(f, []byte(fmt.Sprintf("listen: %q\ndataDir: %q\ngate: {db: {updateInterval: 0s}}\n", addr, filepath.Join(dir, "data"))), 0o600)
+	os.WriteFile(f, []byte(fmt.Sprintf("listen: %q\ndataDir: %q\ngate: {db: {updateInterval: 0s}}\n%s", addr, filepath.Join(dir, "data"), extra)), 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	var logs bytes.Buffer
 	go func() { done <- run(ctx, []string{"serve", "--config", f}, io.Discard, &syncWriter{w: &logs}) }()
+	var stopped bool
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case code := <-done:
+			if code != 0 {
+				t.Fatalf("serve exited %d: %s", code, logs.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("serve did not stop")
+		}
+	}
+	t.Cleanup(stop)
 
 	var resp *http.Response
 	var err error
-	for i := 0; i < 200; i++ {
-		if resp, err = http.Get("http://" + addr + "/readyz"); err == nil {
+	for i := 0; i < 400; i++ {
+		if resp, err = client.Get(scheme + "://" + addr + "/readyz"); err == nil {
 			break
 		}
-		time.Sleep(25 * time.Millisecond)
+		select {
+		case code := <-done:
+			t.Fatalf("serve exited %d: %s", code, logs.String())
+		case <-time.After(25 * time.Millisecond):
+		}
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +101,14 @@ func TestServeStartsAndShutsDown(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("readyz %d", resp.StatusCode)
 	}
-	resp, err = http.Get("http://" + addr + "/metrics")
+	return addr, stop
+}
+
+// serve starts, answers health checks and metrics, and stops cleanly when
+// its context ends (SIGTERM in main).
+func TestServeStartsAndShutsDown(t *testing.T) {
+	addr, stop := startServe(t, "", http.DefaultClient, "http")
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,14 +124,58 @@ func TestServeStartsAndShutsDown(t *testing.T) {
 		t.Fatalf("/v2/: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("serve exited %d: %s", code, logs.String())
+	// The web console, zero-config: /ui redirects to the images page.
+	resp, err = http.Get("http://" + addr + "/ui")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Request.URL.Path != "/ui/" || !bytes.Contains(body, []byte("No judged image yet")) {
+		t.Errorf("GET /ui: %d at %s:\n%.300s", resp.StatusCode, resp.Request.URL, body)
+	}
+	stop()
+}
+
+// With server.tls and server.auth, serve speaks HTTPS (HTTP/1.1 only, even
+// to a client that would take HTTP/2), refuses /v2/, /api/ and /ui/ without
+// credentials and keeps the probes and /metrics open.
+func TestServeWithTLSAndAuth(t *testing.T) {
+	ca := accesstest.NewCA(t)
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	ca.Issue(t, cert, key, 5, "127.0.0.1")
+	const token = "cmd-test-token-0123456789"
+	tokens := filepath.Join(dir, "tokens")
+	os.WriteFile(tokens, []byte("tester "+token+"\n"), 0o600)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool}, ForceAttemptHTTP2: true}}
+	addr, _ := startServe(t, fmt.Sprintf("server: {tls: {certFile: %q, keyFile: %q}, auth: {tokensFile: %q}}\n", cert, key, tokens), client, "https")
+	for _, tc := range []struct {
+		path, auth string
+		want       int
+	}{
+		{"/v2/", "", http.StatusUnauthorized},
+		{"/v2/", "Bearer " + token, http.StatusOK},
+		{"/api/v1/policy", "", http.StatusUnauthorized},
+		{"/api/v1/policy", "Bearer " + token, http.StatusOK},
+		{"/ui/", "", http.StatusUnauthorized},
+		{"/ui", "", http.StatusUnauthorized},
+		{"/ui/policy", "Bearer " + token, http.StatusOK},
+		{"/healthz", "", http.StatusOK},
+		{"/metrics", "", http.StatusOK},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+addr+tc.path, nil)
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want || resp.ProtoMajor != 1 {
+			t.Errorf("GET %s (auth %v): %d over %s; want %d over HTTP/1.1", tc.path, tc.auth != "", resp.StatusCode, resp.Proto, tc.want)
+		}
 	}
 }
 
@@ -110,4 +188,32 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// health --insecure reaches an HTTPS gatehouse whose certificate does not
+// verify; without it the check fails.
+func TestHealthOverHTTPS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") }))
+	defer srv.Close()
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"health", "--url", srv.URL + "/healthz"}, &out, &out); code == 0 {
+		t.Errorf("health without --insecure passed against an unverifiable certificate: %s", out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"health", "--insecure", "--url", srv.URL + "/healthz"}, &out, &out); code != 0 {
+		t.Errorf("health --insecure: exit %d: %s", code, out.String())
+	}
+}
+
+// Every console page counts under one route label: digests in its paths
+// must not become label values.
+func TestRouteLabelUI(t *testing.T) {
+	for _, p := range []string{"/ui", "/ui/", "/ui/policy", "/ui/denials", "/ui/images/sha256:" + strings.Repeat("a", 64), "/ui/static/style.css"} {
+		if got := routeLabel(p); got != "ui" {
+			t.Errorf("routeLabel(%q) = %q, want ui", p, got)
+		}
+	}
+	if got := routeLabel("/uix"); got != "other" {
+		t.Errorf("routeLabel(/uix) = %q, want other", got)
+	}
 }

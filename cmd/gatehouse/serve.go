@@ -20,9 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/gatehouse/gatehouse/access"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
 	"github.com/gatehouse/gatehouse/proxy"
+	"github.com/gatehouse/gatehouse/ui"
 )
 
 // commonFlags are the flags every command that reads the configuration has.
@@ -121,11 +123,34 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}()
 	store, handler := st.store, st.handler
 
+	guard, err := access.New(cfg.Server, log)
+	if err != nil {
+		return err
+	}
+	tlsConf, err := access.TLSConfig(cfg.Server.TLS, log)
+	if err != nil {
+		return err
+	}
+
 	var ready atomic.Bool
 	mux := http.NewServeMux()
-	mux.Handle("/v2/", handler)
-	mux.Handle("/v2", handler)
-	mux.Handle("/api/", st.gate.APIHandler())
+	pulls := guard.Pulls(handler)
+	mux.Handle("/v2/", pulls)
+	mux.Handle("/v2", pulls)
+	mux.Handle("/api/", guard.API(st.gate.APIHandler()))
+	console, err := ui.New(ui.Options{Source: st.gate, Log: log,
+		DB: func() (ui.DBStatus, error) {
+			s, err := st.scanner.DBStatus()
+			return ui.DBStatus{Version: s.DBVersion, UpdatedAt: s.UpdatedAt}, err
+		},
+		Cache: func() (int64, int64) { used, _ := store.Usage(); return used, int64(cfg.Cache.MaxSize) },
+	})
+	if err != nil {
+		return err
+	}
+	// The web console shows what the API does, behind the same credential.
+	mux.Handle("/ui/", guard.API(console))
+	mux.Handle("/ui", guard.API(ui.RedirectHandler()))
 	reg := prometheus.NewRegistry()
 	rate := map[string]func() int64{}
 	for name, c := range st.clients {
@@ -152,7 +177,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}); err != nil {
 		return err
 	}
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("GET /metrics", guard.Metrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !ready.Load() {
@@ -172,6 +197,15 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		IdleTimeout:       cfg.Server.IdleTimeout.D(),
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsConf,
+	}
+	if tlsConf != nil {
+		// HTTP/1.1 only, as over plain HTTP: a denied HEAD carries its
+		// reason in the status line, the one thing containerd <= 2.3.2
+		// shows of it, and HTTP/2 has no reason phrase.
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		srv.Protocols = &protos
 	}
 	bytes, count := store.Usage()
 	names := make([]string, 0, len(cfg.Upstreams))
@@ -180,12 +214,18 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("gatehouse serving", "version", version, "addr", ln.Addr().String(), "dataDir", cfg.DataDir,
 		"upstreams", strings.Join(names, ","), "defaultUpstream", cfg.DefaultUpstream,
+		"tls", tlsConf != nil, "pullAuth", guard.PullAuth(), "apiAuth", guard.APIAuth(),
 		"cachedBlobs", count, "cachedBytes", bytes)
 	ready.Store(true)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		serve := srv.Serve
+		if tlsConf != nil {
+			// The certificate comes from TLSConfig.GetCertificate.
+			serve = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+		}
+		if err := serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
@@ -200,6 +240,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			case <-t.C:
 				if err := store.FlushAccess(); err != nil {
 					log.Error("recording access times", "err", err)
+				}
+				if err := st.gate.FlushPulls(); err != nil {
+					log.Error("recording pull counts", "err", err)
 				}
 			}
 		}
@@ -223,11 +266,14 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // accessLog logs every request at info level (debug for health checks and
-// scrapes) and counts it by route pattern, method and status.
+// scrapes), with the client identity that access control established (a
+// user or token name, never a secret), and counts it by route pattern,
+// method and status.
 func accessLog(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		r, client := access.Track(r)
 		defer func() {
 			route := routeLabel(r.URL.Path)
 			method := r.Method
@@ -243,7 +289,8 @@ func accessLog(log *slog.Logger, next http.Handler) http.Handler {
 				level = slog.LevelDebug
 			}
 			log.Log(r.Context(), level, "request", "method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"),
-				"status", rec.status, "bytes", rec.bytes, "duration", time.Since(start), "remote", r.RemoteAddr)
+				"status", rec.status, "bytes", rec.bytes, "duration", time.Since(start), "remote", r.RemoteAddr,
+				"client", client())
 		}()
 		next.ServeHTTP(rec, r)
 	})
@@ -255,6 +302,8 @@ func routeLabel(p string) string {
 		return proxy.RoutePattern(p)
 	case strings.HasPrefix(p, "/api/"):
 		return "api"
+	case p == "/ui" || strings.HasPrefix(p, "/ui/"):
+		return "ui"
 	case p == "/healthz" || p == "/readyz":
 		return "health"
 	case p == "/metrics":

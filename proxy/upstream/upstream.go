@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +56,7 @@ type Client struct {
 	reg      name.Registry
 	auth     authn.Authenticator
 	rt       http.RoundTripper // TLS, timeouts, retries; no auth
+	secrets  []string          // removed from every error message
 	log      *slog.Logger
 	redirect func(*http.Request, []*http.Request) error
 
@@ -113,14 +115,19 @@ func New(u *config.Upstream, log *slog.Logger) (*Client, error) {
 		// let the transport negotiate and undo a content encoding.
 		DisableCompression: true,
 	}
+	secrets, err := secretsOf(auth)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: credentials: %w", u.Name, err)
+	}
 	c := &Client{
-		name:  u.Name,
-		base:  base,
-		reg:   reg,
-		auth:  auth,
-		rt:    &retryTransport{inner: ht, retries: *u.Retries, base: 200 * time.Millisecond},
-		log:   log.With("upstream", u.Name),
-		repos: map[string]http.RoundTripper{},
+		name:    u.Name,
+		base:    base,
+		reg:     reg,
+		auth:    auth,
+		secrets: secrets,
+		rt:      &retryTransport{inner: ht, retries: *u.Retries, base: 200 * time.Millisecond},
+		log:     log.With("upstream", u.Name),
+		repos:   map[string]http.RoundTripper{},
 	}
 	c.redirect = checkRedirect
 	c.rateRemaining.Store(-1)
@@ -167,6 +174,42 @@ func authenticator(u *config.Upstream, host string) (authn.Authenticator, error)
 		return nil, err
 	}
 	return &authn.Basic{Username: u.Username, Password: pw}, nil
+}
+
+// secretsOf lists the strings of a credential that must never be shown:
+// the password and tokens, and the base64 forms a registry might echo back
+// from an Authorization header.
+func secretsOf(auth authn.Authenticator) ([]string, error) {
+	ac, err := auth.Authorization()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range []string{ac.Password, ac.Auth, ac.IdentityToken, ac.RegistryToken} {
+		if len(s) >= 4 { // shorter ones would blank out ordinary words
+			out = append(out, s)
+		}
+	}
+	if ac.Password != "" {
+		out = append(out, base64.StdEncoding.EncodeToString([]byte(ac.Username+":"+ac.Password)))
+	}
+	if ac.Auth != "" {
+		if dec, err := base64.StdEncoding.DecodeString(ac.Auth); err == nil {
+			if _, pw, ok := strings.Cut(string(dec), ":"); ok && len(pw) >= 4 {
+				out = append(out, pw)
+			}
+		}
+	}
+	return out, nil
+}
+
+// scrub removes the upstream's secrets from an error message: an upstream
+// (or a proxy in front of it) may echo the credentials it was sent.
+func (c *Client) scrub(e *Error) *Error {
+	for _, s := range c.secrets {
+		e.Message = strings.ReplaceAll(e.Message, s, "<redacted>")
+	}
+	return e
 }
 
 // checkRedirect follows at most five redirects, and only to http(s) URLs
@@ -246,7 +289,7 @@ func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Valu
 		return resp, nil
 	}
 	defer resp.Body.Close()
-	return nil, readError(c.name, resp)
+	return nil, c.scrub(readError(c.name, resp))
 }
 
 // wrapErr turns a transport failure (also a failed ping or token exchange)
@@ -265,12 +308,12 @@ func (c *Client) wrapErr(err error) error {
 		if e.Message == "" {
 			e.Message = http.StatusText(te.StatusCode)
 		}
-		return e
+		return c.scrub(e)
 	}
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return &Error{Upstream: c.name, Message: redactURL(err.Error()), Err: err}
+	return c.scrub(&Error{Upstream: c.name, Message: redactURL(err.Error()), Err: err})
 }
 
 // redactURL keeps error text short and free of query strings (pre-signed

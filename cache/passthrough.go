@@ -1,0 +1,146 @@
+package cache
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"syscall"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/gatehouse/gatehouse/metrics"
+)
+
+// WriteError is a failure to write the cache: a full disk, a read-only or
+// vanished data directory. Pulls do not fail for it: the blob is streamed
+// from upstream to the client, verified, and not kept.
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return "cache: writing: " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// DefaultWriteRetryInterval is how long after a failed cache write new
+// downloads bypass the cache before writing is tried again.
+const DefaultWriteRetryInterval = 30 * time.Second
+
+// noteWriteError records that the cache could not be written: downloads
+// bypass it for a while, and a full disk makes room by evicting the least
+// recently used tenth of the blobs nobody reads.
+func (s *Store) noteWriteError(err error) {
+	metrics.CacheWriteErrors.Inc()
+	s.mu.Lock()
+	first := s.writeFailed.IsZero() || time.Since(s.writeFailed) >= s.writeRetry
+	s.writeFailed = time.Now()
+	size := s.size
+	s.mu.Unlock()
+	if first {
+		s.log.Error("cannot write the cache; blobs are streamed from upstream without being kept",
+			"err", err, "retry_in", s.writeRetry)
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		if n, freed := s.Evict(size - size/10); n > 0 {
+			s.log.Warn("disk full: evicted least recently used blobs", "blobs", n, "bytes", freed)
+		}
+	}
+}
+
+// bypassing reports whether new downloads should skip the cache because a
+// write failed recently. Called with s.mu held.
+func (s *Store) bypassingLocked() bool {
+	return !s.writeFailed.IsZero() && time.Since(s.writeFailed) < s.writeRetry
+}
+
+// passStream returns a stream that reads the blob from upstream without
+// caching it. Called with s.mu held.
+func (s *Store) passStream(dgst v1.Hash, src Source) *Stream {
+	s.stats.Bypassed++
+	metrics.BlobPassthroughs.Inc()
+	return &Stream{dgst: dgst, src: src}
+}
+
+// passReader reads a blob straight from upstream, hashing it, and releases
+// its last byte only after the size and digest were verified, so that a
+// failed transfer never looks complete.
+type passReader struct {
+	dgst v1.Hash
+	body io.ReadCloser
+	br   *bufio.Reader
+	size int64
+	h    hash.Hash
+	n    int64
+	err  error // sticky
+}
+
+// openPass starts a transfer of its own from upstream and skips its first
+// skip bytes (hashing them).
+func openPass(ctx context.Context, dgst v1.Hash, src Source, skip int64) (*passReader, error) {
+	body, size, err := src(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p := &passReader{dgst: dgst, body: body, br: bufio.NewReaderSize(body, 256<<10), size: size, h: sha256.New()}
+	if skip > 0 {
+		if _, err := io.CopyN(io.Discard, p, skip); err != nil {
+			body.Close()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+func (p *passReader) Read(b []byte) (int, error) {
+	if p.err != nil {
+		return 0, p.err
+	}
+	n, err := p.br.Read(b)
+	p.h.Write(b[:n])
+	p.n += int64(n)
+	if p.size >= 0 && p.n > p.size {
+		p.err = ErrSizeMismatch
+		return 0, p.err
+	}
+	if err == nil {
+		// Hold these bytes back until more follow or the end verified.
+		if _, perr := p.br.Peek(1); perr == nil {
+			return n, nil
+		} else {
+			err = perr
+		}
+	}
+	if err != io.EOF {
+		p.err = err
+		return 0, err
+	}
+	switch got := hex.EncodeToString(p.h.Sum(nil)); {
+	case p.size >= 0 && p.n != p.size:
+		p.err = ErrSizeMismatch
+	case got != p.dgst.Hex:
+		p.err = fmt.Errorf("%w: got sha256:%s", ErrDigestMismatch, got)
+	default:
+		p.err = io.EOF
+		return n, io.EOF
+	}
+	return 0, p.err
+}
+
+// skipReader discards its first skip bytes.
+type skipReader struct {
+	r    io.Reader
+	skip int64
+}
+
+func (s *skipReader) Read(b []byte) (int, error) {
+	if s.skip > 0 {
+		if _, err := io.CopyN(io.Discard, s.r, s.skip); err != nil {
+			return 0, err
+		}
+		s.skip = 0
+	}
+	return s.r.Read(b)
+}

@@ -1,0 +1,113 @@
+package ui
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate"
+	"github.com/gatehouse/gatehouse/gate/policy"
+)
+
+type imageData struct {
+	gate.ImageDetail
+	Type      string
+	Vulns     []gate.Vuln // after the filter
+	Sevs      []sevCount  // all findings by severity
+	Severity  string
+	Search    string
+	Severs    []string
+	LayerSize int64
+}
+
+func (h *Handler) image(w http.ResponseWriter, r *http.Request) {
+	dgst := r.PathValue("digest")
+	if _, err := v1.NewHash(dgst); err != nil {
+		h.fail(w, http.StatusBadRequest, fmt.Sprintf("%q is not a digest (sha256:<64 hex digits>).", dgst))
+		return
+	}
+	q := r.URL.Query()
+	sev, search := q.Get("severity"), strings.TrimSpace(q.Get("q"))
+	if sev != "" && !slices.Contains(config.Severities, sev) {
+		h.fail(w, http.StatusBadRequest, fmt.Sprintf("Bad query parameter severity: %q is not one of %s.", sev, strings.Join(config.Severities, ", ")))
+		return
+	}
+	d, err := h.opts.Source.Image(dgst)
+	if errors.Is(err, gate.ErrNotFound) {
+		h.fail(w, http.StatusNotFound, "gatehouse has not judged a manifest "+dgst+".")
+		return
+	} else if err != nil {
+		h.opts.Log.Error("reading image for the web console", "digest", dgst, "err", err)
+		h.fail(w, http.StatusInternalServerError, "The image record could not be read; see gatehouse's log.")
+		return
+	}
+	data := imageData{ImageDetail: *d, Type: artifactLabel(d.Kind, d.ArtifactType, d.Tags), Severity: sev, Search: search, Severs: config.Severities}
+	counts := map[string]int{}
+	needle := strings.ToLower(search)
+	for _, v := range d.Vulns {
+		counts[v.Severity]++
+		if sev != "" && v.Severity != sev {
+			continue
+		}
+		if needle != "" && !strings.Contains(strings.ToLower(v.ID+"\x00"+v.PkgName+"\x00"+v.Title+"\x00"+v.PkgPath), needle) {
+			continue
+		}
+		data.Vulns = append(data.Vulns, v)
+	}
+	for _, s := range config.Severities {
+		if counts[s] > 0 {
+			data.Sevs = append(data.Sevs, sevCount{s, counts[s]})
+		}
+	}
+	for _, l := range d.Layers {
+		data.LayerSize += l.Size
+	}
+	h.render(w, http.StatusOK, "image", page{Title: d.Repo + "@" + shortDigest(d.Digest), Nav: "images", Data: data})
+}
+
+type policyData struct {
+	Rules []*policy.Rule
+	// Default is the built-in rule for repositories no rule matches; nil
+	// when a configured rule matches everything.
+	Default *policy.Rule
+	DB      DBStatus
+	DBErr   string
+	DBAge   time.Duration
+	Used    int64
+	Limit   int64
+	UsedPct int
+	Now     time.Time
+}
+
+func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
+	d := policyData{Rules: h.opts.Source.Policy().Rules(), Now: h.opts.Now()}
+	catchAll := false
+	for _, r := range d.Rules {
+		if len(r.Upstreams) == 0 && len(r.Repositories) == 0 {
+			catchAll = true
+		}
+	}
+	if !catchAll {
+		d.Default = policy.New([]config.Rule{config.DefaultRule()}).Rules()[0]
+	}
+	if db, err := h.opts.DB(); err != nil {
+		d.DBErr = err.Error()
+	} else {
+		d.DB, d.DBAge = db, d.Now.Sub(db.UpdatedAt)
+	}
+	d.Used, d.Limit = h.opts.Cache()
+	if d.Limit > 0 {
+		d.UsedPct = int(min(100, d.Used*100/d.Limit))
+	}
+	h.render(w, http.StatusOK, "policy", page{Title: "Policy", Nav: "policy", Data: d})
+}
+
+func (h *Handler) denials(w http.ResponseWriter, r *http.Request) {
+	h.render(w, http.StatusOK, "denials", page{Title: "Denials", Nav: "denials", Data: h.opts.Source.Denials()})
+}
