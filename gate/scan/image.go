@@ -24,6 +24,8 @@ type image struct {
 	limits limits
 
 	read atomic.Int64 // uncompressed bytes read, for limits.image
+	// release overrides releaseSize (tests).
+	release int
 
 	mu     sync.Mutex
 	open   map[*limitReader]struct{} // limited streams not closed yet
@@ -263,12 +265,13 @@ func (r *limitReader) watch() {
 var errQuit = errors.New("layer stream closed")
 
 // teeReader is archive/tar's input on the watcher goroutine. It reads the
-// layer, counts it, and keeps what the parser took in pending until the
-// parser asks for more.
+// layer, counts it, and keeps what the parser took in pending until it is
+// checked.
 type teeReader struct {
 	r        *limitReader
-	n        int64 // stream bytes read
-	pending  []byte
+	n        int64  // stream bytes read
+	pending  []byte // bytes read and not handed on yet
+	last     int    // how many of them the last read that returned any gave
 	entries  int64
 	declared int64
 	rcErr    error // the layer stream's own error, io.EOF included
@@ -312,8 +315,12 @@ func (t *teeReader) check(h *tar.Header) error {
 	return nil
 }
 
-// Read is called by archive/tar only after it has dealt with everything it
-// read before, so pending is checked: it is handed on once large enough.
+// Read hands on the checked part of pending once it is large enough.
+// archive/tar reads exactly the blocks it needs, and Next returns a header
+// right after the read that completes it, which the watcher checks before it
+// calls Next again. So everything in pending but the bytes of the last read
+// that returned any is checked; those are held back, as without them the
+// header they complete cannot be parsed by Trivy either.
 func (t *teeReader) Read(p []byte) (int, error) {
 	if t.stop != nil {
 		return 0, t.stop
@@ -321,23 +328,35 @@ func (t *teeReader) Read(p []byte) (int, error) {
 	if t.rcErr != nil {
 		return 0, t.rcErr
 	}
-	if len(t.pending) >= releaseSize {
-		if !t.send(t.pending) {
+	if checked := len(t.pending) - t.last; checked >= t.releaseSize() {
+		rest := make([]byte, t.last, releaseSize+t.last+len(p))
+		copy(rest, t.pending[checked:])
+		if !t.send(t.pending[:checked]) {
 			t.stop = errQuit
 			return 0, t.stop
 		}
-		t.pending = make([]byte, 0, releaseSize+len(p))
+		t.pending = rest
 	}
 	n, err := t.r.rc.Read(p)
 	if err := t.count(n); err != nil {
 		t.stop = err
 		return 0, err
 	}
-	t.pending = append(t.pending, p[:n]...)
+	if n > 0 {
+		t.pending = append(t.pending, p[:n]...)
+		t.last = n
+	}
 	if err != nil {
 		t.rcErr = err
 	}
 	return n, err
+}
+
+func (t *teeReader) releaseSize() int {
+	if n := t.r.img.release; n > 0 {
+		return n
+	}
+	return releaseSize
 }
 
 func (t *teeReader) count(n int) error {

@@ -702,6 +702,96 @@ func TestLimits(t *testing.T) {
 	})
 }
 
+// oddImage's layers read in pieces of at most 7 bytes, with an empty read
+// before each: legal for an io.Reader, and the hardest case for the tar
+// watcher's hand-over.
+type oddImage struct{ v1.Image }
+
+type oddLayer struct{ v1.Layer }
+
+type oddReader struct {
+	io.ReadCloser
+	empty bool
+}
+
+func (o oddImage) Layers() ([]v1.Layer, error) {
+	ls, err := o.Image.Layers()
+	for i, l := range ls {
+		ls[i] = &oddLayer{l}
+	}
+	return ls, err
+}
+
+func (l *oddLayer) Uncompressed() (io.ReadCloser, error) {
+	rc, err := l.Layer.Uncompressed()
+	return &oddReader{ReadCloser: rc}, err
+}
+
+func (o *oddReader) Read(p []byte) (int, error) {
+	if o.empty = !o.empty; o.empty {
+		return 0, nil
+	}
+	return o.ReadCloser.Read(p[:min(len(p), 7)])
+}
+
+// TestLimitHeaderNeverReachesReader: a tar reader on the limited stream —
+// as Trivy's walker is — never gets the header that breaks a limit; it
+// gets the limit error instead.
+func TestLimitHeaderNeverReachesReader(t *testing.T) {
+	files := scantest.Files{}
+	for i := range 100 {
+		files[fmt.Sprintf("d/%03d", i)] = bytes.Repeat([]byte{'x'}, 700)
+	}
+	var raw bytes.Buffer
+	tw := tar.NewWriter(&raw)
+	if err := writeSparse(tw, "usr/local/bin/app", 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sparse := raw.Bytes()
+	patchPAX(sparse, 0)
+	for _, tc := range []struct {
+		name string
+		l    v1.Layer
+		lim  limits
+		ok   func(h *tar.Header, n int) bool // whether h, the n-th entry, may pass
+	}{
+		{"files", scantest.Layer(files), limits{files: 50}, func(_ *tar.Header, n int) bool { return n <= 50 }},
+		{"sparse", scantest.GzipLayer(func(w io.Writer, _ *tar.Writer) error { _, err := w.Write(sparse); return err }),
+			limits{bytes: 1 << 20}, func(h *tar.Header, _ int) bool { return h.Size <= 1<<20 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Hand on every checked byte at once.
+			img := &image{Image: oddImage{scantest.Image([]v1.Layer{tc.l})}, limits: tc.lim, release: 1}
+			ls, err := img.Layers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc, err := ls[0].Uncompressed()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			tr := tar.NewReader(rc)
+			for n := 1; ; n++ {
+				h, err := tr.Next()
+				var le *gate.LimitError
+				if errors.As(err, &le) {
+					return
+				}
+				if err != nil {
+					t.Fatalf("entry %d: %v; want a *gate.LimitError", n, err)
+				}
+				if !tc.ok(h, n) {
+					t.Fatalf("entry %d (%s, %d bytes) reached the reader", n, h.Name, h.Size)
+				}
+			}
+		})
+	}
+}
+
 // TestLimitReaderStops: the tar watcher's goroutine ends whether the
 // stream is read to its end, stopped by a limit or abandoned half-way.
 func TestLimitReaderStops(t *testing.T) {
