@@ -569,8 +569,8 @@ func paxRecord(k, v string) string {
 // size bytes and holds one byte of data: archive/tar reads it back as size
 // bytes, almost all of them holes that take no room in the stream.
 // archive/tar's writer drops GNU.sparse records, so the PAX header is
-// written as a regular entry and its type flag patched by the caller
-// (patchPAX).
+// written as a regular entry and its type flag patched afterwards
+// (patchPAX, sparseTar).
 func writeSparse(tw *tar.Writer, name string, size int64) error {
 	pax := paxRecord("GNU.sparse.size", strconv.FormatInt(size, 10)) +
 		paxRecord("GNU.sparse.numblocks", "1") + paxRecord("GNU.sparse.map", "0,1")
@@ -585,6 +585,22 @@ func writeSparse(tw *tar.Writer, name string, size int64) error {
 	}
 	_, err := tw.Write([]byte{0x7f})
 	return err
+}
+
+// sparseTar returns a tar holding one sparse file (writeSparse).
+func sparseTar(t *testing.T, name string, size int64) []byte {
+	t.Helper()
+	var raw bytes.Buffer
+	tw := tar.NewWriter(&raw)
+	if err := writeSparse(tw, name, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := raw.Bytes()
+	patchPAX(b, 0)
+	return b
 }
 
 // patchPAX turns the header block at off of a tar stream into a PAX
@@ -627,16 +643,7 @@ func TestLimits(t *testing.T) {
 			})
 		}, gate.LimitLayerSize},
 		{"size: sparse file declaring 32 MiB in a few bytes", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) v1.Layer {
-			var raw bytes.Buffer
-			tw := tar.NewWriter(&raw)
-			if err := writeSparse(tw, "usr/local/bin/app", 32<<20); err != nil {
-				t.Fatal(err)
-			}
-			if err := tw.Close(); err != nil {
-				t.Fatal(err)
-			}
-			b := raw.Bytes()
-			patchPAX(b, 0)
+			b := sparseTar(t, "usr/local/bin/app", 32<<20)
 			// The stream itself is far under the limit: only the declared
 			// size can catch this one.
 			if len(b) >= limit {
@@ -742,16 +749,7 @@ func TestLimitHeaderNeverReachesReader(t *testing.T) {
 	for i := range 100 {
 		files[fmt.Sprintf("d/%03d", i)] = bytes.Repeat([]byte{'x'}, 700)
 	}
-	var raw bytes.Buffer
-	tw := tar.NewWriter(&raw)
-	if err := writeSparse(tw, "usr/local/bin/app", 1<<40); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	sparse := raw.Bytes()
-	patchPAX(sparse, 0)
+	sparse := sparseTar(t, "usr/local/bin/app", 1<<40)
 	for _, tc := range []struct {
 		name string
 		l    v1.Layer
