@@ -36,6 +36,12 @@
 // read-ahead is bounded (a few 32 KiB chunks) and the goroutine ends when
 // the stream is closed, or when the scan ends at the latest.
 //
+// The same goroutine hashes the layer: Trivy caches a layer's analysis
+// under the diffID the image config declares, so a content that does not
+// hash to that diffID fails the scan and is never cached (otherwise an image
+// naming a popular base layer's diffID over other content would decide the
+// analysis of that base for every image built on it).
+//
 // # Layer cache
 //
 // Layer analysis results are cached by diffID (and analyser versions) in

@@ -2,7 +2,11 @@ package scan
 
 import (
 	"archive/tar"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"hash"
 	"io"
 	"maps"
 	"slices"
@@ -32,10 +36,11 @@ type image struct {
 	broken map[string]error          // diffID → the first limit it broke
 }
 
-// breach records that layer diffID broke a limit. Trivy drops some read
-// errors (it reads a layer's tail after the tar's end and ignores the
-// result), so a breach is kept here as well and checked before the layer's
-// analysis is cached and before the scan returns.
+// breach records that layer diffID broke a limit, or failed while read
+// (its content is not what its diffID says, or the stream broke). Trivy
+// drops some read errors (it reads a layer's tail after the tar's end and
+// ignores the result), so the error is kept here as well and checked
+// before the layer's analysis is cached and before the scan returns.
 func (i *image) breach(diffID string, err error) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -47,8 +52,8 @@ func (i *image) breach(diffID string, err error) {
 	}
 }
 
-// breached returns the limit error of layer diffID, or with diffID "" of
-// any layer; nil when none broke a limit.
+// breached returns the error of layer diffID, or with diffID "" of any
+// layer; nil when none failed.
 func (i *image) breached(diffID string) error {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -78,12 +83,15 @@ func (i *image) ID() (string, error) {
 func (i *image) RepoTags() []string    { return nil }
 func (i *image) RepoDigests() []string { return nil }
 
+// LayerByDiffID is how Trivy reads a layer it has no analysis of, which it
+// then caches under h: the layer's content is checked against h as it is
+// read (see limitReader).
 func (i *image) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
 	l, err := i.Image.LayerByDiffID(h)
 	if err != nil {
 		return nil, err
 	}
-	return i.wrap(l), nil
+	return &layer{Layer: l, img: i, diffID: h}, nil
 }
 
 func (i *image) LayerByDigest(h v1.Hash) (v1.Layer, error) {
@@ -142,7 +150,8 @@ func (i *image) track(r *limitReader, add bool) {
 // with archive/tar (pkg/fanal/artifact/image, inspectLayer).
 type layer struct {
 	v1.Layer
-	img *image
+	img    *image
+	diffID v1.Hash // the diffID asked for; zero: the layer's own
 }
 
 func (l *layer) Uncompressed() (io.ReadCloser, error) {
@@ -150,16 +159,14 @@ func (l *layer) Uncompressed() (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	lim := l.img.limits
-	if lim.bytes <= 0 && lim.files <= 0 && lim.image <= 0 {
-		return rc, nil
+	diffID := l.diffID
+	if diffID == (v1.Hash{}) {
+		if diffID, err = l.DiffID(); err != nil {
+			rc.Close()
+			return nil, err
+		}
 	}
-	diffID, err := l.DiffID()
-	if err != nil {
-		rc.Close()
-		return nil, err
-	}
-	lr := &limitReader{rc: rc, diffID: diffID.String(), lim: lim, img: l.img,
+	lr := &limitReader{rc: rc, diffID: diffID.String(), want: diffID, lim: l.img.limits, img: l.img,
 		out: make(chan []byte, outChunks), quit: make(chan struct{}), done: make(chan struct{})}
 	l.img.track(lr, true)
 	go lr.watch()
@@ -191,9 +198,16 @@ const (
 // more than limits.bytes. The declared sizes count because archive/tar
 // expands the holes of a sparse file: a few bytes of stream can declare a
 // terabyte file, which Trivy would copy to a temporary file.
+//
+// The watcher also hashes the stream and fails its end when the digest is
+// not the diffID the layer was read as: Trivy caches a layer's analysis
+// under the diffID the image config declares, so an image whose config lies
+// would otherwise poison the analysis of the layer it names for every
+// image that shares it.
 type limitReader struct {
 	rc     io.ReadCloser
 	diffID string
+	want   v1.Hash // the diffID the content must hash to
 	lim    limits
 	img    *image
 
@@ -243,7 +257,7 @@ func (r *limitReader) Close() error {
 // layer to its end).
 func (r *limitReader) watch() {
 	defer close(r.done)
-	t := &teeReader{r: r}
+	t := &teeReader{r: r, hash: sha256.New()}
 	err := t.parse()
 	if err == nil {
 		// The end of the archive, or a malformed one that Trivy's walker
@@ -253,8 +267,9 @@ func (r *limitReader) watch() {
 	if err == errQuit {
 		return
 	}
-	var le *gate.LimitError
-	if errors.As(err, &le) {
+	if err != nil {
+		// A layer that broke a limit or is not what its diffID says is
+		// never cached: see image.breach.
 		r.img.breach(r.diffID, err)
 	}
 	r.err = err
@@ -269,9 +284,10 @@ var errQuit = errors.New("layer stream closed")
 // checked.
 type teeReader struct {
 	r        *limitReader
-	n        int64  // stream bytes read
-	pending  []byte // bytes read and not handed on yet
-	last     int    // how many of them the last read that returned any gave
+	hash     hash.Hash // of the stream, against r.want
+	n        int64     // stream bytes read
+	pending  []byte    // bytes read and not handed on yet
+	last     int       // how many of them the last read that returned any gave
 	entries  int64
 	declared int64
 	rcErr    error // the layer stream's own error, io.EOF included
@@ -338,7 +354,7 @@ func (t *teeReader) Read(p []byte) (int, error) {
 		t.pending = rest
 	}
 	n, err := t.r.rc.Read(p)
-	if err := t.count(n); err != nil {
+	if err := t.count(p[:n]); err != nil {
 		t.stop = err
 		return 0, err
 	}
@@ -359,7 +375,10 @@ func (t *teeReader) releaseSize() int {
 	return releaseSize
 }
 
-func (t *teeReader) count(n int) error {
+// count counts and hashes b, the bytes just read.
+func (t *teeReader) count(b []byte) error {
+	n := len(b)
+	t.hash.Write(b)
 	t.n += int64(n)
 	if lim := t.r.lim.bytes; lim > 0 && t.n > lim {
 		return &gate.LimitError{Limit: gate.LimitLayerSize, Layer: t.r.diffID, Max: lim}
@@ -381,7 +400,7 @@ func (t *teeReader) drain() error {
 	for t.rcErr == nil {
 		b := make([]byte, releaseSize)
 		n, err := t.r.rc.Read(b)
-		if err := t.count(n); err != nil {
+		if err := t.count(b[:n]); err != nil {
 			return err
 		}
 		if n > 0 && !t.send(b[:n]) {
@@ -389,10 +408,17 @@ func (t *teeReader) drain() error {
 		}
 		t.rcErr = err
 	}
-	if t.rcErr == io.EOF {
-		return nil
+	if t.rcErr != io.EOF {
+		return t.rcErr
 	}
-	return t.rcErr
+	want := t.r.want
+	if want.Algorithm != "sha256" {
+		return fmt.Errorf("layer %s: diffID algorithm %q is not supported", want, want.Algorithm)
+	}
+	if got := hex.EncodeToString(t.hash.Sum(nil)); got != want.Hex {
+		return fmt.Errorf("layer %s: its content is sha256:%s, not the diffID its image config declares", want, got)
+	}
+	return nil
 }
 
 // send hands b to the reader; false when the reader was closed.

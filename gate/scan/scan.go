@@ -300,7 +300,9 @@ func (s *Scanner) artifactOption() artifact.Option {
 //
 // Layers are read with img.LayerByDiffID(...).Uncompressed(), up to
 // Options.Parallel at once, each only when the layer cache does not know
-// its diffID yet, within Options.MaxLayerSize and Options.MaxLayerFiles.
+// its diffID yet, within Options.MaxLayerSize, MaxLayerFiles and
+// MaxImageSize; a layer whose content does not hash to the diffID the
+// image config declares fails the scan.
 func (s *Scanner) Scan(ctx context.Context, img v1.Image, name string) (*Report, error) {
 	if err := s.ready(); err != nil {
 		return nil, err

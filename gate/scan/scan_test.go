@@ -709,6 +709,40 @@ func TestLimits(t *testing.T) {
 	})
 }
 
+// lyingImage's config names a layer by one diffID while its blob holds
+// another layer.
+type lyingImage struct {
+	v1.Image
+	diffID v1.Hash
+	layer  v1.Layer
+}
+
+func (l lyingImage) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
+	if h == l.diffID {
+		return l.layer, nil
+	}
+	return l.Image.LayerByDiffID(h)
+}
+
+// TestDiffIDChecked: Trivy caches a layer's analysis under the diffID the
+// image config declares. An image that names the vulnerable base layer's
+// diffID but ships a clean layer fails its scan, and does not make the
+// real image look clean afterwards.
+func TestDiffIDChecked(t *testing.T) {
+	s := newScanner(t, v1DB())
+	vuln := scantest.VulnerableAlpine()
+	cf, err := vuln.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lying := lyingImage{Image: vuln, diffID: cf.RootFS.DiffIDs[0], layer: scantest.CleanAlpineLayer()}
+	rep, err := s.Scan(context.Background(), lying, "lying")
+	if err == nil || !strings.Contains(err.Error(), "not the diffID its image config declares") {
+		t.Fatalf("Scan of an image whose config lies = %+v, %v", rep, err)
+	}
+	equal(t, "the real image after the lying one", got(scan(t, s, vuln, "real").Vulns), wantAlpine)
+}
+
 // oddImage's layers read in pieces of at most 7 bytes, with an empty read
 // before each: legal for an io.Reader, and the hardest case for the tar
 // watcher's hand-over.
