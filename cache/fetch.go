@@ -23,11 +23,12 @@ import (
 type Source func(ctx context.Context) (body io.ReadCloser, size int64, err error)
 
 // ErrDigestMismatch and ErrSizeMismatch are the verification failures of a
-// fetch; the blob is never kept.
+// fetch, ErrStalled the end of one whose upstream went silent; the blob is
+// never kept.
 var (
 	ErrDigestMismatch = errors.New("upstream sent content that does not match the digest")
 	ErrSizeMismatch   = errors.New("upstream sent a different number of bytes than it announced")
-	errStalled        = errors.New("upstream sent no data for too long")
+	ErrStalled        = errors.New("upstream sent no data for too long")
 	errClosing        = errors.New("gatehouse is shutting down")
 )
 
@@ -425,7 +426,7 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 		case <-ctx.Done():
 		}
 	}()
-	stall := time.AfterFunc(s.stallTimeout, func() { cancel(errStalled) })
+	stall := time.AfterFunc(s.stallTimeout, func() { cancel(ErrStalled) })
 	defer stall.Stop()
 
 	err := s.download(ctx, f, tmp, src, stall)

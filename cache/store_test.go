@@ -186,7 +186,7 @@ func TestStalledUpstreamFailsFetch(t *testing.T) {
 	}
 	defer st.Close()
 	st.Wait(context.Background())
-	if _, err := io.ReadAll(st.Reader(context.Background(), 0, nil)); !errors.Is(err, errStalled) {
+	if _, err := io.ReadAll(st.Reader(context.Background(), 0, nil)); !errors.Is(err, ErrStalled) {
 		t.Fatalf("want stall error, got %v", err)
 	}
 }

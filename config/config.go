@@ -170,6 +170,18 @@ type Upstream struct {
 	// 5xx is retried (with backoff) before anything reached the client.
 	// Default 2; 0 via "retries: 0" is honoured only when set explicitly.
 	Retries *int `yaml:"retries"`
+	// Internal marks a registry inside your own network. Only then may its
+	// redirects and token endpoints lead to loopback, link-local (e.g.
+	// 169.254.169.254) or other non-public addresses; otherwise gatehouse
+	// refuses to connect to them, so that an upstream cannot point it at
+	// your own services. The upstream's own URL is always reachable.
+	// Default false.
+	Internal bool `yaml:"internal,omitempty"`
+	// MaxConcurrentFetches bounds the requests to this upstream in flight at
+	// once (a blob download holds its slot until its body is read). More
+	// wait in a queue for at most responseHeaderTimeout, then fail with 503
+	// and Retry-After. 0 (the default) means no limit.
+	MaxConcurrentFetches int `yaml:"maxConcurrentFetches,omitempty"`
 }
 
 // DockerHub is the name of Docker Hub's upstream, whose one-element
@@ -400,6 +412,9 @@ func (u *Upstream) finish(field string) []error {
 		u.Retries = &n
 	} else if *u.Retries < 0 || *u.Retries > 10 {
 		bad("retries", "must be between 0 and 10")
+	}
+	if u.MaxConcurrentFetches < 0 {
+		bad("maxConcurrentFetches", "must not be negative (0 means no limit)")
 	}
 	return errs
 }

@@ -45,6 +45,12 @@ func exportedMetrics(t *testing.T) map[string]dto.MetricType {
 	metrics.UpstreamRequests.WithLabelValues("docker.io", "200").Add(0)
 	metrics.UpstreamDuration.WithLabelValues("docker.io").Observe(0)
 	metrics.UpstreamBytes.WithLabelValues("docker.io").Add(0)
+	metrics.UpstreamRetries.WithLabelValues("docker.io", "429").Add(0)
+	metrics.UpstreamInFlight.WithLabelValues("docker.io").Add(0)
+	metrics.UpstreamQueued.WithLabelValues("docker.io").Add(0)
+	metrics.UpstreamQueueTimeouts.WithLabelValues("docker.io").Add(0)
+	metrics.UpstreamAddressesRefused.WithLabelValues("docker.io").Add(0)
+	metrics.ManifestFetchesFailed.WithLabelValues("docker.io", "read").Add(0)
 	metrics.GateDecisions.WithLabelValues("denied", "vulnerable", "default").Add(0)
 	metrics.DBUpdates.WithLabelValues("updated").Add(0)
 	metrics.SignatureVerifications.WithLabelValues("verified").Add(0)
@@ -276,6 +282,7 @@ func TestRulesQueryExportedMetrics(t *testing.T) {
 	for _, want := range []string{
 		"GatehouseUpstreamFailing", "GatehouseRateLimitLow", "GatehouseVulnDBStale", "GatehouseVulnDBMissing",
 		"GatehouseScanErrors", "GatehouseCacheEvictingHeavily", "GatehouseBlobFetchFailures",
+		"GatehouseUpstreamQueueTimeouts", "GatehouseUpstreamRedirectRefused",
 	} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("alert %s missing (have %q)", want, alerts)

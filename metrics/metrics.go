@@ -46,6 +46,27 @@ var (
 	// UpstreamBytes counts blob bytes fetched from upstreams.
 	UpstreamBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_fetched_bytes_total",
 		Help: "Blob bytes fetched from upstream registries."}, []string{"upstream"})
+	// UpstreamRetries counts requests to upstreams that were retried, by
+	// upstream and reason (network, 5xx, 429).
+	UpstreamRetries = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_retries_total",
+		Help: "Upstream requests retried before anything reached the client, by upstream and reason (network, 5xx, 429)."}, []string{"upstream", "reason"})
+	// UpstreamInFlight and UpstreamQueued show upstreams.maxConcurrentFetches
+	// at work; UpstreamQueueTimeouts counts requests that gave up waiting.
+	UpstreamInFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_requests_in_flight",
+		Help: "Requests to an upstream in flight (a blob download counts until its body is read)."}, []string{"upstream"})
+	UpstreamQueued = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "upstream_requests_queued",
+		Help: "Requests waiting for a slot under upstreams.maxConcurrentFetches."}, []string{"upstream"})
+	UpstreamQueueTimeouts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_queue_timeouts_total",
+		Help: "Requests that waited longer than responseHeaderTimeout for an upstream slot and failed with 503."}, []string{"upstream"})
+	// UpstreamAddressesRefused counts connections refused because a redirect
+	// or token endpoint of a non-internal upstream led to a loopback,
+	// link-local or private address.
+	UpstreamAddressesRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_addresses_refused_total",
+		Help: "Connections refused because a non-internal upstream's redirect or token endpoint led to a loopback, link-local or private address."}, []string{"upstream"})
+	// ManifestFetchesFailed counts manifests fetched from upstream that were
+	// not kept, by upstream and reason.
+	ManifestFetchesFailed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "manifest_fetches_failed_total",
+		Help: "Upstream manifest downloads that failed and were not cached, by upstream and reason (read, digest, invalid, too_large)."}, []string{"upstream", "reason"})
 	// FetchesStarted and FetchesJoined count upstream blob fetches and the
 	// requests that joined one already under way (deduplication).
 	FetchesStarted = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_total",
@@ -118,7 +139,8 @@ func Register(reg prometheus.Registerer, src Sources) error {
 	cs := []prometheus.Collector{
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		Requests, RequestDuration, ServedBytes, CacheRequests, Evictions, EvictedBytes,
-		UpstreamRequests, UpstreamDuration, UpstreamBytes, FetchesStarted, FetchesJoined, FetchesFailed,
+		UpstreamRequests, UpstreamDuration, UpstreamBytes, UpstreamRetries, UpstreamInFlight, UpstreamQueued,
+		UpstreamQueueTimeouts, UpstreamAddressesRefused, ManifestFetchesFailed, FetchesStarted, FetchesJoined, FetchesFailed,
 		CacheWriteErrors, BlobPassthroughs,
 		GateDecisions, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
 		AuthFailures, AccessReloads,

@@ -25,6 +25,12 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 	UpstreamRequests.WithLabelValues("docker.io", "200").Inc()
 	UpstreamDuration.WithLabelValues("docker.io").Observe(0.1)
 	UpstreamBytes.WithLabelValues("docker.io").Add(1)
+	UpstreamRetries.WithLabelValues("docker.io", "429").Inc()
+	UpstreamInFlight.WithLabelValues("docker.io").Inc()
+	UpstreamQueued.WithLabelValues("docker.io").Inc()
+	UpstreamQueueTimeouts.WithLabelValues("docker.io").Inc()
+	UpstreamAddressesRefused.WithLabelValues("docker.io").Inc()
+	ManifestFetchesFailed.WithLabelValues("docker.io", "read").Inc()
 	GateDecisions.WithLabelValues("denied", "vulnerable", "default").Inc()
 	SignatureVerifications.WithLabelValues("verified").Inc()
 	fams, err := reg.Gather()
@@ -49,6 +55,9 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_signature_verifications_total", "go_goroutines", "process_resident_memory_bytes",
 		"gatehouse_cache_max_bytes", "gatehouse_data_disk_free_bytes", "gatehouse_data_disk_size_bytes",
 		"gatehouse_scan_limits_exceeded_total",
+		"gatehouse_upstream_retries_total", "gatehouse_upstream_requests_in_flight", "gatehouse_upstream_requests_queued",
+		"gatehouse_upstream_queue_timeouts_total", "gatehouse_upstream_addresses_refused_total",
+		"gatehouse_manifest_fetches_failed_total",
 		"gatehouse_auth_failures_total",
 	} {
 		if _, ok := got[name]; !ok {

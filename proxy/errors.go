@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/proxy/upstream"
 )
@@ -93,6 +94,12 @@ func asError(err error, notFound Code) *Error {
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
 		return fromUpstream(ue, notFound)
+	}
+	switch {
+	case errors.Is(err, cache.ErrDigestMismatch):
+		return &Error{Code: CodeDigestInvalid, Status: http.StatusBadGateway, Message: err.Error()}
+	case errors.Is(err, cache.ErrSizeMismatch), errors.Is(err, cache.ErrStalled):
+		return &Error{Code: CodeUnavailable, Status: http.StatusBadGateway, Message: err.Error()}
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return &Error{Code: CodeUnavailable, Message: "request cancelled or timed out: " + err.Error()}

@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -166,32 +168,61 @@ func (h *Handler) manifestByDigest(ctx context.Context, rt *Route, dgst v1.Hash)
 	return v.(*cache.Manifest), nil
 }
 
+// errManifestStalled ends a manifest download whose body stopped arriving.
+var errManifestStalled = errors.New("upstream sent no manifest bytes for responseHeaderTimeout")
+
 // fetchManifest GETs a manifest, caps and verifies it (against want when
-// given), and stores it.
+// given), and stores it. A body that sends nothing for the upstream's
+// responseHeaderTimeout is abandoned: the fetch is shared by every waiting
+// client and must not hang.
 func (h *Handler) fetchManifest(ctx context.Context, rt *Route, ref string, want *v1.Hash) (*cache.Manifest, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	up := rt.Upstream.Name
 	resp, err := h.client(rt).Do(ctx, http.MethodGet, rt.Repo, "manifests/"+ref, nil, manifestAccept)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.ContentLength > MaxManifestSize {
-		return nil, &Error{Code: CodeManifestInvalid, Status: http.StatusBadGateway, Message: "upstream manifest is larger than 4 MiB"}
+	tooLarge := func() error {
+		metrics.ManifestFetchesFailed.WithLabelValues(up, "too_large").Inc()
+		return &Error{Code: CodeManifestInvalid, Status: http.StatusBadGateway, Message: "upstream manifest is larger than 4 MiB"}
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
+	if resp.ContentLength > MaxManifestSize {
+		return nil, tooLarge()
+	}
+	stall := rt.Upstream.ResponseHeaderTimeout.D()
+	if stall <= 0 {
+		stall = 30 * time.Second
+	}
+	watchdog := time.AfterFunc(stall, func() { cancel(errManifestStalled) })
+	defer watchdog.Stop()
+	data, err := io.ReadAll(&progressReader{r: io.LimitReader(resp.Body, MaxManifestSize+1), progress: func() { watchdog.Reset(stall) }})
 	if err != nil {
-		return nil, &Error{Code: CodeUnavailable, Status: http.StatusBadGateway, Message: "reading manifest from upstream " + rt.Upstream.Name + ": " + err.Error()}
+		if c := context.Cause(ctx); c != nil {
+			err = c
+		}
+		metrics.ManifestFetchesFailed.WithLabelValues(up, "read").Inc()
+		return nil, &Error{Code: CodeUnavailable, Status: http.StatusBadGateway, Message: "reading manifest from upstream " + up + ": " + err.Error()}
 	}
 	if len(data) > MaxManifestSize {
-		return nil, &Error{Code: CodeManifestInvalid, Status: http.StatusBadGateway, Message: "upstream manifest is larger than 4 MiB"}
+		return nil, tooLarge()
+	}
+	if resp.ContentLength >= 0 && int64(len(data)) != resp.ContentLength {
+		metrics.ManifestFetchesFailed.WithLabelValues(up, "read").Inc()
+		return nil, &Error{Code: CodeUnavailable, Status: http.StatusBadGateway,
+			Message: fmt.Sprintf("upstream %s sent %d manifest bytes of the %d it announced", up, len(data), resp.ContentLength)}
 	}
 	sum := sha256.Sum256(data)
 	dgst := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
 	if want != nil && dgst != *want {
+		metrics.ManifestFetchesFailed.WithLabelValues(up, "digest").Inc()
 		return nil, &Error{Code: CodeManifestInvalid, Status: http.StatusBadGateway,
-			Message: "upstream " + rt.Upstream.Name + " sent a manifest whose digest is " + dgst.String() + ", not " + want.String()}
+			Message: "upstream " + up + " sent a manifest whose digest is " + dgst.String() + ", not " + want.String()}
 	}
 	mt, verr := manifestMediaType(data, resp.Header.Get("Content-Type"))
 	if verr != nil {
+		metrics.ManifestFetchesFailed.WithLabelValues(up, "invalid").Inc()
 		verr.Status = http.StatusBadGateway
 		return nil, verr
 	}
@@ -200,6 +231,20 @@ func (h *Handler) fetchManifest(ctx context.Context, rt *Route, ref string, want
 		h.log.Error("caching manifest", "digest", dgst, "err", err)
 	}
 	return m, nil
+}
+
+// progressReader calls progress after every read that returned bytes.
+type progressReader struct {
+	r        io.Reader
+	progress func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.progress()
+	}
+	return n, err
 }
 
 // manifestMediaType validates a manifest and returns its media type: the

@@ -51,14 +51,15 @@ const maxTransports = 4096
 
 // Client talks to one upstream registry.
 type Client struct {
-	name     string // as clients name it, e.g. docker.io
-	base     *url.URL
-	reg      name.Registry
-	auth     authn.Authenticator
-	rt       http.RoundTripper // TLS, timeouts, retries; no auth
-	secrets  []string          // removed from every error message
-	log      *slog.Logger
-	redirect func(*http.Request, []*http.Request) error
+	name    string // as clients name it, e.g. docker.io
+	base    *url.URL
+	reg     name.Registry
+	auth    authn.Authenticator
+	rt      http.RoundTripper // TLS, timeouts, retries; no auth
+	secrets []string          // removed from every error message
+	log     *slog.Logger
+	guard   *guard   // which addresses redirects and token endpoints may reach
+	limit   *limiter // maxConcurrentFetches
 
 	mu    sync.Mutex
 	repos map[string]http.RoundTripper // repository → authenticated transport
@@ -99,10 +100,10 @@ func New(u *config.Upstream, log *slog.Logger) (*Client, error) {
 		}
 		tlsConf.RootCAs = pool
 	}
-	dialer := &net.Dialer{Timeout: u.ConnectTimeout.D(), KeepAlive: 30 * time.Second}
+	g := newGuard(u.Name, base, u.Internal, net.Dialer{Timeout: u.ConnectTimeout.D(), KeepAlive: 30 * time.Second})
 	ht := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
+		DialContext:           g.DialContext,
 		TLSClientConfig:       tlsConf,
 		TLSHandshakeTimeout:   u.ConnectTimeout.D(),
 		ResponseHeaderTimeout: u.ResponseHeaderTimeout.D(),
@@ -125,11 +126,12 @@ func New(u *config.Upstream, log *slog.Logger) (*Client, error) {
 		reg:     reg,
 		auth:    auth,
 		secrets: secrets,
-		rt:      &retryTransport{inner: ht, retries: *u.Retries, base: 200 * time.Millisecond},
+		rt:      &retryTransport{inner: ht, upstream: u.Name, retries: *u.Retries, base: 200 * time.Millisecond, maxWait: maxRetryAfter},
 		log:     log.With("upstream", u.Name),
+		guard:   g,
+		limit:   newLimiter(u.Name, u.MaxConcurrentFetches, u.ResponseHeaderTimeout.D()),
 		repos:   map[string]http.RoundTripper{},
 	}
-	c.redirect = checkRedirect
 	c.rateRemaining.Store(-1)
 	return c, nil
 }
@@ -212,18 +214,6 @@ func (c *Client) scrub(e *Error) *Error {
 	return e
 }
 
-// checkRedirect follows at most five redirects, and only to http(s) URLs
-// (blob downloads are commonly redirected to a CDN).
-func checkRedirect(req *http.Request, via []*http.Request) error {
-	if len(via) >= 5 {
-		return errors.New("stopped after 5 redirects")
-	}
-	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
-		return fmt.Errorf("redirect to unsupported scheme %q", req.URL.Scheme)
-	}
-	return nil
-}
-
 // transport returns the authenticated transport for a repository, pinging
 // the registry and fetching a pull token the first time.
 func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
@@ -268,11 +258,16 @@ func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Valu
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	hc := &http.Client{Transport: rt, CheckRedirect: c.redirect}
+	release, err := c.limit.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Transport: rt, CheckRedirect: c.guard.checkRedirect}
 	start := time.Now()
 	resp, err := hc.Do(req)
 	metrics.UpstreamDuration.WithLabelValues(c.name).Observe(time.Since(start).Seconds())
 	if err != nil {
+		release()
 		metrics.UpstreamRequests.WithLabelValues(c.name, "error").Inc()
 		return nil, c.wrapErr(err)
 	}
@@ -286,8 +281,10 @@ func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Valu
 	c.log.Debug("upstream request", "method", method, "repo", repo, "path", suffix,
 		"status", resp.StatusCode, "duration", time.Since(start))
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		resp.Body = &releasingBody{ReadCloser: resp.Body, release: release}
 		return resp, nil
 	}
+	defer release()
 	defer resp.Body.Close()
 	return nil, c.scrub(readError(c.name, resp))
 }
@@ -377,28 +374,56 @@ func readError(upstream string, resp *http.Response) *Error {
 	return e
 }
 
+// maxRetryAfter is the longest Retry-After (of a 429 or 503) gatehouse
+// waits out itself before retrying; a longer one goes to the client.
+const maxRetryAfter = 3 * time.Second
+
 // retryTransport retries GET and HEAD requests that failed to connect or got
-// a 5xx (other than 501), with exponential backoff and jitter. Nothing has
-// reached gatehouse's client at this point, so a retry is invisible to it.
+// a 5xx (other than 501), with exponential backoff and jitter, and those
+// that got a 429 or 503 whose Retry-After is at most maxWait, after that
+// wait. Nothing has reached gatehouse's client at this point, so a retry is
+// invisible to it.
 type retryTransport struct {
-	inner   http.RoundTripper
-	retries int
-	base    time.Duration
+	inner    http.RoundTripper
+	upstream string
+	retries  int
+	base     time.Duration
+	maxWait  time.Duration
 }
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	idempotent := req.Method == http.MethodGet || req.Method == http.MethodHead
 	for attempt := 0; ; attempt++ {
 		resp, err := t.inner.RoundTrip(req)
-		if !idempotent || attempt >= t.retries || req.Context().Err() != nil || !retryable(resp, err) {
+		if !idempotent || attempt >= t.retries || req.Context().Err() != nil {
+			return resp, err
+		}
+		d := t.base << attempt
+		d += time.Duration(rand.Int64N(int64(d)/5 + 1))
+		reason := "network"
+		if resp != nil {
+			reason = strconv.Itoa(resp.StatusCode/100) + "xx"
+			if ra, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+				if ra > t.maxWait {
+					return resp, err // the client is told to come back later
+				}
+				d = ra
+			}
+			if resp.StatusCode == http.StatusTooManyRequests {
+				if resp.Header.Get("Retry-After") == "" {
+					return resp, err // no hint how long: pass it on
+				}
+				reason = "429"
+			}
+		}
+		if !retryable(resp, err) {
 			return resp, err
 		}
 		if resp != nil {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 			resp.Body.Close()
 		}
-		d := t.base << attempt
-		d += time.Duration(rand.Int64N(int64(d)/5 + 1))
+		metrics.UpstreamRetries.WithLabelValues(t.upstream, reason).Inc()
 		select {
 		case <-time.After(d):
 		case <-req.Context().Done():
@@ -407,9 +432,24 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// retryAfter parses a Retry-After value: delay seconds or an HTTP date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}
+
 func retryable(resp *http.Response, err error) bool {
 	if err != nil {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		var refused *AddressRefusedError
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &refused) {
 			return false
 		}
 		// A TLS mismatch does not heal with a retry; failing fast also lets
@@ -425,7 +465,8 @@ func retryable(resp *http.Response, err error) bool {
 		return true
 	}
 	switch resp.StatusCode {
-	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+	case http.StatusTooManyRequests,
+		http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 		return true
 	}
 	return false
