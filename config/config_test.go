@@ -80,6 +80,9 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"upstreams: [{name: a.io}]\ndefaultUpstream: b.io", "defaultUpstream"},
 		{"upstreams: []", "upstreams"},
 		{"listne: ':5000'", "listne"},
+		{"gate: {scanLimits: {maxLayerFiles: -1}}", "gate.scanLimits.maxLayerFiles"},
+		{"gate: {scanLimits: {maxLayerSize: -1}}", "-1"},
+		{"gate: {scanLimits: {maxLayerSize: big}}", "big"},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.field) {
@@ -133,6 +136,23 @@ func TestValidHost(t *testing.T) {
 		if ValidHost(bad) == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+func TestScanLimits(t *testing.T) {
+	cfg, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := cfg.Gate.ScanLimits; l.MaxLayerSize != 16<<30 || l.MaxLayerFiles != 1_000_000 || l.MaxImageSize != 128<<30 {
+		t.Fatalf("zero-config scan limits %+v", l)
+	}
+	cfg, err = Parse([]byte("gate: {scanLimits: {maxLayerSize: 2GiB, maxLayerFiles: 5000, maxImageSize: 10GiB}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := cfg.Gate.ScanLimits; l.MaxLayerSize != 2<<30 || l.MaxLayerFiles != 5000 || l.MaxImageSize != 10<<30 {
+		t.Fatalf("scan limits %+v", l)
 	}
 }
 

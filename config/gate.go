@@ -27,11 +27,43 @@ type Gate struct {
 	PassArtifactTypes []string `yaml:"passArtifactTypes"`
 	// ScanConcurrency bounds concurrent scans. Default 2.
 	ScanConcurrency int `yaml:"scanConcurrency"`
+	// ScanLimits bound what one layer may cost a scan. A layer past a limit
+	// fails the scan as soon as it is read past it, and the image is denied
+	// (fail closed) unless its rule is in audit mode.
+	ScanLimits ScanLimits `yaml:"scanLimits"`
 	// DB configures the vulnerability database.
 	DB VulnDB `yaml:"db"`
 	// Policy holds the rules.
 	Policy Policy `yaml:"policy"`
 }
+
+// ScanLimits bound the layers a scan reads, against decompression bombs
+// (a small compressed blob that unpacks to terabytes or to millions of
+// files). The defaults are far above real images, the largest machine
+// learning and CUDA images included; unset or 0 means the default.
+type ScanLimits struct {
+	// MaxLayerSize is the largest uncompressed layer a scan reads, e.g.
+	// "16GiB". It bounds both the layer's tar stream and the sum of the
+	// file sizes its tar headers declare, so a sparse file counts at its
+	// full size. Default 16GiB.
+	MaxLayerSize ByteSize `yaml:"maxLayerSize"`
+	// MaxLayerFiles is the largest number of tar entries (files,
+	// directories, links) of one layer. Default 1000000.
+	MaxLayerFiles int64 `yaml:"maxLayerFiles"`
+	// MaxImageSize is the most uncompressed bytes one scan reads over all
+	// the layers of an image, e.g. "128GiB" (layers analysed before, by
+	// this or another image, are not read again and do not count). It
+	// bounds an image of many bombs each under maxLayerSize. Default
+	// 128GiB.
+	MaxImageSize ByteSize `yaml:"maxImageSize"`
+}
+
+// Defaults of ScanLimits.
+const (
+	DefaultMaxLayerSize  = 16 << 30
+	DefaultMaxLayerFiles = 1_000_000
+	DefaultMaxImageSize  = 128 << 30
+)
 
 // VulnDB configures where the Trivy vulnerability DB comes from.
 type VulnDB struct {
@@ -225,6 +257,24 @@ func (g *Gate) finish() []error {
 		g.ScanConcurrency = 2
 	} else if g.ScanConcurrency < 0 || g.ScanConcurrency > 64 {
 		bad("scanConcurrency", "must be between 1 and 64")
+	}
+	switch {
+	case g.ScanLimits.MaxLayerSize == 0:
+		g.ScanLimits.MaxLayerSize = DefaultMaxLayerSize
+	case g.ScanLimits.MaxLayerSize < 0:
+		bad("scanLimits.maxLayerSize", "must not be negative")
+	}
+	switch {
+	case g.ScanLimits.MaxLayerFiles == 0:
+		g.ScanLimits.MaxLayerFiles = DefaultMaxLayerFiles
+	case g.ScanLimits.MaxLayerFiles < 0:
+		bad("scanLimits.maxLayerFiles", "must not be negative")
+	}
+	switch {
+	case g.ScanLimits.MaxImageSize == 0:
+		g.ScanLimits.MaxImageSize = DefaultMaxImageSize
+	case g.ScanLimits.MaxImageSize < 0:
+		bad("scanLimits.maxImageSize", "must not be negative")
 	}
 	if g.DB.Repository == "" {
 		g.DB.Repository = "ghcr.io/aquasecurity/trivy-db:2"

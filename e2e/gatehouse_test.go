@@ -77,10 +77,17 @@ type GatehouseAuth struct {
 // DB.UpdateInterval, which the harness always sets ("0s" when empty): a
 // test never downloads a vulnerability DB.
 type GateConfig struct {
-	MaxWait string     `yaml:"maxWait,omitempty"`
-	Blobs   string     `yaml:"blobs,omitempty"` // "admitted" (default) or "any"
-	DB      GateDB     `yaml:"db"`
-	Policy  GatePolicy `yaml:"policy"`
+	MaxWait    string          `yaml:"maxWait,omitempty"`
+	Blobs      string          `yaml:"blobs,omitempty"` // "admitted" (default) or "any"
+	ScanLimits *GateScanLimits `yaml:"scanLimits,omitempty"`
+	DB         GateDB          `yaml:"db"`
+	Policy     GatePolicy      `yaml:"policy"`
+}
+
+// GateScanLimits is gate.scanLimits.
+type GateScanLimits struct {
+	MaxLayerSize  string `yaml:"maxLayerSize,omitempty"` // e.g. "16MiB"
+	MaxLayerFiles int64  `yaml:"maxLayerFiles,omitempty"`
 }
 
 // GateDB is gate.db.

@@ -398,7 +398,7 @@ func ruleName(v *Verdict) string {
 	if v.Decision != nil {
 		return v.Decision.Rule
 	}
-	return ""
+	return v.Rule
 }
 
 // failed handles a scan that could not be made: an error (fail closed),
@@ -412,7 +412,7 @@ func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, err err
 		g.log.Warn("scan failed; serving under audit mode", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", err)
 		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name, Reason: ReasonScanError,
 			Message: fmt.Sprintf("not scanned (%v); admitted because rule %q is in audit mode", err, rule.Name), JudgedAt: g.now()}
-		g.allow(s, info, v)
+		g.record(s, info, v)
 		g.notePull(s)
 		return v, nil
 	}
@@ -526,6 +526,11 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		if serr != nil {
 			metrics.ScanErrors.Inc()
 			<-sigc
+			var le *LimitError
+			if errors.As(serr, &le) {
+				metrics.ScanLimitsExceeded.WithLabelValues(le.Limit).Inc()
+				return g.overLimit(&s, info, rule, key, le), nil
+			}
 			return nil, serr
 		}
 		rep = &storedReport{Report: *r, ScannedAt: g.now()}
@@ -551,6 +556,29 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		g.log.Error("storing verdict", "err", err)
 	}
 	return v, nil
+}
+
+// overLimit judges an image whose scan stopped at a layer past one of
+// gate.scanLimits: denied (fail closed), or admitted with the reason under
+// a rule in audit mode. The limits do not change while gatehouse runs, so
+// the verdict is remembered in memory and a client retrying does not make
+// gatehouse read the bomb again; it is not stored on disk, so raising a
+// limit and restarting judges the image again.
+func (g *Gate) overLimit(s *Subject, info *manifestInfo, rule *policy.Rule, key string, le *LimitError) *Verdict {
+	why := "scan failed: " + le.Error()
+	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Kind: info.kind, Rule: rule.Name,
+		Reason: ReasonScanLimit, PolicyHash: rule.Hash, JudgedAt: g.now()}
+	if rule.Mode == config.ModeAudit {
+		v.Admitted = true
+		v.Message = fmt.Sprintf("not scanned (%s); admitted because rule %q is in audit mode", why, rule.Name)
+		g.log.Warn("scan stopped by a scan limit; serving under audit mode", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", le)
+	} else {
+		v.Message = fmt.Sprintf("denied by rule %q: %s", rule.Name, why)
+		g.log.Error("scan stopped by a scan limit; image refused (fail closed)", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", le)
+	}
+	g.remember(key, v)
+	g.record(s, info, v)
+	return v
 }
 
 func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *storedReport) *Verdict {
@@ -639,17 +667,18 @@ func (g *Gate) store(key string, s *Subject, info *manifestInfo, v *Verdict) err
 	})
 }
 
-// allow records an admitted verdict that needs no scan (artifact, rule
-// off, audit without scan): its blobs may be served.
-func (g *Gate) allow(s *Subject, info *manifestInfo, v *Verdict) {
+// record records the image and a verdict that is not stored under its
+// verdict key (audit without scan, a scan limit): the blobs of an admitted
+// one may be served.
+func (g *Gate) record(s *Subject, info *manifestInfo, v *Verdict) {
 	err := g.db.Update(func(tx *bolt.Tx) error {
 		if err := g.putImage(tx, s, info, v); err != nil {
 			return err
 		}
-		return setAllowed(tx, s.Digest.String(), info, true)
+		return setAllowed(tx, s.Digest.String(), info, v.Admitted)
 	})
 	if err != nil {
-		g.log.Error("recording admitted manifest", "err", err)
+		g.log.Error("recording judged manifest", "err", err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,8 +19,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/metrics"
 )
 
 // fakeScanner stands in for Trivy in these unit tests of the gate's own
@@ -30,12 +33,18 @@ type fakeScanner struct {
 	vulns   map[string][]Vuln // by image name prefix (upstream/repo)
 	scans   atomic.Int32
 	rescans atomic.Int32
+	running atomic.Int32  // scans under way
+	most    atomic.Int32  // the most scans ever under way at once
 	block   chan struct{} // when set, Scan waits for it
 	err     error
 }
 
 func (f *fakeScanner) Scan(ctx context.Context, img v1.Image, name string) (*Report, error) {
 	f.scans.Add(1)
+	n := f.running.Add(1)
+	defer f.running.Add(-1)
+	for m := f.most.Load(); n > m && !f.most.CompareAndSwap(m, n); m = f.most.Load() {
+	}
 	if f.block != nil {
 		select {
 		case <-f.block:
@@ -53,8 +62,11 @@ func (f *fakeScanner) Scan(ctx context.Context, img v1.Image, name string) (*Rep
 		if err != nil {
 			return nil, err
 		}
-		io.Copy(io.Discard, rc)
+		_, err = io.Copy(io.Discard, rc)
 		rc.Close()
+		if err != nil {
+			return nil, err
+		}
 	}
 	if f.err != nil {
 		return nil, f.err
@@ -88,6 +100,9 @@ type memBlobs struct {
 	mu    sync.Mutex
 	blobs map[v1.Hash][]byte
 	opens int
+	// noSize: OpenBlob reports the size as unknown (-1), as for a fetch
+	// whose upstream sent no Content-Length.
+	noSize bool
 }
 
 func (m *memBlobs) add(img v1.Image) {
@@ -112,6 +127,9 @@ func (m *memBlobs) OpenBlob(ctx context.Context, up, repo string, d v1.Hash) (io
 	b, ok := m.blobs[d]
 	if !ok {
 		return nil, 0, errors.New("blob unavailable upstream")
+	}
+	if m.noSize {
+		return io.NopCloser(bytes.NewReader(b)), -1, nil
 	}
 	return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
 }
@@ -438,5 +456,150 @@ func getJSON(t *testing.T, url string, status int, v any) {
 		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// metricValue reads the counter or gauge of c whose labels include label
+// (any series when label is "").
+func metricValue(t *testing.T, c prometheus.Collector, label string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			match := label == ""
+			for _, lp := range m.GetLabel() {
+				match = match || lp.GetValue() == label
+			}
+			if match {
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func TestScanLimitDeniesFailClosed(t *testing.T) {
+	limitErr := fmt.Errorf("scan x: analyze error: %w", &LimitError{Limit: LimitLayerFiles, Layer: "sha256:" + strings.Repeat("c", 64), Max: 1000})
+	want := "scan failed: layer sha256:" + strings.Repeat("c", 64) + " exceeds gate.scanLimits.maxLayerFiles (1000)"
+
+	t.Run("enforce", func(t *testing.T) {
+		f := newFixture(t, policyYAML)
+		f.scanner.err = limitErr
+		before := metricValue(t, metrics.ScanLimitsExceeded, LimitLayerFiles)
+		s := f.image(t, "team/bomb")
+		v, err := f.g.Check(context.Background(), s)
+		if err != nil || v.Admitted || v.Reason != ReasonScanLimit || v.Message != `denied by rule "strict": `+want {
+			t.Fatalf("Check = %+v, %v", v, err)
+		}
+		if n := metricValue(t, metrics.ScanLimitsExceeded, LimitLayerFiles) - before; n != 1 {
+			t.Errorf("gatehouse_scan_limits_exceeded_total{limit=maxLayerFiles} grew by %v", n)
+		}
+		var m v1.Manifest
+		json.Unmarshal(s.Manifest, &m)
+		if ok, _ := f.g.BlobAllowed(context.Background(), m.Layers[0].Digest); ok {
+			t.Fatal("layer of an image over a scan limit allowed")
+		}
+		// A retrying client gets the same denial without another scan.
+		v, err = f.g.Check(context.Background(), s)
+		if err != nil || v.Admitted || v.Reason != ReasonScanLimit {
+			t.Fatalf("second Check = %+v, %v", v, err)
+		}
+		if n := f.scanner.scans.Load(); n != 1 {
+			t.Errorf("%d scans", n)
+		}
+		if d := f.g.Denials(); len(d) != 2 || d[0].Rule != "strict" || !strings.Contains(d[0].Message, want) {
+			t.Errorf("denials %+v", d)
+		}
+	})
+	t.Run("audit serves", func(t *testing.T) {
+		f := newFixture(t, policyYAML)
+		f.scanner.err = limitErr
+		s := f.image(t, "audit/bomb")
+		v, err := f.g.Check(context.Background(), s)
+		if err != nil || !v.Admitted || v.Reason != ReasonScanLimit || !strings.Contains(v.Message, want) || !strings.Contains(v.Message, "audit mode") {
+			t.Fatalf("Check = %+v, %v", v, err)
+		}
+		var m v1.Manifest
+		json.Unmarshal(s.Manifest, &m)
+		if ok, _ := f.g.BlobAllowed(context.Background(), m.Layers[0].Digest); !ok {
+			t.Fatal("layer of an image admitted in audit mode refused")
+		}
+	})
+}
+
+func TestLayerSizeMismatchFailsClosed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		noSize bool
+		delta  int64
+		larger bool // the read stops past the declared size, not knowing the real one
+	}{
+		{"size known, manifest understates", false, -100, false},
+		{"size known, manifest overstates", false, 100, false},
+		{"size unknown, manifest understates", true, -100, true},
+		{"size unknown, manifest overstates", true, 100, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, policyYAML)
+			f.blobs.noSize = tc.noSize
+			s := f.image(t, "team/app")
+			var m v1.Manifest
+			if err := json.Unmarshal(s.Manifest, &m); err != nil {
+				t.Fatal(err)
+			}
+			real := m.Layers[1].Size
+			m.Layers[1].Size = real + tc.delta
+			s.Manifest, _ = json.Marshal(&m)
+			want := fmt.Sprintf("is %d bytes but manifest %s declares %d", real, s.Digest, m.Layers[1].Size)
+			if tc.larger {
+				want = fmt.Sprintf("is larger than the %d bytes manifest %s declares", m.Layers[1].Size, s.Digest)
+			}
+			_, err := f.g.Check(context.Background(), s)
+			var se *ScanError
+			if !errors.As(err, &se) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("Check = %v; want a ScanError saying %q", err, want)
+			}
+		})
+	}
+}
+
+// TestScanConcurrency: gate.scanConcurrency scans run at once; the others
+// queue.
+func TestScanConcurrency(t *testing.T) {
+	f := newFixture(t, strings.Replace(policyYAML, "maxWait: 2s", "maxWait: 60s\n  scanConcurrency: 2", 1))
+	f.scanner.block = make(chan struct{})
+	queued := metricValue(t, metrics.ScansQueued, "")
+	subjects := make([]Subject, 5)
+	for i := range subjects {
+		subjects[i] = f.image(t, fmt.Sprintf("team/app%d", i))
+	}
+	var wg sync.WaitGroup
+	for _, s := range subjects {
+		wg.Go(func() {
+			if v, err := f.g.Check(context.Background(), s); err != nil || !v.Admitted {
+				t.Errorf("%+v %v", v, err)
+			}
+		})
+	}
+	// Two scans start; three wait for a worker.
+	deadline := time.Now().Add(30 * time.Second)
+	for f.scanner.scans.Load() < 2 || metricValue(t, metrics.ScansQueued, "")-queued < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d scans started, %v queued", f.scanner.scans.Load(), metricValue(t, metrics.ScansQueued, "")-queued)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := f.scanner.scans.Load(); n != 2 {
+		t.Fatalf("%d scans running with scanConcurrency 2", n)
+	}
+	close(f.scanner.block)
+	wg.Wait()
+	if n, most := f.scanner.scans.Load(), f.scanner.most.Load(); n != 5 || most != 2 {
+		t.Fatalf("%d scans, at most %d at once; want 5 and 2", n, most)
 	}
 }

@@ -70,10 +70,44 @@ func (l *layer) Digest() (v1.Hash, error)            { return l.desc.Digest, nil
 func (l *layer) Size() (int64, error)                { return l.desc.Size, nil }
 func (l *layer) MediaType() (types.MediaType, error) { return l.desc.MediaType, nil }
 
+// Compressed reads the layer through the cache, which checks its digest.
+// The size the manifest declares is checked too (the size is not part of
+// the digest): a blob of another size fails the read, so a scan never
+// reads more than the manifest admits to.
 func (l *layer) Compressed() (io.ReadCloser, error) {
-	rc, _, err := l.img.blobs.OpenBlob(l.img.ctx, l.img.s.Upstream, l.img.s.Repo, l.desc.Digest)
+	rc, size, err := l.img.blobs.OpenBlob(l.img.ctx, l.img.s.Upstream, l.img.s.Repo, l.desc.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("fetching layer %s: %w", l.desc.Digest, err)
 	}
-	return rc, nil
+	if size >= 0 && size != l.desc.Size {
+		rc.Close()
+		return nil, l.sizeError(size)
+	}
+	return &sizedReader{rc: rc, l: l}, nil
 }
+
+func (l *layer) sizeError(size int64) error {
+	return fmt.Errorf("layer %s is %d bytes but manifest %s declares %d", l.desc.Digest, size, l.img.s.Digest, l.desc.Size)
+}
+
+// sizedReader fails a layer read past its declared size, or ending short
+// of it.
+type sizedReader struct {
+	rc io.ReadCloser
+	l  *layer
+	n  int64
+}
+
+func (r *sizedReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	r.n += int64(n)
+	switch {
+	case r.n > r.l.desc.Size:
+		return 0, fmt.Errorf("layer %s is larger than the %d bytes manifest %s declares", r.l.desc.Digest, r.l.desc.Size, r.l.img.s.Digest)
+	case err == io.EOF && r.n != r.l.desc.Size:
+		return n, r.l.sizeError(r.n)
+	}
+	return n, err
+}
+
+func (r *sizedReader) Close() error { return r.rc.Close() }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -147,6 +148,7 @@ const (
 	ReasonArtifact   = "artifact"
 	ReasonIndex      = "index"
 	ReasonScanError  = "scan_error"
+	ReasonScanLimit  = "scan_limit"
 	ReasonUnsigned   = "signature"
 )
 
@@ -171,3 +173,30 @@ func (e *ScanError) Error() string {
 }
 
 func (e *ScanError) Unwrap() error { return e.Err }
+
+// Limits named by a LimitError: the fields of gate.scanLimits. They are the
+// label values of gatehouse_scan_limits_exceeded_total.
+const (
+	LimitLayerSize  = "maxLayerSize"
+	LimitLayerFiles = "maxLayerFiles"
+	LimitImageSize  = "maxImageSize"
+)
+
+// LimitError is a scan stopped because a layer broke one of gate.scanLimits
+// while it was read: a decompression bomb, or a layer too large to analyse.
+// The image is denied (fail closed) unless its rule is in audit mode.
+type LimitError struct {
+	// Limit is LimitLayerSize, LimitLayerFiles or LimitImageSize.
+	Limit string
+	// Layer is the diffID of the layer being read when the limit broke.
+	Layer string
+	// Max is the limit's value: bytes or tar entries.
+	Max int64
+}
+
+func (e *LimitError) Error() string {
+	if e.Limit == LimitImageSize {
+		return fmt.Sprintf("image exceeds gate.scanLimits.%s (%d) at layer %s", e.Limit, e.Max, e.Layer)
+	}
+	return fmt.Sprintf("layer %s exceeds gate.scanLimits.%s (%d)", e.Layer, e.Limit, e.Max)
+}

@@ -95,6 +95,11 @@ var (
 	// ScanErrors counts failed scans.
 	ScanErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "scan_errors_total",
 		Help: "Scans that failed (the image was refused unless its rule is in audit mode)."})
+	// ScanLimitsExceeded counts scans stopped by a layer past one of
+	// gate.scanLimits, by limit (maxLayerSize, maxLayerFiles, maxImageSize): decompression
+	// bombs, or limits set too low for real images. Each is a scan error too.
+	ScanLimitsExceeded = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "scan_limits_exceeded_total",
+		Help: "Scans stopped because a layer broke a gate.scanLimits limit (maxLayerSize, maxLayerFiles, maxImageSize); the image was refused unless its rule is in audit mode."}, []string{"limit"})
 	// DBUpdates counts vulnerability DB update attempts by result.
 	DBUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "vulndb_updates_total",
 		Help: "Vulnerability DB update attempts by result (updated, current, error)."}, []string{"result"})
@@ -140,6 +145,7 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		GateDecisions, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
 		AuthFailures, AccessReloads,
 	}
+	cs = append(cs, ScanLimitsExceeded)
 	if src.CacheUsage != nil {
 		cs = append(cs,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "cache_size_bytes", Help: "Bytes of cached blobs."},
@@ -201,6 +207,9 @@ func Register(reg prometheus.Registerer, src Sources) error {
 	}
 	for _, r := range []string{"updated", "current", "error"} {
 		DBUpdates.WithLabelValues(r)
+	}
+	for _, l := range []string{"maxLayerSize", "maxLayerFiles", "maxImageSize"} {
+		ScanLimitsExceeded.WithLabelValues(l)
 	}
 	for _, realm := range []string{"pull", "api"} {
 		for _, r := range []string{"missing", "malformed", "invalid"} {

@@ -54,6 +54,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_scans_in_flight", "gatehouse_scans_queued", "gatehouse_vulndb_age_seconds", "gatehouse_vulndb_info",
 		"gatehouse_signature_verifications_total", "go_goroutines", "process_resident_memory_bytes",
 		"gatehouse_cache_max_bytes", "gatehouse_data_disk_free_bytes", "gatehouse_data_disk_size_bytes",
+		"gatehouse_scan_limits_exceeded_total",
 		"gatehouse_upstream_retries_total", "gatehouse_upstream_requests_in_flight", "gatehouse_upstream_requests_queued",
 		"gatehouse_upstream_queue_timeouts_total", "gatehouse_upstream_addresses_refused_total",
 		"gatehouse_manifest_fetches_failed_total",

@@ -35,7 +35,9 @@ func dbDir(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "trivy
 // persist, layer analyses are cached on disk (serve); otherwise in memory
 // (check and db, which may run next to a serve holding the disk cache).
 func newScanner(cfg *config.Config, log *slog.Logger, persist bool) (*scan.Scanner, error) {
-	opts := scan.Options{DBDir: dbDir(cfg), Log: log}
+	opts := scan.Options{DBDir: dbDir(cfg), Log: log,
+		MaxLayerSize: int64(cfg.Gate.ScanLimits.MaxLayerSize), MaxLayerFiles: cfg.Gate.ScanLimits.MaxLayerFiles,
+		MaxImageSize: int64(cfg.Gate.ScanLimits.MaxImageSize)}
 	if persist {
 		opts.CacheDir = filepath.Join(cfg.DataDir, "trivy")
 	}

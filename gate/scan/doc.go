@@ -19,6 +19,29 @@
 // turns every severity into UNKNOWN); they are built in one function,
 // scanOptions, and pinned by TestFailOpenOptions.
 //
+// # Limits
+//
+// Options.MaxLayerSize and Options.MaxLayerFiles bound each layer a scan
+// reads (gate.scanLimits). Trivy v0.74 reads a layer through
+// LayerByDiffID(...).Uncompressed() and walks it with archive/tar; the
+// Scanner wraps that stream: a goroutine reads the layer ahead of Trivy,
+// counts its bytes and parses it with archive/tar, and hands bytes on to
+// Trivy only once every tar header they complete has been checked. So the
+// header of one entry too many, or of a file whose declared size (a sparse
+// file's holes take no stream bytes) breaks the size limit, never reaches
+// Trivy: its read fails instead. The error is a *gate.LimitError naming the
+// limit and the layer. Trivy ignores the error of its last read of a layer
+// (past the tar's end), so a breach is also recorded per layer: such a
+// layer's analysis is never cached, and Scan returns the error. The
+// read-ahead is bounded (a few 32 KiB chunks) and the goroutine ends when
+// the stream is closed, or when the scan ends at the latest.
+//
+// The same goroutine hashes the layer: Trivy caches a layer's analysis
+// under the diffID the image config declares, so a content that does not
+// hash to that diffID fails the scan and is never cached (otherwise an image
+// naming a popular base layer's diffID over other content would decide the
+// analysis of that base for every image built on it).
+//
 // # Layer cache
 //
 // Layer analysis results are cached by diffID (and analyser versions) in

@@ -23,6 +23,9 @@ type layerFlight struct {
 type scanCache struct {
 	cache.Cache
 	flight *layerFlight
+	// broken returns the limit error of a layer (by diffID) read by this
+	// scan; such a layer's analysis is never cached.
+	broken func(diffID string) error
 
 	mu      sync.Mutex
 	claimed map[string]chan struct{}
@@ -83,6 +86,10 @@ func (c *scanCache) claim(missing []string) <-chan struct{} {
 
 // PutBlob stores a layer's analysis and ends this scan's claim on it.
 func (c *scanCache) PutBlob(ctx context.Context, blobID string, info ftypes.BlobInfo) error {
+	if err := c.broken(info.DiffID); err != nil {
+		c.releaseKey(blobID)
+		return err
+	}
 	err := c.Cache.PutBlob(ctx, blobID, info)
 	c.releaseKey(blobID)
 	return err

@@ -77,11 +77,19 @@ type Options struct {
 	// messages go to slog.Default(). Nil: slog.Default().
 	Log *slog.Logger
 	// MaxLayerSize, when > 0, is the largest uncompressed layer analysed, in
-	// bytes; a larger layer fails the scan with ErrLimit.
+	// bytes: both the layer's tar stream and the sum of the sizes its tar
+	// headers declare (a sparse file's holes take no stream bytes). A larger
+	// layer fails the scan with a *gate.LimitError as soon as it is read
+	// past the limit.
 	MaxLayerSize int64
-	// MaxFiles, when > 0, is the largest number of tar entries of a layer;
-	// more fail the scan with ErrLimit.
-	MaxFiles int
+	// MaxLayerFiles, when > 0, is the largest number of tar entries (files,
+	// directories, links) of a layer; the header of one more fails the scan
+	// with a *gate.LimitError before Trivy sees it.
+	MaxLayerFiles int64
+	// MaxImageSize, when > 0, is the most uncompressed bytes one Scan reads
+	// over all the layers it analyses (layers found in the layer cache are
+	// not read); more fail the scan with a *gate.LimitError.
+	MaxImageSize int64
 	// Parallel is the number of layers one scan reads and analyses at once.
 	// 0 means DefaultParallel.
 	Parallel int
@@ -292,18 +300,21 @@ func (s *Scanner) artifactOption() artifact.Option {
 //
 // Layers are read with img.LayerByDiffID(...).Uncompressed(), up to
 // Options.Parallel at once, each only when the layer cache does not know
-// its diffID yet.
+// its diffID yet, within Options.MaxLayerSize, MaxLayerFiles and
+// MaxImageSize; a layer whose content does not hash to the diffID the
+// image config declares fails the scan.
 func (s *Scanner) Scan(ctx context.Context, img v1.Image, name string) (*Report, error) {
 	if err := s.ready(); err != nil {
 		return nil, err
 	}
 	s.stats.scans.Add(1)
-	wrapped := &image{Image: img, name: name, maxBytes: s.opts.MaxLayerSize, maxFiles: s.opts.MaxFiles}
+	wrapped := &image{Image: img, name: name, limits: limits{bytes: s.opts.MaxLayerSize, files: s.opts.MaxLayerFiles, image: s.opts.MaxImageSize}}
+	defer wrapped.closeAll()
 	lc, ap, err := s.layerCache()
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", name, err)
 	}
-	cc := &scanCache{Cache: lc, flight: &s.flight}
+	cc := &scanCache{Cache: lc, flight: &s.flight, broken: wrapped.breached}
 	defer cc.release()
 	// NewArtifact calls Init on Trivy's registered analyser instances, which
 	// are process-global (the Python egg analyser writes its fields there).
@@ -318,6 +329,9 @@ func (s *Scanner) Scan(ctx context.Context, img v1.Image, name string) (*Report,
 		return nil, fmt.Errorf("scan %s: %w", name, err)
 	}
 	defer art.Clean(ref)
+	if err := wrapped.breached(""); err != nil {
+		return nil, fmt.Errorf("scan %s: %w", name, err)
+	}
 	s.stats.layersAnalysed.Add(uint64(cc.missing.Load()))
 	s.stats.layersCached.Add(uint64(len(ref.BlobIDs)) - uint64(cc.missing.Load()))
 

@@ -7,11 +7,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +30,7 @@ import (
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 	trivylog "github.com/aquasecurity/trivy/pkg/log"
 
+	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/scan/scantest"
 )
 
@@ -551,25 +555,357 @@ func TestSwapUnderConcurrentScans(t *testing.T) {
 	t.Logf("%d scans during 6 swaps", scans.Load())
 }
 
+// paxRecord is one "length key=value\n" record of a PAX header.
+func paxRecord(k, v string) string {
+	rec := " " + k + "=" + v + "\n"
+	n := len(rec)
+	for len(strconv.Itoa(n))+len(rec) != n {
+		n = len(strconv.Itoa(n)) + len(rec)
+	}
+	return strconv.Itoa(n) + rec
+}
+
+// writeSparse writes a GNU sparse file (PAX format 0.1) that declares
+// size bytes and holds one byte of data: archive/tar reads it back as size
+// bytes, almost all of them holes that take no room in the stream.
+// archive/tar's writer drops GNU.sparse records, so the PAX header is
+// written as a regular entry and its type flag patched afterwards
+// (patchPAX, sparseTar).
+func writeSparse(tw *tar.Writer, name string, size int64) error {
+	pax := paxRecord("GNU.sparse.size", strconv.FormatInt(size, 10)) +
+		paxRecord("GNU.sparse.numblocks", "1") + paxRecord("GNU.sparse.map", "0,1")
+	if err := tw.WriteHeader(&tar.Header{Name: "PaxHeaders/" + path.Base(name), Typeflag: tar.TypeReg, Size: int64(len(pax)), Format: tar.FormatUSTAR}); err != nil {
+		return err
+	}
+	if _, err := tw.Write([]byte(pax)); err != nil {
+		return err
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o755, Size: 1, Format: tar.FormatUSTAR}); err != nil {
+		return err
+	}
+	_, err := tw.Write([]byte{0x7f})
+	return err
+}
+
+// sparseTar returns a tar holding one sparse file (writeSparse).
+func sparseTar(t *testing.T, name string, size int64) []byte {
+	t.Helper()
+	var raw bytes.Buffer
+	tw := tar.NewWriter(&raw)
+	if err := writeSparse(tw, name, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := raw.Bytes()
+	patchPAX(b, 0)
+	return b
+}
+
+// patchPAX turns the header block at off of a tar stream into a PAX
+// extended header ('x') and fixes its checksum.
+func patchPAX(b []byte, off int) {
+	blk := b[off : off+512]
+	blk[156] = tar.TypeXHeader
+	copy(blk[148:156], "        ")
+	sum := 0
+	for _, c := range blk {
+		sum += int(c)
+	}
+	copy(blk[148:156], fmt.Sprintf("%06o\x00 ", sum))
+}
+
 func TestLimits(t *testing.T) {
+	const limit = 4 << 20 // bytes
 	tests := []struct {
-		name string
-		opt  func(*Options)
+		name   string
+		opt    func(*Options)
+		layer  func(t *testing.T) v1.Layer
+		broken string // the limit the scan must break
 	}{
-		{"size", func(o *Options) { o.MaxLayerSize = 2048 }},
-		{"files", func(o *Options) { o.MaxFiles = 3 }},
+		{"size: one file of 32 MiB of zeros", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) v1.Layer {
+			return scantest.Zeros(32 << 20)
+		}, gate.LimitLayerSize},
+		{"size: 32 MiB of zeros after the end of the archive", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) v1.Layer {
+			return scantest.GzipLayer(func(w io.Writer, tw *tar.Writer) error {
+				if err := tw.WriteHeader(&tar.Header{Name: "etc/hostname", Typeflag: tar.TypeReg, Mode: 0o644, Size: 5}); err != nil {
+					return err
+				}
+				if _, err := tw.Write([]byte("host\n")); err != nil {
+					return err
+				}
+				if err := tw.Close(); err != nil {
+					return err
+				}
+				_, err := w.Write(make([]byte, 32<<20)) // Trivy reads a layer to its end
+				return err
+			})
+		}, gate.LimitLayerSize},
+		{"size: sparse file declaring 32 MiB in a few bytes", func(o *Options) { o.MaxLayerSize = limit }, func(t *testing.T) v1.Layer {
+			b := sparseTar(t, "usr/local/bin/app", 32<<20)
+			// The stream itself is far under the limit: only the declared
+			// size can catch this one.
+			if len(b) >= limit {
+				t.Fatalf("sparse tar is %d bytes", len(b))
+			}
+			tr := tar.NewReader(bytes.NewReader(b))
+			if h, err := tr.Next(); err != nil || h.Size != 32<<20 || h.Name != "usr/local/bin/app" {
+				t.Fatalf("sparse entry reads back as %+v, %v", h, err)
+			}
+			return scantest.GzipLayer(func(w io.Writer, _ *tar.Writer) error { _, err := w.Write(b); return err })
+		}, gate.LimitLayerSize},
+		{"files: 5000 empty files", func(o *Options) { o.MaxLayerFiles = 1000 }, func(t *testing.T) v1.Layer {
+			return scantest.ManyFiles(5000)
+		}, gate.LimitLayerFiles},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newScanner(t, v1DB(), tt.opt)
-			rep, err := s.Scan(context.Background(), scantest.VulnerableAlpine(), "big")
-			if !errors.Is(err, ErrLimit) {
-				t.Fatalf("Scan = %v, %v; want ErrLimit", rep, err)
+			l := tt.layer(t)
+			compressed, err := l.Size()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("compressed layer: %d bytes", compressed)
+			diffID, err := l.DiffID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := scantest.Append(scantest.VulnerableAlpine(), []v1.Layer{l})
+			rep, err := s.Scan(context.Background(), img, "bomb")
+			var le *gate.LimitError
+			if !errors.As(err, &le) {
+				t.Fatalf("Scan = %+v, %v; want a *gate.LimitError", rep, err)
+			}
+			if le.Limit != tt.broken || le.Layer != diffID.String() {
+				t.Fatalf("limit error %+v, want %s of layer %s", le, tt.broken, diffID)
+			}
+			t.Log(err)
+			// Nothing of the layer was cached: the next scan reads it
+			// again and fails again.
+			if rep, err := s.Scan(context.Background(), img, "bomb"); !errors.As(err, &le) {
+				t.Fatalf("second scan = %+v, %v; want a *gate.LimitError", rep, err)
 			}
 		})
 	}
-	s := newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = 1 << 20; o.MaxFiles = 100 })
-	equal(t, "within limits", got(scan(t, s, scantest.VulnerableAlpine(), "a").Vulns), wantAlpine)
+	t.Run("image: three layers of 3 MiB", func(t *testing.T) {
+		img := scantest.Append(scantest.VulnerableAlpine(), []v1.Layer{scantest.Zeros(3 << 20), scantest.Zeros(3<<20 + 1), scantest.Zeros(3<<20 + 2)})
+		// Each layer is within maxLayerSize.
+		s := newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = limit })
+		scan(t, s, img, "three")
+		s.Close()
+		s = newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = limit; o.MaxImageSize = 8 << 20 })
+		rep, err := s.Scan(context.Background(), img, "three")
+		var le *gate.LimitError
+		if !errors.As(err, &le) || le.Limit != gate.LimitImageSize || le.Max != 8<<20 {
+			t.Fatalf("Scan = %+v, %v; want a *gate.LimitError of maxImageSize", rep, err)
+		}
+		t.Log(err)
+	})
+	t.Run("within limits", func(t *testing.T) {
+		s := newScanner(t, v1DB(), func(o *Options) { o.MaxLayerSize = 1 << 20; o.MaxLayerFiles = 100; o.MaxImageSize = 2 << 20 })
+		equal(t, "within limits", got(scan(t, s, scantest.VulnerableAlpine(), "a").Vulns), wantAlpine)
+	})
+}
+
+// lyingImage's config names a layer by one diffID while its blob holds
+// another layer.
+type lyingImage struct {
+	v1.Image
+	diffID v1.Hash
+	layer  v1.Layer
+}
+
+func (l lyingImage) LayerByDiffID(h v1.Hash) (v1.Layer, error) {
+	if h == l.diffID {
+		return l.layer, nil
+	}
+	return l.Image.LayerByDiffID(h)
+}
+
+// TestDiffIDChecked: Trivy caches a layer's analysis under the diffID the
+// image config declares. An image that names the vulnerable base layer's
+// diffID but ships a clean layer fails its scan, and does not make the
+// real image look clean afterwards.
+func TestDiffIDChecked(t *testing.T) {
+	s := newScanner(t, v1DB())
+	vuln := scantest.VulnerableAlpine()
+	cf, err := vuln.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lying := lyingImage{Image: vuln, diffID: cf.RootFS.DiffIDs[0], layer: scantest.CleanAlpineLayer()}
+	rep, err := s.Scan(context.Background(), lying, "lying")
+	if err == nil || !strings.Contains(err.Error(), "not the diffID its image config declares") {
+		t.Fatalf("Scan of an image whose config lies = %+v, %v", rep, err)
+	}
+	equal(t, "the real image after the lying one", got(scan(t, s, vuln, "real").Vulns), wantAlpine)
+}
+
+// oddImage's layers read in pieces of at most 7 bytes, with an empty read
+// before each: legal for an io.Reader, and the hardest case for the tar
+// watcher's hand-over.
+type oddImage struct{ v1.Image }
+
+type oddLayer struct{ v1.Layer }
+
+type oddReader struct {
+	io.ReadCloser
+	empty bool
+}
+
+func (o oddImage) Layers() ([]v1.Layer, error) {
+	ls, err := o.Image.Layers()
+	for i, l := range ls {
+		ls[i] = &oddLayer{l}
+	}
+	return ls, err
+}
+
+func (l *oddLayer) Uncompressed() (io.ReadCloser, error) {
+	rc, err := l.Layer.Uncompressed()
+	return &oddReader{ReadCloser: rc}, err
+}
+
+func (o *oddReader) Read(p []byte) (int, error) {
+	if o.empty = !o.empty; o.empty {
+		return 0, nil
+	}
+	return o.ReadCloser.Read(p[:min(len(p), 7)])
+}
+
+// TestLimitHeaderNeverReachesReader: a tar reader on the limited stream —
+// as Trivy's walker is — never gets the header that breaks a limit; it
+// gets the limit error instead.
+func TestLimitHeaderNeverReachesReader(t *testing.T) {
+	files := scantest.Files{}
+	for i := range 100 {
+		files[fmt.Sprintf("d/%03d", i)] = bytes.Repeat([]byte{'x'}, 700)
+	}
+	sparse := sparseTar(t, "usr/local/bin/app", 1<<40)
+	for _, tc := range []struct {
+		name string
+		l    v1.Layer
+		lim  limits
+		ok   func(h *tar.Header, n int) bool // whether h, the n-th entry, may pass
+	}{
+		{"files", scantest.Layer(files), limits{files: 50}, func(_ *tar.Header, n int) bool { return n <= 50 }},
+		{"sparse", scantest.GzipLayer(func(w io.Writer, _ *tar.Writer) error { _, err := w.Write(sparse); return err }),
+			limits{bytes: 1 << 20}, func(h *tar.Header, _ int) bool { return h.Size <= 1<<20 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Hand on every checked byte at once.
+			img := &image{Image: oddImage{scantest.Image([]v1.Layer{tc.l})}, limits: tc.lim, release: 1}
+			ls, err := img.Layers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rc, err := ls[0].Uncompressed()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			tr := tar.NewReader(rc)
+			for n := 1; ; n++ {
+				h, err := tr.Next()
+				var le *gate.LimitError
+				if errors.As(err, &le) {
+					return
+				}
+				if err != nil {
+					t.Fatalf("entry %d: %v; want a *gate.LimitError", n, err)
+				}
+				if !tc.ok(h, n) {
+					t.Fatalf("entry %d (%s, %d bytes) reached the reader", n, h.Name, h.Size)
+				}
+			}
+		})
+	}
+}
+
+// TestLimitReaderStops: the tar watcher's goroutine ends whether the
+// stream is read to its end, stopped by a limit or abandoned half-way.
+func TestLimitReaderStops(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	files := scantest.Files{}
+	for i := range 200 {
+		files[fmt.Sprintf("d/%03d", i)] = bytes.Repeat([]byte{'x'}, 1000)
+	}
+	base := scantest.Layer(files)
+	open := func(lim limits) (*image, io.ReadCloser) {
+		img := &image{Image: scantest.Image([]v1.Layer{base}), limits: lim}
+		l, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := l[0].Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img, rc
+	}
+	t.Run("read to the end", func(t *testing.T) {
+		_, rc := open(limits{bytes: 1 << 20, files: 1000})
+		got, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Close()
+		orc, err := base.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := io.ReadAll(orc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read %d bytes through the limits, the layer has %d (or they differ)", len(got), len(want))
+		}
+	})
+	t.Run("files", func(t *testing.T) {
+		_, rc := open(limits{files: 50})
+		_, err := io.Copy(io.Discard, rc)
+		var le *gate.LimitError
+		if !errors.As(err, &le) || le.Limit != gate.LimitLayerFiles {
+			t.Fatalf("read: %v", err)
+		}
+		if _, err := rc.Read(make([]byte, 10)); !errors.As(err, &le) {
+			t.Fatalf("read after the limit: %v", err)
+		}
+		rc.Close()
+	})
+	t.Run("stream error", func(t *testing.T) {
+		// The layer's own error reaches the reader, after the bytes
+		// before it: never a clean end.
+		src := scantest.VulnerableAlpine()
+		cf, err := src.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		img := &image{Image: failingImage{src}, limits: limits{bytes: 1 << 20, files: 1000}}
+		l, err := img.LayerByDiffID(cf.RootFS.DiffIDs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := l.Uncompressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		if _, err := io.Copy(io.Discard, rc); err == nil || err.Error() != "upstream went away" {
+			t.Fatalf("read: %v", err)
+		}
+	})
+	t.Run("abandoned", func(t *testing.T) {
+		img, rc := open(limits{bytes: 1 << 20})
+		if _, err := io.ReadFull(rc, make([]byte, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		img.closeAll() // as Scan does when it ends
+		rc.Close()
+	})
 }
 
 // failingImage's layers fail half-way through.

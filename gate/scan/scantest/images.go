@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"archive/zip"
 	"bytes"
+	"compress/gzip"
+	"fmt"
 	"io"
 	"maps"
 	"runtime"
@@ -290,4 +292,47 @@ func jar() []byte {
 	add("com/example/Fixture.class", "\xca\xfe\xba\xbe fixture")
 	must(zw.Close())
 	return buf.Bytes()
+}
+
+// GzipLayer returns a gzip-compressed layer whose uncompressed stream write
+// produces through tw (the tar) or w (raw bytes, e.g. after the tar's end).
+func GzipLayer(write func(w io.Writer, tw *tar.Writer) error) v1.Layer {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	must(write(zw, tar.NewWriter(zw)))
+	must(zw.Close())
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	must(err)
+	return l
+}
+
+// Zeros returns a decompression bomb: a layer holding one file of size zero
+// bytes, about a thousandth of that compressed.
+func Zeros(size int64) v1.Layer {
+	return GzipLayer(func(_ io.Writer, tw *tar.Writer) error {
+		if err := tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Mode: 0o644, Size: size, ModTime: epoch}); err != nil {
+			return err
+		}
+		if _, err := io.CopyN(tw, zeroReader{}, size); err != nil {
+			return err
+		}
+		return tw.Close()
+	})
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// ManyFiles returns a layer of n empty files.
+func ManyFiles(n int) v1.Layer {
+	return GzipLayer(func(_ io.Writer, tw *tar.Writer) error {
+		for i := range n {
+			if err := tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("f/%d", i), Typeflag: tar.TypeReg, Mode: 0o644, ModTime: epoch}); err != nil {
+				return err
+			}
+		}
+		return tw.Close()
+	})
 }
