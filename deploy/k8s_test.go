@@ -131,6 +131,18 @@ type serviceMonitor struct {
 			Path          string `json:"path,omitempty"`
 			Interval      string `json:"interval,omitempty"`
 			ScrapeTimeout string `json:"scrapeTimeout,omitempty"`
+			Scheme        string `json:"scheme,omitempty"`
+			// The operator's TLSConfig (SafeTLSConfig plus file paths).
+			TLSConfig *struct {
+				CA                 map[string]any `json:"ca,omitempty"`
+				Cert               map[string]any `json:"cert,omitempty"`
+				KeySecret          map[string]any `json:"keySecret,omitempty"`
+				ServerName         string         `json:"serverName,omitempty"`
+				InsecureSkipVerify bool           `json:"insecureSkipVerify,omitempty"`
+				CAFile             string         `json:"caFile,omitempty"`
+				CertFile           string         `json:"certFile,omitempty"`
+				KeyFile            string         `json:"keyFile,omitempty"`
+			} `json:"tlsConfig,omitempty"`
 		} `json:"endpoints"`
 	} `json:"spec"`
 }
@@ -833,5 +845,74 @@ func TestDockerfileBinary(t *testing.T) {
 				t.Error("binary has an ELF interpreter: not static")
 			}
 		}
+	}
+}
+
+// With TLS and client credentials from Secrets, the chart mounts them, points
+// gatehouse.yaml at the files, probes over HTTPS and scrapes over HTTPS.
+func TestHelmChartAccessControl(t *testing.T) {
+	m := helmRender(t, map[string]any{
+		"tls":            map[string]any{"secretName": "gatehouse-tls"},
+		"auth":           map[string]any{"secretName": "gatehouse-auth", "htpasswdKey": "htpasswd", "apiTokensKey": "api-tokens"},
+		"serviceMonitor": map[string]any{"enabled": true, "tlsConfig": map[string]any{"serverName": "gatehouse.internal"}},
+		"config":         map[string]any{"server": map[string]any{"tls": map[string]any{"clientCAFile": "/var/run/gatehouse/tls/ca.crt"}}},
+	})
+	sts := m.one(t, "StatefulSet").typed.(*appsv1.StatefulSet)
+	pod := sts.Spec.Template.Spec
+	secrets := map[string]string{}
+	for _, v := range pod.Volumes {
+		if v.Secret != nil {
+			secrets[v.Name] = v.Secret.SecretName
+		}
+	}
+	mounts := map[string]string{}
+	for _, vm := range pod.Containers[0].VolumeMounts {
+		mounts[vm.Name] = vm.MountPath
+	}
+	if secrets["tls"] != "gatehouse-tls" || secrets["auth"] != "gatehouse-auth" {
+		t.Errorf("secret volumes = %v", secrets)
+	}
+	if mounts["tls"] != "/var/run/gatehouse/tls" || mounts["auth"] != "/var/run/gatehouse/auth" {
+		t.Errorf("mounts = %v", mounts)
+	}
+	c := pod.Containers[0]
+	for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+			t.Errorf("%s probe does not use HTTPS: %+v", name, p)
+		}
+	}
+	var cfgText string
+	for _, o := range m.byKind("ConfigMap") {
+		if d, ok := o.typed.(*corev1.ConfigMap).Data["gatehouse.yaml"]; ok {
+			cfgText = d
+		}
+	}
+	var cfg struct {
+		Server struct {
+			ShutdownTimeout string `json:"shutdownTimeout"`
+			TLS             struct {
+				CertFile, KeyFile, ClientCAFile string
+			} `json:"tls"`
+			Auth struct {
+				Htpasswd, TokensFile, APITokenFile string
+			} `json:"auth"`
+		} `json:"server"`
+	}
+	if err := yaml.Unmarshal([]byte(cfgText), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Server
+	if s.TLS.CertFile != "/var/run/gatehouse/tls/tls.crt" || s.TLS.KeyFile != "/var/run/gatehouse/tls/tls.key" || s.TLS.ClientCAFile != "/var/run/gatehouse/tls/ca.crt" {
+		t.Errorf("server.tls = %+v", s.TLS)
+	}
+	if s.Auth.Htpasswd != "/var/run/gatehouse/auth/htpasswd" || s.Auth.APITokenFile != "/var/run/gatehouse/auth/api-tokens" || s.Auth.TokensFile != "" {
+		t.Errorf("server.auth = %+v", s.Auth)
+	}
+	if s.ShutdownTimeout != "30s" {
+		t.Errorf("server.shutdownTimeout = %q: the chart's own server settings were lost", s.ShutdownTimeout)
+	}
+	sm := m.one(t, "ServiceMonitor").raw["spec"].(map[string]any)["endpoints"].([]any)[0].(map[string]any)
+	if sm["scheme"] != "https" || sm["tlsConfig"].(map[string]any)["serverName"] != "gatehouse.internal" {
+		t.Errorf("ServiceMonitor endpoint = %v, want https with the tlsConfig given", sm)
 	}
 }

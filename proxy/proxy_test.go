@@ -83,7 +83,7 @@ func (c *counting) total() int {
 }
 
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	up       *counting
 	faults   *faultreg.Injector // between up and the registry; no fault set
 	stall    time.Duration      // the cache's stall timeout; 0: default
@@ -97,7 +97,7 @@ type env struct {
 	handler  *proxy.Handler
 }
 
-func newEnv(t *testing.T, mod func(*config.Config)) *env {
+func newEnv(t testing.TB, mod func(*config.Config)) *env {
 	t.Helper()
 	faults := faultreg.New(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	up := &counting{next: faults, hits: map[string]int{}}
