@@ -437,7 +437,10 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 		live[t.name] = true
 	}
 	for r := range b.opts.warmRuns {
-		for _, t := range targets {
+		// Each round starts with the next target, so that no target always
+		// runs first (or right after the same neighbour).
+		for i := range targets {
+			t := targets[(i+r)%len(targets)]
 			if !live[t.name] {
 				continue
 			}

@@ -70,7 +70,9 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Er
 		// A committed file: ServeContent does Range (single and multiple),
 		// If-None-Match and HEAD, and the copy uses sendfile.
 		cw := &countingWriter{ResponseWriter: w}
+		uncork := corked(r.Context())
 		http.ServeContent(cw, r, "", time.Time{}, f)
+		uncork()
 		metrics.ServedBytes.WithLabelValues("cache").Add(float64(cw.n))
 		return nil
 	}

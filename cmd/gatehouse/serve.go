@@ -196,6 +196,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
 		IdleTimeout:       cfg.Server.IdleTimeout.D(),
 		MaxHeaderBytes:    64 << 10,
+		ConnContext:       proxy.ConnContext,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		TLSConfig:         tlsConf,
 	}
