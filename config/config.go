@@ -218,6 +218,11 @@ func Load(path string) (*Config, error) {
 			return nil, fmt.Errorf("config: %w", err)
 		}
 		if err := cfg.parse(data); err != nil {
+			var fe *fieldError
+			if errors.As(err, &fe) {
+				// "config <file>: <field> (line N): ..."
+				return nil, &fieldError{msg: "config " + path + ": " + strings.TrimPrefix(fe.msg, "config: "), err: fe.err}
+			}
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
 	}
@@ -251,7 +256,7 @@ func (c *Config) parse(data []byte) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file is fine
-		return err
+		return nameFields(data, err)
 	}
 	if c.Upstreams == nil {
 		c.Upstreams = Default().Upstreams

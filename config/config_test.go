@@ -225,3 +225,20 @@ func TestRedactedHidesUpstreamPasswords(t *testing.T) {
 		t.Error("Redacted changed the configuration itself")
 	}
 }
+
+// Decoding errors name the field, not only the line.
+func TestDecodeErrorsNameTheField(t *testing.T) {
+	for _, tc := range []struct{ yml, want string }{
+		{"cache:\n  maxSize: 12XB\n", "cache.maxSize (line 2): "},
+		{"server:\n  idleTimeout: soon\n", "server.idleTimeout (line 2): "},
+		{"upstreams:\n  - name: a.example\n    tagTTL: forever\n", "upstreams[0].tagTTL (line 3): "},
+		{"upstreams:\n  - name: a.example\n  - name: b.example\n    colour: red\n", "upstreams[1].colour (line 4): field colour not found"},
+		{"gate:\n  policy:\n    rules:\n      - name: x\n        allowlist:\n          - id: CVE-1\n            reason: r\n            expires: tomorrow\n",
+			"gate.policy.rules[0].allowlist[0].expires (line 8): "},
+	} {
+		_, err := Parse([]byte(tc.yml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want it to contain %q", tc.yml, err, tc.want)
+		}
+	}
+}

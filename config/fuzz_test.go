@@ -28,7 +28,8 @@ var configSeeds = []string{
 }
 
 // fieldErr is how a validation error names its field: "config: gate.policy.rules[0].name: ...".
-var fieldErr = regexp.MustCompile(`^config: [a-zA-Z][a-zA-Z0-9]*(\[\d+\])?(\.[a-zA-Z][a-zA-Z0-9]*(\[\d+\])?)*: `)
+// Decoding errors add the line: "config: cache.maxSize (line 2): ...".
+var fieldErr = regexp.MustCompile(`^config: [a-zA-Z][a-zA-Z0-9]*(\[\d+\])?(\.[a-zA-Z][a-zA-Z0-9]*(\[\d+\])?)*( \(line \d+\))?: `)
 
 func FuzzParse(f *testing.F) {
 	for _, s := range configSeeds {
