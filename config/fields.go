@@ -69,4 +69,3 @@ type fieldError struct {
 
 func (e *fieldError) Error() string { return e.msg }
 func (e *fieldError) Unwrap() error { return e.err }
-
