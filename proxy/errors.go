@@ -110,6 +110,10 @@ func asError(err error, notFound Code) *Error {
 func fromUpstream(ue *upstream.Error, notFound Code) *Error {
 	msg := ue.Error()
 	switch {
+	case ue.Busy:
+		// gatehouse's own limit, not the upstream's answer: come back soon.
+		return &Error{Code: CodeUnavailable, Status: http.StatusServiceUnavailable, Message: msg,
+			Header: http.Header{"Retry-After": {ue.RetryAfter}}}
 	case ue.Status == 0:
 		return &Error{Code: CodeUnavailable, Status: http.StatusBadGateway, Message: msg}
 	case ue.Status == http.StatusNotFound:

@@ -51,7 +51,7 @@ func (l *limiter) acquire(ctx context.Context) (func(), error) {
 			case <-t.C:
 				l.queued.Dec()
 				metrics.UpstreamQueueTimeouts.WithLabelValues(l.upstream).Inc()
-				return nil, &Error{Upstream: l.upstream, Status: http.StatusServiceUnavailable, RetryAfter: "1",
+				return nil, &Error{Upstream: l.upstream, Status: http.StatusServiceUnavailable, RetryAfter: "1", Busy: true,
 					Message: "too many requests to this upstream in flight (maxConcurrentFetches); waited " + l.wait.String() + " for a slot"}
 			}
 			l.queued.Dec()

@@ -334,9 +334,15 @@ type Error struct {
 	Message    string
 	RetryAfter string // Retry-After of a 429 or 503, as sent
 	Err        error
+	// Busy is set when gatehouse did not send the request at all: every
+	// slot of maxConcurrentFetches stayed taken for the whole wait.
+	Busy bool
 }
 
 func (e *Error) Error() string {
+	if e.Busy {
+		return fmt.Sprintf("upstream %s: %s", e.Upstream, e.Message)
+	}
 	if e.Status == 0 {
 		return fmt.Sprintf("upstream %s unreachable: %s", e.Upstream, e.Message)
 	}
