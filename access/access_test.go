@@ -308,3 +308,35 @@ func TestVerifiedCacheSkipsBcryptOnRepeat(t *testing.T) {
 		t.Fatal("a remembered password passed against a changed hash")
 	}
 }
+
+// bcrypt runs in bounded slots; remembered credentials need none, so pulls
+// of known clients go on while a flood of wrong passwords waits.
+func TestBcryptSlotsBoundComparisons(t *testing.T) {
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	var c verifiedCache
+	if !c.check("u", "pw", hash) {
+		t.Fatal("good password refused")
+	}
+	// Take every slot, as a flood of wrong passwords would.
+	for range cap(bcryptSlots) {
+		bcryptSlots <- struct{}{}
+	}
+	hit := make(chan bool)
+	go func() { hit <- c.check("u", "pw", hash) }()
+	select {
+	case ok := <-hit:
+		if !ok {
+			t.Fatal("remembered credentials refused while the slots are taken")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("remembered credentials waited for a bcrypt slot")
+	}
+	miss := make(chan bool)
+	go func() { miss <- c.check("u", "wrong", hash) }()
+	for range cap(bcryptSlots) {
+		<-bcryptSlots
+	}
+	if <-miss {
+		t.Fatal("wrong password accepted")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -140,6 +141,12 @@ func eachLine(data []byte, f func(n int, line string) error) error {
 // maxVerified bounds the memory of successful bcrypt checks.
 const maxVerified = 4096
 
+// bcryptSlots bounds the bcrypt comparisons running at once to half the
+// CPUs: a flood of wrong passwords (each tens of milliseconds of CPU) then
+// waits its turn instead of starving the pulls being served. Remembered
+// credentials never need a slot.
+var bcryptSlots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
+
 // verifiedCache remembers user/password/hash triples that passed bcrypt.
 // bcrypt is slow by design (tens of milliseconds), and containerd sends
 // basic credentials with every request of a pull: without this, a burst
@@ -165,7 +172,10 @@ func (c *verifiedCache) check(user, password string, hash []byte) bool {
 	if hit {
 		return true
 	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {
+	bcryptSlots <- struct{}{}
+	err := bcrypt.CompareHashAndPassword(hash, []byte(password))
+	<-bcryptSlots
+	if err != nil {
 		return false
 	}
 	c.mu.Lock()
