@@ -108,6 +108,29 @@ func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
 	h.render(w, http.StatusOK, "policy", page{Title: "Policy", Nav: "policy", Data: d})
 }
 
+// denialRow is a refused pull; Judged says whether its manifest has a
+// record (and so an image page) — a pull refused before judging, e.g. for
+// a failed signature check, has none.
+type denialRow struct {
+	gate.Denial
+	Judged bool
+}
+
 func (h *Handler) denials(w http.ResponseWriter, r *http.Request) {
-	h.render(w, http.StatusOK, "denials", page{Title: "Denials", Nav: "denials", Data: h.opts.Source.Denials()})
+	list, err := h.imageList()
+	if err != nil {
+		h.opts.Log.Error("web console: reading image records", "err", err)
+		h.fail(w, http.StatusInternalServerError, "cannot read the image records")
+		return
+	}
+	judged := make(map[string]bool, len(list))
+	for _, im := range list {
+		judged[im.Digest] = true
+	}
+	ds := h.opts.Source.Denials()
+	rows := make([]denialRow, len(ds))
+	for i, d := range ds {
+		rows[i] = denialRow{Denial: d, Judged: judged[d.Digest]}
+	}
+	h.render(w, http.StatusOK, "denials", page{Title: "Denials", Nav: "denials", Data: rows})
 }
