@@ -54,6 +54,7 @@ func exportedMetrics(t *testing.T) map[string]dto.MetricType {
 	metrics.GateDecisions.WithLabelValues("denied", "vulnerable", "default").Add(0)
 	metrics.DBUpdates.WithLabelValues("updated").Add(0)
 	metrics.SignatureVerifications.WithLabelValues("verified").Add(0)
+	metrics.AccessReloads.WithLabelValues("tls", "ok").Add(0) // exported from the first reload on
 	fams, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
