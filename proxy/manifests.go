@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -284,7 +283,7 @@ func manifestMediaType(data []byte, contentType string) (string, *Error) {
 	if isIndex && doc.Manifests == nil || !isIndex && doc.Config == nil {
 		return "", errorf(CodeManifestInvalid, "manifest content does not match its media type %s", mt)
 	}
-	if err := checkDescriptors(data, isIndex); err != nil {
+	if err := checkDescriptors(doc.Config, doc.Layers, doc.Manifests, isIndex); err != nil {
 		return "", errorf(CodeManifestInvalid, "upstream %s is malformed: %v", mt, err)
 	}
 	return mt, nil
@@ -294,20 +293,27 @@ func manifestMediaType(data []byte, contentType string) (string, *Error) {
 // layers) or index (children) has a sha256 digest and a size that is not
 // negative: clients, the cache and the gate follow them by digest, and a
 // manifest pointing nowhere must not be cached or judged.
-func checkDescriptors(data []byte, isIndex bool) error {
+func checkDescriptors(config, layers, manifests *json.RawMessage, isIndex bool) error {
 	var descs []v1.Descriptor
+	decode := func(raw *json.RawMessage, into any) error {
+		if raw == nil {
+			return nil
+		}
+		return json.Unmarshal(*raw, into)
+	}
 	if isIndex {
-		idx, err := v1.ParseIndexManifest(bytes.NewReader(data))
-		if err != nil {
-			return err
+		if err := decode(manifests, &descs); err != nil {
+			return fmt.Errorf("manifests: %w", err)
 		}
-		descs = idx.Manifests
 	} else {
-		m, err := v1.ParseManifest(bytes.NewReader(data))
-		if err != nil {
-			return err
+		var c v1.Descriptor
+		if err := decode(config, &c); err != nil {
+			return fmt.Errorf("config: %w", err)
 		}
-		descs = append([]v1.Descriptor{m.Config}, m.Layers...)
+		if err := decode(layers, &descs); err != nil {
+			return fmt.Errorf("layers: %w", err)
+		}
+		descs = append([]v1.Descriptor{c}, descs...)
 	}
 	for i, d := range descs {
 		if d.Digest.Algorithm == "" {
