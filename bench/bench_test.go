@@ -55,6 +55,45 @@ func TestMedian(t *testing.T) {
 	}
 }
 
+// TestColdBudget checks the CPU arithmetic behind the cold-target note:
+// the least of the rounds for each cost, the median direct time, and the
+// note only when the least a cache needs exceeds what the target leaves.
+func TestColdBudget(t *testing.T) {
+	s := time.Second
+	r := &results{
+		Machine:   machine{CPUs: 2},
+		Cold:      map[string][]time.Duration{tUpstream: {s, 3 * s, 2 * s}},
+		ColdCPU:   map[string][]time.Duration{tUpstream: {s / 2, s}, tRelay: {s / 2, 2 * s}},
+		ClientCPU: []time.Duration{s / 4, s},
+		HashCPU:   []time.Duration{s, 2 * s},
+		WriteCPU:  []time.Duration{s / 2, s / 4},
+	}
+	b, ok := r.coldBudget()
+	if !ok {
+		t.Fatal("no budget")
+	}
+	// Direct median 2 s → 2.5 s allowed at 0.8×, 5 s of CPU on 2 CPUs;
+	// upstream 0.5 s and client 0.25 s leave 4.25 s. The cache needs at
+	// least 0.5 + 1 + 0.25 = 1.75 s.
+	if b.allowedWall != 2500*time.Millisecond || b.left != 4250*time.Millisecond || b.least != 1750*time.Millisecond {
+		t.Errorf("budget %+v: want allowed 2.5s, left 4.25s, least 1.75s", b)
+	}
+	if got, want := b.bestRatio, 2.0*2/2.5; got < want-1e-9 || got > want+1e-9 {
+		t.Errorf("best ratio %v, want %v", got, want)
+	}
+	if note := r.coldBound(); note != "" {
+		t.Errorf("target within reach, yet the note says %q", note)
+	}
+	r.HashCPU = []time.Duration{4 * s} // now 0.5 + 4 + 0.25 = 4.75 s > 4.25 s
+	if note := r.coldBound(); !strings.Contains(note, "out of reach") || !strings.Contains(note, "4.75 s") {
+		t.Errorf("note %q, want it to say the target is out of reach and the least is 4.75 s", note)
+	}
+	r.ColdCPU[tRelay] = nil
+	if _, ok := r.coldBudget(); ok {
+		t.Error("a budget without the relay's figure")
+	}
+}
+
 // TestQuick runs the whole benchmark in quick mode against the real peers
 // (docker-registry, nginx) and gatehouse built from this tree, and checks
 // the behaviour the figures rest on — never wall-clock thresholds: every
@@ -124,6 +163,11 @@ func TestQuick(t *testing.T) {
 			t.Errorf("fanout %s: %+v, want a run with a peak RSS", p, fo)
 		}
 	}
+	for _, name := range []string{tRelay, tUpstream} {
+		if len(res.Cold[name]) != opts.coldRuns {
+			t.Errorf("cold %s: %d runs, want %d", name, len(res.Cold[name]), opts.coldRuns)
+		}
+	}
 	for _, name := range append([]string{tNginx, tUpstream}, res.Proxies...) {
 		if len(res.Warm[name]) != opts.warmRuns {
 			t.Errorf("warm %s: %d runs, want %d", name, len(res.Warm[name]), opts.warmRuns)
@@ -191,7 +235,7 @@ func TestQuick(t *testing.T) {
 	if err := writeReport(&report, opts, res); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"## Summary", "## Machine", "### 1. Warm", "### 2. Warm manifest", "### 3. Cold", "### 4 and 5.", "### 6. Time to first verdict", "### 7. Soak", "## Targets", opts.command} {
+	for _, want := range []string{"## Summary", "## Machine", "### 1. Warm", "### 2. Warm manifest", "### 3. Cold", "### 4 and 5.", "### 6. Time to first verdict", "### 7. Soak", "## Targets", label[tRelay], opts.command} {
 		if !strings.Contains(report.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

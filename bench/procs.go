@@ -275,7 +275,12 @@ func registryStored(ctx context.Context, s *server, desc descriptor) error {
 // with sendfile, as a single process (master_process off) so that the
 // benchmark owns exactly one pid. One process serves a single connection
 // exactly as a worker of a multi-process nginx does.
-func startNginx(ctx context.Context, bin, dir, root, probe string) (*server, error) {
+//
+// Under /v2/ the same nginx is a bare relay of upstream (a base URL):
+// proxy_pass with buffers in memory, no cache, no temporary files, no
+// digest check. It shows what one extra hop costs on this machine, the
+// least any proxy between the client and the upstream can cost.
+func startNginx(ctx context.Context, bin, dir, root, probe, upstream string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -306,9 +311,17 @@ http {
   server {
     listen 127.0.0.1:%[3]d;
     root %[4]s;
+    location /v2/ {
+      proxy_pass %[5]s;
+      proxy_http_version 1.1;
+      proxy_buffering on;
+      proxy_buffer_size 256k;
+      proxy_buffers 16 256k;
+      proxy_max_temp_file_size 0;
+    }
   }
 }
-`, dir, tmp, port, root)
+`, dir, tmp, port, root, upstream)
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err

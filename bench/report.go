@@ -127,6 +127,29 @@ func (r *results) summary() []summaryRow {
 		})
 	}
 
+	if rl, up := r.rateMedian(r.Cold, tRelay), r.rateMedian(r.Cold, tUpstream); rl > 0 && up > 0 {
+		// Not a target: one bare hop between client and upstream, the
+		// least any proxy costs here, and gatehouse measured against it.
+		rows = append(rows, summaryRow{
+			measure:   "3. cold " + size + " blob, bare relay: nginx proxy_pass, no cache, no digest check (context)",
+			gatehouse: "",
+			peer:      "nginx relay: " + fmtNum(rl, "MB/s"),
+			ratio:     fmt.Sprintf("%.2f× direct", rl/up),
+			target:    "—",
+			verdict:   "—",
+		})
+		if g := r.rateMedian(r.Cold, tGatehouse); gh && g > 0 {
+			rows = append(rows, summaryRow{
+				measure:   "3. cold " + size + " blob, gatehouse against the bare relay (context)",
+				gatehouse: fmtNum(g, "MB/s"),
+				peer:      "nginx relay: " + fmtNum(rl, "MB/s"),
+				ratio:     fmt.Sprintf("%.2f× relay", g/rl),
+				target:    "—",
+				verdict:   "—",
+			})
+		}
+	}
+
 	g, gok := r.Fanout[tGatehouse]
 	d, dok := r.Fanout[tDistribution]
 	n := 8
@@ -221,6 +244,7 @@ var label = map[string]string{
 	tDistribution: "distribution proxy (docker-registry, proxy mode)",
 	tNginx:        "nginx (file, sendfile)",
 	tUpstream:     "upstream docker-registry (direct)",
+	tRelay:        "nginx relaying the upstream (proxy_pass; no cache, no digest check)",
 }
 
 // writeReport writes BENCHMARKS.md.
@@ -240,6 +264,9 @@ func writeReport(w io.Writer, opts options, r *results) error {
 	}
 	p("\n## Summary\n\n")
 	writeSummaryTable(&b, r.summary())
+	if note := r.coldBound(); note != "" {
+		p("\n%s\n", note)
+	}
 	if len(r.Failures) > 0 {
 		p("\n**Failures** (no figure for these):\n\n")
 		for _, k := range sortedKeys(r.Failures) {
@@ -304,13 +331,30 @@ func writeReport(w io.Writer, opts options, r *results) error {
 
 	p("\n### 3. Cold %s blob\n\n", size)
 	p("| target | median MB/s | best MB/s | runs | CPU time of the server process (median) |\n|---|---:|---:|---:|---:|\n")
-	for _, t := range []string{tGatehouse, tDistribution, tUpstream} {
+	for _, t := range []string{tGatehouse, tDistribution, tRelay, tUpstream} {
 		if xs := rates(r.Size, r.Cold[t]); len(xs) > 0 {
 			p("| %s | %.0f | %.0f | %d | %s |\n", label[t], median(xs), best(xs), len(xs), fmtDur(medianDur(r.ColdCPU[t])))
 		}
 	}
 	if xs := rates(r.Size, r.Write); len(xs) > 0 {
-		p("| *for context: writing a fresh %s file (page cache, no fsync)* | %.0f | %.0f | %d | |\n", size, median(xs), best(xs), len(xs))
+		p("| *for context: writing a fresh %s file (page cache, no fsync)* | %.0f | %.0f | %d | %s |\n", size, median(xs), best(xs), len(xs), fmtDur(medianDur(r.WriteCPU)))
+	}
+	if b, ok := r.coldBudget(); ok {
+		p("\n**CPU budget of a cold GET** (CPU time for the %s blob, the least of the rounds; the direct time is the median). ", size)
+		p("Every verifying cache relays the blob, hashes it and writes it; nginx's relay is the cheapest relay measured here ")
+		p("(a cache that sends from its file with sendfile is spared one of nginx's two copies of the blob), ")
+		p("and the hash and the write are timed by this program. At the target the whole GET may take %s ", fmtDur(b.allowedWall))
+		p("(the direct time ÷ %.1f); the machine's %d CPUs then have %s of CPU time, of which the upstream and the client take their share of the direct GET.\n\n", targetCold, r.Machine.CPUs, fmtDur(b.capacity))
+		p("| | CPU time |\n|---|---:|\n")
+		p("| upstream serving the blob (direct GET) | %s |\n", fmtDur(b.upstream))
+		p("| client reading it (direct GET) | %s |\n", fmtDur(b.client))
+		p("| relaying it (nginx relay) | %s |\n", fmtDur(b.relay))
+		p("| hashing it (sha256) | %s |\n", fmtDur(b.hash))
+		p("| writing it to a fresh file | %s |\n", fmtDur(b.write))
+		p("| **least a verifying cache needs** (relay + hash + write) | **%s** |\n", fmtDur(b.least))
+		p("| **left for the cache at the target** (%d CPUs × %s − upstream − client) | **%s** |\n", r.Machine.CPUs, fmtDur(b.allowedWall), fmtDur(b.left))
+		p("| gatehouse, measured | %s |\n", fmtDur(medianDur(r.ColdCPU[tGatehouse])))
+		p("\nWith every CPU busy all the time, such a cache could reach at most %.2f× direct here.\n", b.bestRatio)
 	}
 
 	p("\n### 4 and 5. Concurrent cold clients of one %s blob\n\n", size)
@@ -398,7 +442,11 @@ of the untimed ones).
   concurrent clients below) the benchmark calls sync(2), so that the
   gigabytes it wrote earlier are not still being written back: left
   pending, they make the kernel throttle the next writer to the disk's
-  speed. For context, each round also
+  speed. Each round also GETs the blob through nginx relaying the
+  upstream (` + "`proxy_pass`" + ` with 4 MiB of buffers in memory, no cache, no
+  temporary file, no digest check): the cost of one extra hop between
+  client and upstream on this machine, which every proxy pays before it
+  does any work of its own. For context, each round also
   times writing a fresh file of the blob's size (256 KiB writes, no
   fsync): a proxy that streams to its clients from the file it is writing
   cannot go faster than that, while the distribution proxy writes its copy
@@ -606,4 +654,59 @@ clients have stopped, so requests just finished do not count while a leak
 (a goroutine or file per pull) would. Gatehouse runs with the gate off:
 the scenario measures the proxy and its cache, not the scanner.
 `, pullConcurrency)
+}
+
+// budget is the CPU arithmetic of a cold GET (see coldBudget).
+type budget struct {
+	upstream, client, relay, hash, write time.Duration
+	least                                time.Duration // relay + hash + write
+	allowedWall                          time.Duration // direct time ÷ targetCold
+	capacity                             time.Duration // CPUs × allowedWall
+	left                                 time.Duration // capacity − upstream − client
+	bestRatio                            float64       // direct time ÷ (all the CPU work spread over every CPU)
+}
+
+// coldBudget works out, from CPU times measured in this run, how much CPU
+// a verifying cache may use if a cold GET is to reach the target, and the
+// least it needs: relaying (nginx's relay, the cheapest measured),
+// hashing and writing the blob. Every choice favours the cache: each CPU
+// time is the least of the rounds, and every CPU is assumed busy all the
+// time.
+func (r *results) coldBudget() (budget, bool) {
+	var b budget
+	direct := medianDur(r.Cold[tUpstream])
+	b.upstream, b.client = minDur(r.ColdCPU[tUpstream]), minDur(r.ClientCPU)
+	b.relay, b.hash, b.write = minDur(r.ColdCPU[tRelay]), minDur(r.HashCPU), minDur(r.WriteCPU)
+	if direct == 0 || r.Machine.CPUs == 0 || b.relay == 0 || b.hash == 0 || b.write == 0 {
+		return b, false
+	}
+	b.least = b.relay + b.hash + b.write
+	b.allowedWall = time.Duration(float64(direct) / targetCold)
+	b.capacity = time.Duration(r.Machine.CPUs) * b.allowedWall
+	b.left = b.capacity - b.upstream - b.client
+	work := b.upstream + b.client + b.least
+	b.bestRatio = float64(direct) * float64(r.Machine.CPUs) / float64(work)
+	return b, true
+}
+
+// coldBound says, when it is so, that no verifying cache can meet the cold
+// target on this machine: the least CPU such a cache needs exceeds what
+// the target leaves for it (see coldBudget).
+func (r *results) coldBound() string {
+	b, ok := r.coldBudget()
+	if !ok || b.least <= b.left {
+		return ""
+	}
+	return fmt.Sprintf("*On this machine the cold target (%.1f× direct) is out of reach for any proxy that "+
+		"verifies and caches: relaying, hashing and writing the blob take at least %s of CPU, the target leaves %s "+
+		"for it once the upstream and the client have theirs, and even with every CPU busy all the time "+
+		"such a proxy could reach at most %.2f× direct (section 3).*", targetCold, fmtDur(b.least), fmtDur(b.left), b.bestRatio)
+}
+
+// minDur is the least of ds; 0 for none.
+func minDur(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	return slices.Min(ds)
 }

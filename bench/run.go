@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -19,6 +22,7 @@ const (
 	tDistribution = "distribution"
 	tNginx        = "nginx"
 	tUpstream     = "upstream"
+	tRelay        = "relay" // nginx relaying the upstream: no cache, no hash
 )
 
 // results holds every figure of one run.
@@ -31,15 +35,20 @@ type results struct {
 	ManifestDigest    string
 	Proxies           []string // proxies measured, in report order
 
-	Cold     map[string][]time.Duration // target -> cold GET times (upstream: direct)
-	ColdCPU  map[string][]time.Duration // target -> CPU time of its process during each cold GET
-	Write    []time.Duration            // writing the blob's size to a fresh file, once per cold round
-	Warm     map[string][]time.Duration // target -> warm GET times
-	Manifest map[string][]loadResult    // target+"/"+mode -> one result per round
-	Fanout   map[string]fanout          // target -> the concurrent cold clients run
-	Failures map[string]string          // scenario+"/"+target -> why it has no figure
-	Verdict  *verdictResult             // scenario 6; nil when not run
-	Soak     *soakResult                // scenario 7; nil when not run
+	Cold    map[string][]time.Duration // target -> cold GET times (upstream: direct)
+	ColdCPU map[string][]time.Duration // target -> CPU time of its process during each cold GET
+	Write   []time.Duration            // writing the blob's size to a fresh file, once per cold round
+	// CPU time of the work every verifying cache does for a cold blob,
+	// measured in this program once per cold round: writing the blob's
+	// size to a fresh file, hashing it, and (the client's share of the
+	// direct GET) reading it from a socket.
+	WriteCPU, HashCPU, ClientCPU []time.Duration
+	Warm                         map[string][]time.Duration // target -> warm GET times
+	Manifest                     map[string][]loadResult    // target+"/"+mode -> one result per round
+	Fanout                       map[string]fanout          // target -> the concurrent cold clients run
+	Failures                     map[string]string          // scenario+"/"+target -> why it has no figure
+	Verdict                      *verdictResult             // scenario 6; nil when not run
+	Soak                         *soakResult                // scenario 7; nil when not run
 }
 
 // fanout is the outcome of N concurrent cold clients of one blob.
@@ -278,7 +287,7 @@ func (b *bench) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err = startNginx(ctx, opts.nginx, dir, www, "/layer.tar")
+	s, err = startNginx(ctx, opts.nginx, dir, www, "/layer.tar", b.upstream.base)
 	if err != nil {
 		return err
 	}
@@ -345,21 +354,33 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 		// takes a fresh file of that size into the page cache bounds any
 		// proxy that serves from the file it writes.
 		settleDisk()
-		w, err := b.writeProbe()
+		w, wcpu, err := b.writeProbe()
 		if err != nil {
 			return fmt.Errorf("write probe: %w", err)
 		}
 		b.res.Write = append(b.res.Write, w)
+		b.res.WriteCPU = append(b.res.WriteCPU, wcpu)
+		b.res.HashCPU = append(b.res.HashCPU, hashProbe(size))
 		b.logf("cold %d/%d: writing a fresh file %s", r+1, b.opts.coldRuns, fmtRate(size, w))
 		settleDisk()
-		cpu0 := b.upstream.cpuTime()
+		cpu0, self0 := b.upstream.cpuTime(), processCPU()
 		d, err := fetch(ctx, b.client, blobURL(b.upstream.base), size, verify())
 		if err != nil {
 			return fmt.Errorf("direct GET from the upstream: %w", err)
 		}
+		b.res.ClientCPU = append(b.res.ClientCPU, processCPU()-self0)
 		b.res.Cold[tUpstream] = append(b.res.Cold[tUpstream], d)
 		b.res.ColdCPU[tUpstream] = append(b.res.ColdCPU[tUpstream], b.upstream.cpuTime()-cpu0)
 		b.logf("cold %d/%d: upstream (direct) %s", r+1, b.opts.coldRuns, fmtRate(size, d))
+		settleDisk()
+		cpu0 = b.nginx.cpuTime()
+		d, err = fetch(ctx, b.client, blobURL(b.nginx.base), size, verify())
+		if err != nil {
+			return fmt.Errorf("GET through the nginx relay: %w", err)
+		}
+		b.res.Cold[tRelay] = append(b.res.Cold[tRelay], d)
+		b.res.ColdCPU[tRelay] = append(b.res.ColdCPU[tRelay], b.nginx.cpuTime()-cpu0)
+		b.logf("cold %d/%d: nginx relay %s", r+1, b.opts.coldRuns, fmtRate(size, d))
 		for _, k := range b.kinds {
 			if _, failed := b.res.Failures[sCold+"/"+k.name]; failed {
 				continue
@@ -536,25 +557,60 @@ func (b *bench) resolve(ctx context.Context, base string) error {
 func settleDisk() { syscall.Sync() }
 
 // writeProbe times writing the blob's size of zeros to a new file in 256
-// KiB writes (no fsync), and removes the file.
-func (b *bench) writeProbe() (time.Duration, error) {
+// KiB writes (no fsync), and removes the file. It returns the wall time
+// and the CPU time the writes took (waiting for the disk is not CPU).
+func (b *bench) writeProbe() (time.Duration, time.Duration, error) {
 	path := filepath.Join(b.root, "write-probe")
 	f, err := os.Create(path)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer os.Remove(path)
 	defer f.Close()
 	buf := make([]byte, 256<<10)
-	start := time.Now()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	start, cpu0 := time.Now(), threadCPU()
 	for left := b.img.layer.Size; left > 0; {
 		n := min(left, int64(len(buf)))
 		if _, err := f.Write(buf[:n]); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		left -= n
 	}
-	return time.Since(start), f.Close()
+	return time.Since(start), threadCPU() - cpu0, f.Close()
+}
+
+// hashProbe returns the CPU time sha256 takes over size bytes, fed from a
+// 256 KiB buffer as a proxy feeds it from the network.
+func hashProbe(size int64) time.Duration {
+	buf := make([]byte, 256<<10)
+	rand.Read(buf)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	h := sha256.New()
+	cpu0 := threadCPU()
+	for left := size; left > 0; left -= int64(len(buf)) {
+		h.Write(buf[:min(left, int64(len(buf)))])
+	}
+	h.Sum(nil)
+	return threadCPU() - cpu0
+}
+
+// threadCPU is the user and system CPU time of the calling thread.
+func threadCPU() time.Duration { return rusage(rusageThread) }
+
+// processCPU is the user and system CPU time of this process.
+func processCPU() time.Duration { return rusage(syscall.RUSAGE_SELF) }
+
+const rusageThread = 1 // RUSAGE_THREAD (Linux)
+
+func rusage(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // fanout runs scenarios 4 and 5: opts.clients concurrent GETs of the blob
