@@ -129,9 +129,10 @@ type Stream struct {
 
 	// For a transfer that bypasses the cache: from the start, or after
 	// the fetch this stream was reading could not write the cache.
-	dgst v1.Hash
-	src  Source
-	pass *passReader
+	dgst  v1.Hash
+	src   Source
+	stall time.Duration // how long such a transfer may receive nothing
+	pass  *passReader
 }
 
 // Size returns the blob's size, or -1 when upstream did not announce it.
@@ -172,7 +173,7 @@ func (st *Stream) Wait(ctx context.Context) error {
 		if st.pass != nil {
 			return nil
 		}
-		p, err := openPass(ctx, st.dgst, st.src, 0)
+		p, err := openPass(ctx, st.dgst, st.src, 0, st.stall)
 		if err != nil {
 			return err
 		}
@@ -195,7 +196,7 @@ func (st *Stream) Wait(ctx context.Context) error {
 // Close releases the stream.
 func (st *Stream) Close() error {
 	if st.pass != nil {
-		st.pass.body.Close()
+		st.pass.close()
 	}
 	if st.blob != nil {
 		return st.blob.Close()
@@ -258,7 +259,7 @@ func (r *fetchReader) Read(p []byte) (int, error) {
 // The new transfer starts at the beginning, so that the digest is still
 // verified, and skips what the reader already has.
 func (st *Stream) bypass(ctx context.Context, pos int64) (io.Reader, error) {
-	p, err := openPass(ctx, st.dgst, st.src, pos)
+	p, err := openPass(ctx, st.dgst, st.src, pos, st.stall)
 	if err != nil {
 		return nil, err
 	}
@@ -374,20 +375,20 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 		}
 		s.stats.Joined++
 		metrics.FetchesJoined.Inc()
-		return &Stream{file: file, fetch: f, dgst: dgst, src: src}, nil
+		return &Stream{file: file, fetch: f, dgst: dgst, src: src, stall: s.stallFor(upstream)}, nil
 	}
 	if s.closed {
 		return nil, errClosing
 	}
 	if s.bypassingLocked() {
-		return s.passStream(dgst, src), nil
+		return s.passStream(dgst, upstream, src), nil
 	}
 	tmp, err := os.CreateTemp(s.tmpDir(), dgst.Hex+".*")
 	if err != nil {
 		s.mu.Unlock()
 		s.noteWriteError(&WriteError{Err: err})
 		s.mu.Lock()
-		return s.passStream(dgst, src), nil
+		return s.passStream(dgst, upstream, src), nil
 	}
 	file, err := os.Open(tmp.Name())
 	if err != nil {
@@ -404,7 +405,7 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 		defer s.wg.Done()
 		s.run(context.WithoutCancel(ctx), f, tmp, src)
 	}()
-	return &Stream{file: file, fetch: f, dgst: dgst, src: src}, nil
+	return &Stream{file: file, fetch: f, dgst: dgst, src: src, stall: s.stallFor(upstream)}, nil
 }
 
 // Stats returns a snapshot of the fetch counters.
@@ -426,10 +427,11 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 		case <-ctx.Done():
 		}
 	}()
-	stall := time.AfterFunc(s.stallTimeout, func() { cancel(ErrStalled) })
+	stallAfter := s.stallFor(f.upstream)
+	stall := time.AfterFunc(stallAfter, func() { cancel(ErrStalled) })
 	defer stall.Stop()
 
-	err := s.download(ctx, f, tmp, src, stall)
+	err := s.download(ctx, f, tmp, src, stall, stallAfter)
 	if err != nil && context.Cause(ctx) != nil && !errors.Is(err, ErrDigestMismatch) && !errors.Is(err, ErrSizeMismatch) {
 		err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
 	}
@@ -478,6 +480,14 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 	s.Evict(0)
 }
 
+// stallFor is how long a download from upstream may receive nothing.
+func (s *Store) stallFor(upstream string) time.Duration {
+	if d := s.stallTimeouts[upstream]; d > 0 {
+		return d
+	}
+	return s.stallTimeout
+}
+
 // chunk is one read from upstream on its way to the file and the hash.
 type chunk struct {
 	buf  *[]byte
@@ -509,7 +519,7 @@ const pipelineDepth = 4
 // three jobs run side by side, each on its own goroutine, so that a cold
 // blob moves as fast as the slowest of them rather than their sum; readers
 // see each chunk once it is in the file.
-func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source, stall *time.Timer) error {
+func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source, stall *time.Timer, stallAfter time.Duration) error {
 	body, size, err := src(ctx)
 	if err != nil {
 		return err
@@ -547,7 +557,7 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 		}
 	}()
 
-	rerr := s.readBody(f, body, size, stall, toHash, toFile)
+	rerr := s.readBody(f, body, size, stall, stallAfter, toHash, toFile)
 	close(toHash)
 	close(toFile)
 	wg.Wait()
@@ -567,7 +577,7 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 
 // readBody reads upstream's body into chunks for the writer and the hasher.
 // It stops early when the writer failed.
-func (s *Store) readBody(f *fetch, body io.Reader, size int64, stall *time.Timer, toHash, toFile chan<- *chunk) error {
+func (s *Store) readBody(f *fetch, body io.Reader, size int64, stall *time.Timer, stallAfter time.Duration, toHash, toFile chan<- *chunk) error {
 	fetched := metrics.UpstreamBytes.WithLabelValues(f.upstream)
 	var total int64
 	for {
@@ -576,7 +586,7 @@ func (s *Store) readBody(f *fetch, body io.Reader, size int64, stall *time.Timer
 		if n == 0 {
 			bufPool.Put(c.buf)
 		} else {
-			stall.Reset(s.stallTimeout)
+			stall.Reset(stallAfter)
 			total += int64(n)
 			if size >= 0 && total > size {
 				bufPool.Put(c.buf)

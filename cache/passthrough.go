@@ -58,10 +58,10 @@ func (s *Store) bypassingLocked() bool {
 
 // passStream returns a stream that reads the blob from upstream without
 // caching it. Called with s.mu held.
-func (s *Store) passStream(dgst v1.Hash, src Source) *Stream {
+func (s *Store) passStream(dgst v1.Hash, upstream string, src Source) *Stream {
 	s.stats.Bypassed++
 	metrics.BlobPassthroughs.Inc()
-	return &Stream{dgst: dgst, src: src}
+	return &Stream{dgst: dgst, src: src, stall: s.stallFor(upstream)}
 }
 
 // passReader reads a blob straight from upstream, hashing it, and releases
@@ -75,23 +75,55 @@ type passReader struct {
 	h    hash.Hash
 	n    int64
 	err  error // sticky
+
+	// The transfer ends with ErrStalled when upstream sends nothing for
+	// stall: the watchdog cancels ctx, which the body's reads follow.
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	stall    time.Duration
+	watchdog *time.Timer
 }
 
 // openPass starts a transfer of its own from upstream and skips its first
-// skip bytes (hashing them).
-func openPass(ctx context.Context, dgst v1.Hash, src Source, skip int64) (*passReader, error) {
+// skip bytes (hashing them). A transfer that receives nothing for stall
+// fails with ErrStalled.
+func openPass(ctx context.Context, dgst v1.Hash, src Source, skip int64, stall time.Duration) (*passReader, error) {
+	if stall <= 0 {
+		stall = DefaultStallTimeout
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	watchdog := time.AfterFunc(stall, func() { cancel(ErrStalled) })
 	body, size, err := src(ctx)
 	if err != nil {
-		return nil, err
+		watchdog.Stop()
+		cancel(nil)
+		return nil, stalledOr(ctx, err)
 	}
-	p := &passReader{dgst: dgst, body: body, br: bufio.NewReaderSize(body, 256<<10), size: size, h: sha256.New()}
+	p := &passReader{dgst: dgst, body: body, br: bufio.NewReaderSize(body, 256<<10), size: size, h: sha256.New(),
+		ctx: ctx, cancel: cancel, stall: stall, watchdog: watchdog}
 	if skip > 0 {
 		if _, err := io.CopyN(io.Discard, p, skip); err != nil {
-			body.Close()
+			p.close()
 			return nil, err
 		}
 	}
 	return p, nil
+}
+
+// close ends the transfer.
+func (p *passReader) close() {
+	p.watchdog.Stop()
+	p.cancel(nil)
+	p.body.Close()
+}
+
+// stalledOr returns ErrStalled (wrapping err) when ctx was ended by the
+// stall watchdog, else err.
+func stalledOr(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), ErrStalled) {
+		return fmt.Errorf("%w (%v)", ErrStalled, err)
+	}
+	return err
 }
 
 func (p *passReader) Read(b []byte) (int, error) {
@@ -99,6 +131,9 @@ func (p *passReader) Read(b []byte) (int, error) {
 		return 0, p.err
 	}
 	n, err := p.br.Read(b)
+	if n > 0 {
+		p.watchdog.Reset(p.stall)
+	}
 	p.h.Write(b[:n])
 	p.n += int64(n)
 	if p.size >= 0 && p.n > p.size {
@@ -114,8 +149,8 @@ func (p *passReader) Read(b []byte) (int, error) {
 		}
 	}
 	if err != io.EOF {
-		p.err = err
-		return 0, err
+		p.err = stalledOr(p.ctx, err)
+		return 0, p.err
 	}
 	switch got := hex.EncodeToString(p.h.Sum(nil)); {
 	case p.size >= 0 && p.n != p.size:

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -118,6 +119,43 @@ func TestUnwritableCacheStreamsThrough(t *testing.T) {
 	}
 	if _, ok := s.StatBlob(d); !ok {
 		t.Fatal("blob not cached after the cache became writable")
+	}
+}
+
+// A transfer that bypasses the cache ends with ErrStalled when upstream
+// stops sending, as a cached fetch does: the client is not held forever.
+func TestPassthroughStalls(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Options{Dir: dir, StallTimeouts: map[string]time.Duration{"up": 50 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := os.RemoveAll(s.tmpDir()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.tmpDir(), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, d := randomBlob(t, 1<<10)
+	st, err := s.Fetch(context.Background(), d, "up", stallingSource(make([]byte, 100), 1<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if st.Cached() {
+		t.Fatal("stream claims to be cached")
+	}
+	if err := st.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	n, err := st.Send(context.Background(), &out, 0, st.Size(), nil)
+	if !errors.Is(err, ErrStalled) {
+		t.Fatalf("sent %d, err %v; want ErrStalled", n, err)
+	}
+	if n >= 100 {
+		t.Errorf("sent %d bytes; the bytes before the stall may be sent, but not all (the last is held back)", n)
 	}
 }
 

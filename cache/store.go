@@ -43,6 +43,8 @@ type Options struct {
 	// StallTimeout aborts a blob download whose upstream sends nothing for
 	// this long. Default DefaultStallTimeout.
 	StallTimeout time.Duration
+	// StallTimeouts overrides StallTimeout per upstream name.
+	StallTimeouts map[string]time.Duration
 	// WriteRetryInterval is how long after a failed cache write (a full
 	// disk, a read-only directory) downloads bypass the cache before
 	// writing is tried again. Default DefaultWriteRetryInterval.
@@ -66,12 +68,13 @@ type Store struct {
 	stats   FetchStats
 	closed  bool
 
-	fetchedBytes atomic.Int64
-	stallTimeout time.Duration
-	writeRetry   time.Duration
-	writeFailed  time.Time     // last failed cache write; guarded by mu
-	closing      chan struct{} // closed by Close: running fetches stop
-	wg           sync.WaitGroup
+	fetchedBytes  atomic.Int64
+	stallTimeout  time.Duration
+	stallTimeouts map[string]time.Duration
+	writeRetry    time.Duration
+	writeFailed   time.Time     // last failed cache write; guarded by mu
+	closing       chan struct{} // closed by Close: running fetches stop
+	wg            sync.WaitGroup
 }
 
 type blobEntry struct {
@@ -104,8 +107,9 @@ func Open(opts Options) (*Store, error) {
 		dirty:   map[v1.Hash]struct{}{},
 		closing: make(chan struct{}),
 
-		stallTimeout: opts.StallTimeout,
-		writeRetry:   opts.WriteRetryInterval,
+		stallTimeout:  opts.StallTimeout,
+		stallTimeouts: opts.StallTimeouts,
+		writeRetry:    opts.WriteRetryInterval,
 	}
 	if s.writeRetry <= 0 {
 		s.writeRetry = DefaultWriteRetryInterval

@@ -191,6 +191,47 @@ func TestStalledUpstreamFailsFetch(t *testing.T) {
 	}
 }
 
+// stallingSource sends head and then nothing, until the fetch's context
+// ends; it announces size bytes.
+func stallingSource(head []byte, size int64) Source {
+	return func(ctx context.Context) (io.ReadCloser, int64, error) {
+		pr, pw := io.Pipe()
+		go func() {
+			pw.Write(head)
+			<-ctx.Done()
+			pw.CloseWithError(ctx.Err())
+		}()
+		return pr, size, nil
+	}
+}
+
+// upstreams[].stallTimeout reaches the store: a download from an upstream
+// with a short stall timeout fails with ErrStalled although the store's
+// default would wait for an hour.
+func TestStallTimeoutPerUpstream(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), StallTimeout: time.Hour,
+		StallTimeouts: map[string]time.Duration{"slow.example": 50 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, d := blob(10, 'e')
+	st, err := s.Fetch(context.Background(), d, "slow.example", stallingSource([]byte("abc"), 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(st.Reader(context.Background(), 0, nil)); !errors.Is(err, ErrStalled) {
+		t.Fatalf("want stall error, got %v", err)
+	}
+	if s.stallFor("other.example") != time.Hour {
+		t.Errorf("another upstream's stall timeout is %v, want the store's hour", s.stallFor("other.example"))
+	}
+}
+
 func TestAccessTimesPersistedForLRU(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir, 0)

@@ -166,6 +166,11 @@ type Upstream struct {
 	ConnectTimeout Duration `yaml:"connectTimeout"`
 	// ResponseHeaderTimeout bounds the wait for response headers. Default 30s.
 	ResponseHeaderTimeout Duration `yaml:"responseHeaderTimeout"`
+	// StallTimeout ends a blob download from this upstream that has sent no
+	// bytes for this long: its clients see a failed transfer (they retry)
+	// and nothing is cached. Raise it for a registry that pauses long in
+	// mid-transfer. Default 2m.
+	StallTimeout Duration `yaml:"stallTimeout"`
 	// Retries is how many times a request that failed to connect or got a
 	// 5xx is retried (with backoff) before anything reached the client.
 	// Default 2; 0 via "retries: 0" is honoured only when set explicitly.
@@ -410,8 +415,14 @@ func (u *Upstream) finish(field string) []error {
 			bad(name, "%v", err)
 		}
 	}
+	for name, d := range map[string]Duration{"connectTimeout": u.ConnectTimeout, "responseHeaderTimeout": u.ResponseHeaderTimeout, "stallTimeout": u.StallTimeout} {
+		if d < 0 {
+			bad(name, "must not be negative (0 means the default)")
+		}
+	}
 	setDur(&u.ConnectTimeout, 10*time.Second)
 	setDur(&u.ResponseHeaderTimeout, 30*time.Second)
+	setDur(&u.StallTimeout, 2*time.Minute)
 	if u.Retries == nil {
 		n := 2
 		u.Retries = &n

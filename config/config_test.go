@@ -75,6 +75,8 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"upstreams: [{name: a.io, tagTTL: soon}]", "soon"},
 		{"upstreams: [{name: a.io, retries: 99}]", "upstreams[0].retries"},
 		{"upstreams: [{name: a.io, maxConcurrentFetches: -1}]", "upstreams[0].maxConcurrentFetches"},
+		{"upstreams: [{name: a.io, stallTimeout: -1s}]", "upstreams[0].stallTimeout"},
+		{"upstreams: [{name: a.io, connectTimeout: -5s}]", "upstreams[0].connectTimeout"},
 		{"upstreams: [{name: a.io, caFile: /does/not/exist}]", "upstreams[0].caFile"},
 		{"upstreams: [{name: a.io}, {name: A.io}]", "upstreams[1]"},
 		{"upstreams: [{name: a.io}]\ndefaultUpstream: b.io", "defaultUpstream"},

@@ -187,6 +187,11 @@ func TestFaultyUpstream(t *testing.T) {
 						t.Errorf("Retry-After %q not passed on", o.retryAfter)
 					}
 				}
+				// The fetch counts its failure after it has woken (and so
+				// failed) its readers: wait for the count.
+				for deadline := time.Now().Add(10 * time.Second); failures() <= before && time.Now().Before(deadline); {
+					time.Sleep(2 * time.Millisecond)
+				}
 				if failures() <= before {
 					t.Error("the failure was not counted in the metrics")
 				}

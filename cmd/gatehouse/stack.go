@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
@@ -53,7 +54,11 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 			s.Close()
 		}
 	}()
-	s.store, err = cache.Open(cache.Options{Dir: stateDir, MaxSize: int64(cfg.Cache.MaxSize), Log: log})
+	stalls := map[string]time.Duration{}
+	for _, u := range cfg.Upstreams {
+		stalls[u.Name] = u.StallTimeout.D()
+	}
+	s.store, err = cache.Open(cache.Options{Dir: stateDir, MaxSize: int64(cfg.Cache.MaxSize), StallTimeouts: stalls, Log: log})
 	if err != nil {
 		return nil, err
 	}
