@@ -280,3 +280,34 @@ func TestDenialStoreErrorFailsClosed(t *testing.T) {
 	f.g.db = db
 	f.flushDenials(t, 2)
 }
+
+// BenchmarkDenyStorm is the refusal path under a denial storm, with
+// RunDenials writing batches to disk behind it.
+func BenchmarkDenyStorm(b *testing.B) {
+	cfg, err := config.Parse([]byte(policyYAML))
+	if err != nil {
+		b.Fatal(err)
+	}
+	g, err := New(Options{Config: &cfg.Gate, DataDir: b.TempDir(), Scanner: &fakeScanner{}, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { g.RunDenials(ctx); close(done) }()
+	v := &Verdict{Rule: "strict", Message: "denied by rule \"strict\": 1 CRITICAL"}
+	s := &Subject{Upstream: "up.example", Repo: "team/app", Tag: "v1", Client: "10.0.0.7:5123",
+		Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("a", 64)}}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			g.deny(v, s)
+		}
+	})
+	b.StopTimer()
+	cancel()
+	<-done
+	if err := g.Close(); err != nil {
+		b.Fatal(err)
+	}
+}
