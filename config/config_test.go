@@ -158,6 +158,35 @@ func TestScanLimits(t *testing.T) {
 	}
 }
 
+func TestDenials(t *testing.T) {
+	cfg, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.Gate.Denials; d.Keep != 1000 || d.MaxAge != 0 || d.FlushInterval.D() != time.Second {
+		t.Fatalf("zero-config denials %+v", d)
+	}
+	cfg, err = Parse([]byte("gate: {denials: {keep: 50000, maxAge: 720h, flushInterval: 5s}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cfg.Gate.Denials; d.Keep != 50000 || d.MaxAge.D() != 720*time.Hour || d.FlushInterval.D() != 5*time.Second {
+		t.Fatalf("denials %+v", d)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"gate: {denials: {keep: -1}}", "config: gate.denials.keep: must be between 1 and 100000, not -1"},
+		{"gate: {denials: {keep: 100001}}", "config: gate.denials.keep: must be between 1 and 100000"},
+		{"gate: {denials: {maxAge: -1h}}", "config: gate.denials.maxAge: must not be negative"},
+		{"gate: {denials: {flushInterval: 2m}}", "config: gate.denials.flushInterval: must be between"},
+		{"gate: {denials: {flushInterval: -1s}}", "config: gate.denials.flushInterval: must be between"},
+		{"gate:\n  denials:\n    keep: many\n", "gate.denials.keep (line 3)"},
+	} {
+		if _, err := Parse([]byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
 func TestServerAccessValidation(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "exists")

@@ -35,7 +35,35 @@ type Gate struct {
 	DB VulnDB `yaml:"db"`
 	// Policy holds the rules.
 	Policy Policy `yaml:"policy"`
+	// Denials configures the record of refused pulls (the console's
+	// Denials page and GET /api/v1/denials), kept in the verdict database
+	// so that it survives a restart.
+	Denials Denials `yaml:"denials"`
 }
+
+// Denials bounds the record of refused pulls. Denials are queued in memory
+// and written in batches, so a crash loses at most the last flushInterval
+// of them; a graceful shutdown loses none.
+type Denials struct {
+	// Keep is how many of the latest denials are kept; older ones are
+	// deleted as new ones are written. Unset or 0 means the default, 1000;
+	// at most 100000 (the API returns them all at once).
+	Keep int `yaml:"keep"`
+	// MaxAge, when set, also deletes denials older than this, e.g. "720h".
+	// Unset or 0 keeps them until Keep pushes them out.
+	MaxAge Duration `yaml:"maxAge"`
+	// FlushInterval is how often queued denials are written to the
+	// database (at once when 100 are queued). Unset or 0 means the
+	// default, 1s; at most 1m.
+	FlushInterval Duration `yaml:"flushInterval"`
+}
+
+// Defaults and bounds of Denials.
+const (
+	DefaultDenialsKeep          = 1000
+	MaxDenialsKeep              = 100_000
+	DefaultDenialsFlushInterval = time.Second
+)
 
 // ScanLimits bound the layers a scan reads, against decompression bombs
 // (a small compressed blob that unpacks to terabytes or to millions of
@@ -287,6 +315,19 @@ func (g *Gate) finish() []error {
 		g.DB.UpdateInterval = &d
 	} else if *g.DB.UpdateInterval < 0 {
 		bad("db.updateInterval", "must not be negative")
+	}
+	switch {
+	case g.Denials.Keep == 0:
+		g.Denials.Keep = DefaultDenialsKeep
+	case g.Denials.Keep < 0 || g.Denials.Keep > MaxDenialsKeep:
+		bad("denials.keep", "must be between 1 and %d, not %d", MaxDenialsKeep, g.Denials.Keep)
+	}
+	if g.Denials.MaxAge < 0 {
+		bad("denials.maxAge", "must not be negative (0 keeps denials until denials.keep pushes them out)")
+	}
+	setDur(&g.Denials.FlushInterval, DefaultDenialsFlushInterval)
+	if g.Denials.FlushInterval < 0 || g.Denials.FlushInterval.D() > time.Minute {
+		bad("denials.flushInterval", "must be between 0 (the default, 1s) and 1m")
 	}
 	if len(g.Policy.Rules) == 0 {
 		g.Policy.Rules = []Rule{DefaultRule()}

@@ -398,6 +398,25 @@ func TestGate(t *testing.T) {
 		// The imported DB, the verdicts and the blob admissions live in
 		// the data directory: a restarted gatehouse judges the same.
 		gh.Restart(t)
+		// The refusals made before the restart are still on record (a
+		// graceful stop writes the queued ones).
+		type denial struct {
+			Upstream string `json:"upstream"`
+			Repo     string `json:"repository"`
+			Digest   string `json:"digest"`
+			Rule     string `json:"rule"`
+		}
+		var denials struct {
+			Denials []denial `json:"denials"`
+		}
+		gh.API(t, "/api/v1/denials", &denials)
+		for _, up := range []string{reg.Host, skopeoUpstream} {
+			if !slices.ContainsFunc(denials.Denials, func(d denial) bool {
+				return d.Upstream == up && d.Repo == pushed[0].Repo && d.Digest == pushed[0].Digest.String() && d.Rule == gateRule
+			}) {
+				t.Errorf("after a restart, GET /api/v1/denials lists no refusal of %s/%s@%s: %+v", up, pushed[0].Repo, pushed[0].Digest, denials.Denials)
+			}
+		}
 		ctrd := StartContainerd(t)
 		ctrd.SetHosts(t, reg.Host, Hosts{Server: gh.URL})
 		ctrd.MustPull(t, clean.Ref(reg.Host), PullOptions{})

@@ -1,8 +1,21 @@
 package gate
 
 import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/metrics"
 )
 
 // Denial is one refused pull.
@@ -17,40 +30,275 @@ type Denial struct {
 	Message  string    `json:"message"`
 }
 
-// denialLog keeps the most recent denials in memory.
-type denialLog struct {
-	mu   sync.Mutex
-	buf  []Denial
-	next int
-	full bool
+// bucketDenials holds the denial record: key = the denial's time in Unix
+// nanoseconds (8 bytes, big-endian) + the bucket's sequence (8 bytes), so
+// that keys sort oldest first, the newest are read from the end, and
+// trimming (by count or age) deletes a prefix.
+var bucketDenials = []byte("denials")
+
+const denialKeyLen = 16
+
+// denialBatch is the queue length at which RunDenials writes at once
+// instead of waiting for its ticker: a denial storm costs one write per
+// batch, never one per denial.
+const denialBatch = 100
+
+func denialKey(t time.Time, seq uint64) []byte {
+	k := make([]byte, denialKeyLen)
+	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
+	binary.BigEndian.PutUint64(k[8:], seq)
+	return k
 }
 
-func newDenialLog(n int) *denialLog { return &denialLog{buf: make([]Denial, n)} }
+// denialTime reads the time of a key; the zero time for a key that is not
+// a denial key, so that trimming by age removes it.
+func denialTime(k []byte) time.Time {
+	if len(k) != denialKeyLen {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k)))
+}
 
+// denialLog keeps the latest denials in memory for the API and the console
+// (a ring of gate.denials.keep) and queues those not yet written to the
+// database. Reads never touch the database.
+type denialLog struct {
+	keep int
+
+	mu    sync.Mutex
+	buf   []Denial // ring, grows to keep
+	next  int      // where the next denial goes
+	queue []Denial // not yet written, oldest first
+	kick  chan struct{}
+
+	flushMu sync.Mutex // one write at a time, so that batches land in order
+	stored  int        // keys in the bucket after the last write; under flushMu
+}
+
+func newDenialLog(keep int) *denialLog {
+	keep = cmp.Or(keep, config.DefaultDenialsKeep)
+	return &denialLog{keep: keep, kick: make(chan struct{}, 1)}
+}
+
+// remember puts d into the ring only (a denial loaded from the database).
+func (l *denialLog) remember(d Denial) {
+	if len(l.buf) < l.keep {
+		l.buf = append(l.buf, d)
+		l.next = len(l.buf) % l.keep
+		return
+	}
+	l.buf[l.next] = d
+	l.next = (l.next + 1) % l.keep
+}
+
+// add records a new denial and queues it for the database.
 func (l *denialLog) add(d Denial) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.buf[l.next] = d
-	l.next = (l.next + 1) % len(l.buf)
-	if l.next == 0 {
-		l.full = true
+	l.remember(d)
+	l.queue = append(l.queue, d)
+	if len(l.queue) > 2*l.keep {
+		// Writes are failing: what falls out of the latest keep would be
+		// trimmed as soon as it was written, so let it go.
+		l.queue = slices.Clone(l.queue[len(l.queue)-l.keep:])
+	}
+	if len(l.queue) >= denialBatch {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// recent returns the denials, newest first.
-func (l *denialLog) recent() []Denial {
+// take empties the queue and returns what it held.
+func (l *denialLog) take() []Denial {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := l.next
-	if l.full {
-		n = len(l.buf)
+	q := l.queue
+	l.queue = nil
+	return q
+}
+
+// requeue puts a batch that could not be written back before the denials
+// queued since, keeping at most keep of them.
+func (l *denialLog) requeue(batch []Denial) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	q := append(batch, l.queue...)
+	if len(q) > l.keep {
+		q = slices.Clone(q[len(q)-l.keep:])
 	}
+	l.queue = q
+}
+
+// recent returns the denials at or after cutoff (all when it is zero),
+// newest first.
+func (l *denialLog) recent(cutoff time.Time) []Denial {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := len(l.buf)
 	out := make([]Denial, 0, n)
 	for i := 1; i <= n; i++ {
-		out = append(out, l.buf[(l.next-i+len(l.buf))%len(l.buf)])
+		d := l.buf[(l.next-i+n)%n]
+		if d.Time.Before(cutoff) {
+			continue
+		}
+		out = append(out, d)
 	}
 	return out
 }
 
-// Denials returns recent refused pulls, newest first.
-func (g *Gate) Denials() []Denial { return g.denials.recent() }
+// Denials returns recent refused pulls, newest first: the latest
+// gate.denials.keep, younger than gate.denials.maxAge when it is set,
+// including those recorded before gatehouse last started.
+func (g *Gate) Denials() []Denial { return g.denials.recent(g.denialCutoff()) }
+
+// denialCutoff is the time before which denials are too old to keep; zero
+// when gate.denials.maxAge is not set.
+func (g *Gate) denialCutoff() time.Time {
+	if age := g.cfg.Denials.MaxAge.D(); age > 0 {
+		return g.now().Add(-age)
+	}
+	return time.Time{}
+}
+
+// loadDenials reads the denial record into memory at start-up, newest
+// first, and trims it to the configured bounds (which may have shrunk
+// since it was written). A record that does not decode is skipped.
+func (g *Gate) loadDenials() error {
+	l := g.denials
+	cutoff := g.denialCutoff()
+	var loaded []Denial // newest first
+	err := g.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDenials)
+		n := 0
+		c := b.Cursor()
+		for k, v := c.Last(); k != nil; k, v = c.Prev() {
+			n++
+			if n > l.keep || denialTime(k).Before(cutoff) {
+				continue
+			}
+			var d Denial
+			err := fmt.Errorf("key of %d bytes, not %d", len(k), denialKeyLen)
+			if len(k) == denialKeyLen {
+				err = json.Unmarshal(v, &d)
+			}
+			if err != nil {
+				g.log.Warn("skipping a denial record that does not decode", "key", hex.EncodeToString(k), "err", err)
+				continue
+			}
+			loaded = append(loaded, d)
+		}
+		stored, err := trimDenials(b, n, l.keep, cutoff)
+		l.stored = stored
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("loading denials: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, d := range slices.Backward(loaded) {
+		l.remember(d)
+	}
+	return nil
+}
+
+// trimDenials deletes the oldest records until at most keep of the n in
+// the bucket are left and none is older than cutoff (when set). It
+// returns how many are left.
+func trimDenials(b *bolt.Bucket, n, keep int, cutoff time.Time) (int, error) {
+	var old [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil && (n-len(old) > keep || denialTime(k).Before(cutoff)); k, _ = c.Next() {
+		old = append(old, bytes.Clone(k))
+	}
+	for _, k := range old {
+		if err := b.Delete(k); err != nil {
+			return n, err
+		}
+	}
+	return n - len(old), nil
+}
+
+// FlushDenials writes the queued denials to the database in one
+// transaction and trims the record to gate.denials.keep and maxAge.
+// RunDenials calls it periodically and Close once more. On failure the
+// denials stay queued for the next call and
+// gatehouse_denial_store_errors_total counts it; the pulls stay refused
+// whatever happens here.
+func (g *Gate) FlushDenials() error {
+	l := g.denials
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	batch := l.take()
+	cutoff := g.denialCutoff()
+	if len(batch) == 0 && !g.denialsOlderThan(cutoff) {
+		return nil
+	}
+	stored := l.stored
+	err := g.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDenials)
+		n := l.stored
+		for i := range batch {
+			v, err := json.Marshal(&batch[i])
+			if err != nil {
+				return err
+			}
+			seq, err := b.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := b.Put(denialKey(batch[i].Time, seq), v); err != nil {
+				return err
+			}
+			n++
+		}
+		var err error
+		stored, err = trimDenials(b, n, l.keep, cutoff)
+		return err
+	})
+	if err != nil {
+		metrics.DenialStoreErrors.Inc()
+		l.requeue(batch)
+		return fmt.Errorf("recording %d denials: %w", len(batch), err)
+	}
+	l.stored = stored
+	return nil
+}
+
+// denialsOlderThan reports whether the oldest record is older than cutoff
+// (never when cutoff is zero): an idle gatehouse still ages its record out.
+func (g *Gate) denialsOlderThan(cutoff time.Time) bool {
+	if cutoff.IsZero() {
+		return false
+	}
+	var old bool
+	_ = g.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bucketDenials).Cursor().First()
+		old = k != nil && denialTime(k).Before(cutoff)
+		return nil
+	})
+	return old
+}
+
+// RunDenials writes queued denials to the database every
+// gate.denials.flushInterval, and at once when a batch is queued, until
+// ctx ends; Close writes what is left. Without it denials are written
+// only by Close (and FlushDenials), at most gate.denials.keep of them
+// waiting.
+func (g *Gate) RunDenials(ctx context.Context) {
+	t := time.NewTicker(cmp.Or(g.cfg.Denials.FlushInterval.D(), config.DefaultDenialsFlushInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-g.denials.kick:
+		}
+		if err := g.FlushDenials(); err != nil {
+			g.log.Error("recording denials; they stay queued", "err", err)
+		}
+	}
+}

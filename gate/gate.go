@@ -32,7 +32,7 @@ type BlobOpener interface {
 // Options configure a Gate.
 type Options struct {
 	Config  *config.Gate
-	DataDir string // the verdict database is DataDir/gate.db
+	DataDir string // the verdict database (and denial record) is DataDir/gate.db
 	Scanner Scanner
 	// Signatures verifies signatures for rules that have a signatures
 	// section; required when any rule has one.
@@ -211,7 +211,7 @@ func New(opts Options) (*Gate, error) {
 		return nil, fmt.Errorf("gate: %w", err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketVerdicts, bucketReports, bucketImages, bucketAllowed} {
+		for _, b := range [][]byte{bucketVerdicts, bucketReports, bucketImages, bucketAllowed, bucketDenials} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -239,7 +239,7 @@ func New(opts Options) (*Gate, error) {
 		sigs:      opts.Signatures,
 		closing:   make(chan struct{}),
 		sem:       make(chan struct{}, opts.Config.ScanConcurrency),
-		denials:   newDenialLog(1000),
+		denials:   newDenialLog(opts.Config.Denials.Keep),
 	}
 	for _, t := range opts.Config.PassArtifactTypes {
 		g.pass[t] = true
@@ -250,10 +250,15 @@ func New(opts Options) (*Gate, error) {
 			return nil, fmt.Errorf("gate: rule %q verifies signatures but no signature verifier is configured", r.Name)
 		}
 	}
+	if err := g.loadDenials(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("gate: %w", err)
+	}
 	return g, nil
 }
 
-// Close stops running scans and closes the verdict database.
+// Close stops running scans, writes the pulls and denials not yet
+// written, and closes the verdict database.
 func (g *Gate) Close() error {
 	g.mu.Lock()
 	if !g.closed {
@@ -264,6 +269,9 @@ func (g *Gate) Close() error {
 	g.wg.Wait()
 	if err := g.FlushPulls(); err != nil {
 		g.log.Error("recording pulls", "err", err)
+	}
+	if err := g.FlushDenials(); err != nil {
+		g.log.Error("recording denials; the queued ones are lost", "err", err)
 	}
 	return g.db.Close()
 }

@@ -150,6 +150,9 @@ type fixture struct {
 	scanner *fakeScanner
 	blobs   *memBlobs
 	now     time.Time
+	dir     string // the data directory, kept across open
+	sigs    SignatureVerifier
+	log     *slog.Logger // default: discard
 }
 
 func newFixture(t *testing.T, yml string) *fixture { return newFixtureWith(t, yml, nil) }
@@ -172,14 +175,28 @@ func newFixtureWith(t *testing.T, yml string, sigs SignatureVerifier) *fixture {
 		scanner: &fakeScanner{db: "db-1", vulns: map[string][]Vuln{}},
 		blobs:   &memBlobs{blobs: map[v1.Hash][]byte{}},
 		now:     time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC),
+		dir:     t.TempDir(),
+		sigs:    sigs,
 	}
-	f.g, err = New(Options{Config: &cfg.Gate, DataDir: t.TempDir(), Scanner: f.scanner, Blobs: f.blobs, Signatures: sigs,
-		Log: slog.New(slog.DiscardHandler), Now: func() time.Time { return f.now }})
+	f.open(t, cfg)
+	return f
+}
+
+// open starts a gate on the fixture's data directory, as gatehouse does
+// when it starts (again).
+func (f *fixture) open(t *testing.T, cfg *config.Config) {
+	t.Helper()
+	log := f.log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	g, err := New(Options{Config: &cfg.Gate, DataDir: f.dir, Scanner: f.scanner, Blobs: f.blobs, Signatures: f.sigs,
+		Log: log, Now: func() time.Time { return f.now }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.g.Close() })
-	return f
+	f.g = g
+	t.Cleanup(func() { g.Close() })
 }
 
 func (f *fixture) image(t *testing.T, repo string) Subject {

@@ -85,6 +85,11 @@ var (
 	// GateDecisions counts verdicts served by result, reason and rule.
 	GateDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "gate_decisions_total",
 		Help: "Gate decisions on served manifests by result (admitted, denied, error, pending), reason and rule."}, []string{"result", "reason", "rule"})
+	// DenialStoreErrors counts failed writes of the denial record (refused
+	// pulls) to the verdict database. The pulls stay refused; the denials
+	// stay queued in memory and the next flush tries again.
+	DenialStoreErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "denial_store_errors_total",
+		Help: "Failed writes of refused pulls to the denial record in gate.db; the pulls stay refused and the denials stay queued for the next flush."})
 	// ScanDuration observes scan times.
 	ScanDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "scan_duration_seconds",
 		Help:    "Duration of image scans (layer fetch, analysis and detection).",
@@ -142,7 +147,7 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		UpstreamRequests, UpstreamDuration, UpstreamBytes, UpstreamRetries, UpstreamInFlight, UpstreamQueued,
 		UpstreamQueueTimeouts, UpstreamAddressesRefused, ManifestFetchesFailed, FetchesStarted, FetchesJoined, FetchesFailed,
 		CacheWriteErrors, BlobPassthroughs,
-		GateDecisions, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
+		GateDecisions, DenialStoreErrors, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
 		AuthFailures, AccessReloads,
 	}
 	cs = append(cs, ScanLimitsExceeded)

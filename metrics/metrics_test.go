@@ -58,7 +58,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_upstream_retries_total", "gatehouse_upstream_requests_in_flight", "gatehouse_upstream_requests_queued",
 		"gatehouse_upstream_queue_timeouts_total", "gatehouse_upstream_addresses_refused_total",
 		"gatehouse_manifest_fetches_failed_total",
-		"gatehouse_auth_failures_total",
+		"gatehouse_auth_failures_total", "gatehouse_denial_store_errors_total",
 	} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("%s not exported", name)

@@ -248,6 +248,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 		}
 	})
+	g.Go(func() error {
+		// Close (deferred above) writes the denials still queued.
+		st.gate.RunDenials(gctx)
+		return nil
+	})
 	g.Go(func() error { return dbUpdateLoop(gctx, st) })
 	g.Go(func() error {
 		<-gctx.Done()
