@@ -1,8 +1,10 @@
 package config
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -271,5 +273,34 @@ func TestDecodeErrorsNameTheField(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: err = %v, want it to contain %q", tc.yml, err, tc.want)
 		}
+	}
+}
+
+// A public key file is read with a bound: a huge file (or a device) named
+// by mistake is refused with the field named, not read into memory.
+func TestPublicKeyFileBounded(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.pem")
+	if err := os.WriteFile(big, bytes.Repeat([]byte("A"), maxPublicKeyFile+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	small := filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(small, []byte("-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	policy := func(path string) []byte {
+		return []byte("gate:\n  policy:\n    rules:\n      - name: signed\n        signatures: {required: true, identities: [{publicKey: " + strconv.Quote(path) + "}]}\n")
+	}
+	_, err := Parse(policy(big))
+	if err == nil || !strings.Contains(err.Error(), "identities[0].publicKey") || !strings.Contains(err.Error(), "larger than 64 KiB") {
+		t.Fatalf("a 64 KiB+1 key file: %v; want an error naming identities[0].publicKey", err)
+	}
+	cfg, err := Parse(policy(small))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := cfg.Gate.Policy.Rules[0].Signatures.Identities[0].PublicKeyPEM()
+	if err != nil || !bytes.HasPrefix(pem, []byte("-----BEGIN PUBLIC KEY-----")) {
+		t.Fatalf("small key file: %q, %v", pem, err)
 	}
 }

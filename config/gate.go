@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"strings"
@@ -164,6 +165,10 @@ type Signer struct {
 	SubjectRegexp string `yaml:"subjectRegexp"`
 }
 
+// maxPublicKeyFile bounds a public key file: a PEM public key is well
+// under a kilobyte, so anything near this is the wrong file (or a device).
+const maxPublicKeyFile = 64 << 10
+
 // PublicKeyPEM returns the key's PEM, reading the file when PublicKey is
 // a path.
 func (s *Signer) PublicKeyPEM() ([]byte, error) {
@@ -173,7 +178,19 @@ func (s *Signer) PublicKeyPEM() ([]byte, error) {
 	if strings.HasPrefix(strings.TrimSpace(s.PublicKey), "-----BEGIN") {
 		return []byte(s.PublicKey), nil
 	}
-	return os.ReadFile(s.PublicKey)
+	f, err := os.Open(s.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPublicKeyFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxPublicKeyFile {
+		return nil, fmt.Errorf("%s is larger than %d KiB: not a PEM public key", s.PublicKey, maxPublicKeyFile>>10)
+	}
+	return b, nil
 }
 
 func (s *Signatures) finish(field string) []error {
