@@ -183,7 +183,9 @@ type Upstream struct {
 	// Default false.
 	Internal bool `yaml:"internal,omitempty"`
 	// MaxConcurrentFetches bounds the requests to this upstream in flight at
-	// once (a blob download holds its slot until its body is read). More
+	// once (a blob download holds its slot until its body is read; the
+	// registry ping and token exchange of a repository's first request
+	// count too). More
 	// wait in a queue for at most responseHeaderTimeout, then fail with 503
 	// and Retry-After. 0 (the default) means no limit.
 	MaxConcurrentFetches int `yaml:"maxConcurrentFetches,omitempty"`

@@ -182,3 +182,54 @@ func TestMaxConcurrentFetchesQueuesThenTimesOut(t *testing.T) {
 		t.Fatalf("in flight %v after every body was closed, want 0", got)
 	}
 }
+
+// The registry ping and token exchange of a first request for a repository
+// count under maxConcurrentFetches too: with one slot, the upstream never
+// sees two requests of any kind at once, although each of three
+// repositories needs its own ping and token.
+func TestMaxConcurrentFetchesCoversPingAndToken(t *testing.T) {
+	var inFlight, peak, tokens atomic.Int32
+	var s *httptest.Server
+	s = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		time.Sleep(20 * time.Millisecond) // long enough for requests to overlap
+		switch {
+		case r.URL.Path == "/token":
+			tokens.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte(`{"token":"t-` + r.URL.Query().Get("scope") + `"}`))
+		case !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer t-"):
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+s.URL+`/token",service="test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		default:
+			w.Write([]byte("ok"))
+		}
+	}))
+	defer s.Close()
+	c := newClient(t, config.Upstream{Name: host(s), URL: s.URL, MaxConcurrentFetches: 1,
+		ResponseHeaderTimeout: config.Duration(30 * time.Second)})
+	errs := make(chan error, 3)
+	for _, repo := range []string{"team/a", "team/b", "team/c"} {
+		go func() {
+			resp, err := c.Do(context.Background(), http.MethodGet, repo, "blobs/x", nil, nil)
+			if err == nil {
+				resp.Body.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tokens.Load() < 3 {
+		t.Fatalf("%d token requests, want one per repository (3): the test no longer exercises the token flow", tokens.Load())
+	}
+	if p := peak.Load(); p != 1 {
+		t.Errorf("upstream saw %d requests at once, want 1 (maxConcurrentFetches)", p)
+	}
+}

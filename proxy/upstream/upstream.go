@@ -244,10 +244,6 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 // A 2xx response is returned with its body for the caller to close; any
 // other status becomes an *Error with the body read (capped) and closed.
 func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Values, hdr http.Header) (*http.Response, error) {
-	rt, err := c.transport(ctx, repo)
-	if err != nil {
-		return nil, err
-	}
 	u := *c.base
 	u.Path = "/v2/" + repo + "/" + suffix
 	u.RawQuery = q.Encode()
@@ -258,8 +254,15 @@ func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Valu
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
+	// The slot covers the registry ping and token exchange that a first
+	// request for a repository makes, as well as the request itself.
 	release, err := c.limit.acquire(ctx)
 	if err != nil {
+		return nil, err
+	}
+	rt, err := c.transport(ctx, repo)
+	if err != nil {
+		release()
 		return nil, err
 	}
 	hc := &http.Client{Transport: rt, CheckRedirect: c.guard.checkRedirect}
