@@ -325,10 +325,21 @@ func TestNodeHostsScriptWrites(t *testing.T) {
 				if strings.Contains(string(data), authMarker) {
 					t.Errorf("%s: marker left in\n%s", reg, data)
 				}
+				// The script keeps resyncing: its own .*.tmp files may be
+				// there for a moment.
+				var names []string
 				entries, _ := os.ReadDir(dir)
-				if len(entries) != 2 {
-					t.Errorf("%s holds %v, want only hosts.toml and gatehouse-ca.crt (no temporary file, no TLS key)", reg, entries)
+				for _, e := range entries {
+					if !strings.HasPrefix(e.Name(), ".") {
+						names = append(names, e.Name())
+					}
 				}
+				if strings.Join(names, " ") != "gatehouse-ca.crt hosts.toml" {
+					t.Errorf("%s holds %v, want only gatehouse-ca.crt and hosts.toml", reg, names)
+				}
+			}
+			if strings.Contains(snapshot(t, certsDir), "TLS-PRIVATE-KEY") {
+				t.Error("the TLS Secret's private key reached the node")
 			}
 			u := strings.TrimPrefix(srv.URL, "https://")
 			containerdReaches(t, certsDir, "docker.io", u)
@@ -358,6 +369,36 @@ func TestNodeHostsScriptWrites(t *testing.T) {
 				time.Sleep(100 * time.Millisecond) // polling the file the script rewrites
 			}
 			containerdReaches(t, certsDir, "docker.io", u)
+		})
+	}
+}
+
+// With headerKey the Secret's value is the whole header: here basic auth
+// for an htpasswd user, as containerd then sends it.
+func TestNodeHostsScriptHeaderKey(t *testing.T) {
+	const basic = "Basic bm9kZS1wb29sLWE6cGFzc3dvcmQ=" // node-pool-a:password
+	for name, shell := range nodeShells(t) {
+		t.Run(name, func(t *testing.T) {
+			_, caPEM := newCA(t)
+			certsDir := filepath.Join(t.TempDir(), "certs.d")
+			const endpoint = "https://127.0.0.1:5000"
+			nh := renderNodeHosts(t, tlsAuthValues(map[string]any{
+				"endpoint": endpoint, "certsDir": certsDir,
+				"auth": map[string]any{"secretName": "node-pull", "headerKey": "authorization"},
+			}))
+			node := newFakeNode(t, nh, map[string]map[string]string{
+				"gatehouse-tls": {"ca.crt": string(caPEM)},
+				"node-pull":     {"authorization": basic + "\n"},
+			})
+			node.start(t, shell).written(t)
+			data, err := os.ReadFile(filepath.Join(certsDir, "docker.io", "hosts.toml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := checkHostsTOML(t, "docker.io/hosts.toml", data, endpoint)
+			if h.Header["Authorization"] != basic || h.Host[endpoint].Header["Authorization"] != basic {
+				t.Errorf("Authorization %q / %q, want %q", h.Header["Authorization"], h.Host[endpoint].Header["Authorization"], basic)
+			}
 		})
 	}
 }
@@ -463,7 +504,9 @@ func removeFile(t *testing.T, path string) {
 	}
 }
 
-// snapshot lists every file under dir with its mode and content.
+// snapshot lists every file under dir with its mode and content. A file
+// that vanishes while it is read (a running script's temporary file) is
+// left out.
 func snapshot(t *testing.T, dir string) string {
 	t.Helper()
 	var b strings.Builder
@@ -472,10 +515,16 @@ func snapshot(t *testing.T, dir string) string {
 			return err
 		}
 		fi, err := d.Info()
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
 		data, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
