@@ -212,20 +212,7 @@ func kustomizeBuild(t *testing.T) manifests {
 // given values over values.yaml.
 func helmRender(t *testing.T, values map[string]any) manifests {
 	t.Helper()
-	chrt, err := loader.LoadDir("helm/gatehouse")
-	if err != nil {
-		t.Fatalf("load chart: %v", err)
-	}
-	if err := chrt.Validate(); err != nil {
-		t.Fatalf("chart metadata: %v", err)
-	}
-	vals, err := chartutil.ToRenderValues(chrt, values, common.ReleaseOptions{
-		Name: "gatehouse", Namespace: "gatehouse", IsInstall: true, Revision: 1,
-	}, nil)
-	if err != nil {
-		t.Fatalf("chart values: %v", err)
-	}
-	rendered, err := engine.Render(chrt, vals)
+	rendered, err := helmRenderFiles(t, values)
 	if err != nil {
 		t.Fatalf("render chart: %v", err)
 	}
@@ -242,6 +229,26 @@ func helmRender(t *testing.T, values map[string]any) manifests {
 		out = append(out, decodeAll(t, name, []byte(rendered[name]))...)
 	}
 	return out
+}
+
+// helmRenderFiles renders the chart and returns each template's text, or
+// the error a `fail` or `required` in a template gives.
+func helmRenderFiles(t *testing.T, values map[string]any) (map[string]string, error) {
+	t.Helper()
+	chrt, err := loader.LoadDir("helm/gatehouse")
+	if err != nil {
+		t.Fatalf("load chart: %v", err)
+	}
+	if err := chrt.Validate(); err != nil {
+		t.Fatalf("chart metadata: %v", err)
+	}
+	vals, err := chartutil.ToRenderValues(chrt, values, common.ReleaseOptions{
+		Name: "gatehouse", Namespace: "gatehouse", IsInstall: true, Revision: 1,
+	}, nil)
+	if err != nil {
+		t.Fatalf("chart values: %v", err)
+	}
+	return engine.Render(chrt, vals)
 }
 
 // checkGatehouse asserts what every rendering must get right: the
@@ -466,25 +473,33 @@ func mapKeys(m map[string]string) func(func(string) bool) {
 	}
 }
 
+// hostsTOML is the part of containerd's hosts.toml schema gatehouse's files
+// use: the top-level fields configure `server`, each [host] table a mirror.
 type hostsTOML struct {
-	Server string `toml:"server"`
-	Host   map[string]struct {
-		Capabilities []string `toml:"capabilities"`
-		SkipVerify   bool     `toml:"skip_verify"`
-		CA           any      `toml:"ca"`
-	} `toml:"host"`
+	Server string              `toml:"server"`
+	CA     any                 `toml:"ca"`
+	Header map[string]any      `toml:"header"`
+	Host   map[string]hostTOML `toml:"host"`
 }
 
-// checkHostsTOML parses a containerd hosts.toml strictly and asserts that
-// server is gatehouse and that a [host] entry for it pulls and resolves.
-func checkHostsTOML(t *testing.T, source string, data []byte, wantServer string) {
+type hostTOML struct {
+	Capabilities []string       `toml:"capabilities"`
+	SkipVerify   bool           `toml:"skip_verify"`
+	CA           any            `toml:"ca"`
+	Header       map[string]any `toml:"header"`
+}
+
+// checkHostsTOML parses a containerd hosts.toml strictly, asserts that
+// server is gatehouse and that a [host] entry for it pulls and resolves, and
+// returns what it parsed.
+func checkHostsTOML(t *testing.T, source string, data []byte, wantServer string) hostsTOML {
 	t.Helper()
 	var h hostsTOML
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&h); err != nil {
 		t.Errorf("%s: %v", source, err)
-		return
+		return h
 	}
 	if h.Server != wantServer {
 		t.Errorf("%s: server = %q, want gatehouse %q (containerd falls back to server on any mirror error)", source, h.Server, wantServer)
@@ -500,6 +515,7 @@ func checkHostsTOML(t *testing.T, source string, data []byte, wantServer string)
 			t.Errorf("%s: host %q capabilities %v, want pull and resolve", source, name, host.Capabilities)
 		}
 	}
+	return h
 }
 
 func TestKustomizeManifests(t *testing.T) {

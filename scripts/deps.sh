@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a Debian machine: the real
 # upstream registry (docker-registry), the real clients (containerd, skopeo)
-# and the peers the benchmark compares against (nginx), and headless
-# Chromium for the web console's browser test. Idempotent: packages
+# and the peers the benchmark compares against (nginx), headless
+# Chromium for the web console's browser test, and busybox (the shell the
+# node-hosts DaemonSet's script runs under, run by deploy's tests). Idempotent: packages
 # already present are not touched. Needs root (CI runs as root).
 set -euo pipefail
 
-pkgs=(docker-registry containerd skopeo nginx-light apache2-utils prometheus chromium)
+pkgs=(docker-registry containerd skopeo nginx-light apache2-utils prometheus chromium busybox)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")

@@ -27,11 +27,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
+{{/*
+"true" when gatehouse serves HTTPS: tls.secretName, or server.tls set in
+config directly.
+*/}}
+{{- define "gatehouse.tlsEnabled" -}}
+{{- if or .Values.tls.secretName (dig "server" "tls" "certFile" "" .Values.config) }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when pulls need credentials: auth.htpasswdKey / auth.tokensKey, or
+server.auth.htpasswd / tokensFile set in config directly (apiTokenFile
+guards only the API).
+*/}}
+{{- define "gatehouse.pullAuthEnabled" -}}
+{{- if or (and .Values.auth.secretName (or .Values.auth.htpasswdKey .Values.auth.tokensKey)) (dig "server" "auth" "htpasswd" "" .Values.config) (dig "server" "auth" "tokensFile" "" .Values.config) }}true{{ end }}
+{{- end }}
+
+{{/*
+The address nodes' containerd uses for gatehouse: nodeHostsDaemonSet.endpoint,
+else the Service's fixed ClusterIP, over https when gatehouse serves HTTPS.
+*/}}
 {{- define "gatehouse.nodeHostsEndpoint" -}}
 {{- if .Values.nodeHostsDaemonSet.endpoint }}
 {{- .Values.nodeHostsDaemonSet.endpoint }}
 {{- else }}
-{{- printf "http://%s:%v" (required "nodeHostsDaemonSet needs nodeHostsDaemonSet.endpoint or service.clusterIP: nodes do not resolve cluster DNS" .Values.service.clusterIP) .Values.service.port }}
+{{- printf "%s://%s:%v" (ternary "https" "http" (eq (include "gatehouse.tlsEnabled" .) "true")) (required "nodeHostsDaemonSet needs nodeHostsDaemonSet.endpoint or service.clusterIP: nodes do not resolve cluster DNS" .Values.service.clusterIP) .Values.service.port }}
 {{- end }}
 {{- end }}
 
