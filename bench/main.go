@@ -113,8 +113,8 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&opts.duration, "duration", 0, "length of one manifest load run (default 5s, 2s with -quick)")
 	fs.IntVar(&opts.concurrency, "concurrency", 32, "concurrent keep-alive connections of the manifest load generator")
 	fs.IntVar(&opts.clients, "clients", 8, "concurrent cold clients of one blob")
-	fs.IntVar(&opts.warmRuns, "warm-runs", 0, "timed warm GETs per target (default 5, 3 with -quick)")
-	fs.IntVar(&opts.coldRuns, "cold-runs", 0, "cold GETs per target, each on a fresh proxy (default 3, 1 with -quick)")
+	fs.IntVar(&opts.warmRuns, "warm-runs", 0, "timed warm GETs per target (default 9, 3 with -quick)")
+	fs.IntVar(&opts.coldRuns, "cold-runs", 0, "cold GETs per target, each on a fresh proxy (default 5, 1 with -quick)")
 	fs.IntVar(&opts.loadRounds, "rounds", 0, "rounds of manifest load runs (default 3, 1 with -quick)")
 	fs.BoolVar(&opts.verify, "verify", false, "check the sha256 of every body read (slows the clients down)")
 	fs.IntVar(&opts.verdictLayers, "verdict-layers", 0, "random layers of the first-verdict image A (default 6, 3 with -quick; B shares all but one)")
@@ -138,8 +138,8 @@ func parseFlags(args []string) (options, error) {
 			}
 		}
 	}
-	def(&opts.warmRuns, 5, 3)
-	def(&opts.coldRuns, 3, 1)
+	def(&opts.warmRuns, 9, 3)
+	def(&opts.coldRuns, 5, 1)
 	def(&opts.loadRounds, 3, 1)
 	def(&opts.verdictLayers, 6, 3)
 	def(&opts.soakImages, 400, 80)
