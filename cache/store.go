@@ -51,6 +51,8 @@ type Options struct {
 	WriteRetryInterval time.Duration
 	// Log receives the store's own events.
 	Log *slog.Logger
+
+	lockTimeout time.Duration // how long Open waits for the directory; tests shorten it
 }
 
 // Store is the content store. It is safe for concurrent use.
@@ -122,14 +124,22 @@ func Open(opts Options) (*Store, error) {
 			return nil, fmt.Errorf("cache: %w", err)
 		}
 	}
-	if err := s.cleanTmp(); err != nil {
-		return nil, err
+	// The database's lock is the data directory's: only its holder may
+	// clear partial downloads, which a running gatehouse (or one being
+	// started by mistake on the same directory) may be writing.
+	lockWait := opts.lockTimeout
+	if lockWait <= 0 {
+		lockWait = 5 * time.Second
 	}
-	db, err := bolt.Open(filepath.Join(s.dir, "meta.db"), 0o640, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(filepath.Join(s.dir, "meta.db"), 0o640, &bolt.Options{Timeout: lockWait})
 	if err != nil {
 		return nil, fmt.Errorf("cache: open %s: %w (is another gatehouse using this data directory?)", filepath.Join(s.dir, "meta.db"), err)
 	}
 	s.db = db
+	if err := s.cleanTmp(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketTags} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -266,5 +268,62 @@ func TestEvictionSkipsBlobsInUse(t *testing.T) {
 	f.Close()
 	if n, _ := s.Evict(1); n != 1 {
 		t.Fatal("released blob not evicted")
+	}
+}
+
+// A second store on the same directory (a second gatehouse started by
+// mistake, or `gatehouse cache verify` on a live node) fails with a clear
+// error and leaves the running store's partial downloads alone: the fetch
+// under way completes and is cached.
+func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, 0)
+	defer s.Close()
+	data, d := blob(4<<20, 'p')
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock() // before s.Close, which waits for the fetch
+	st, err := s.Fetch(context.Background(), d, "up", func(ctx context.Context) (io.ReadCloser, int64, error) {
+		pr, pw := io.Pipe()
+		go func() {
+			pw.Write(data[:1<<20])
+			<-release
+			pw.Write(data[1<<20:])
+			pw.Close()
+		}()
+		return pr, int64(len(data)), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(tmpFiles(t, s)); n != 1 {
+		t.Fatalf("%d partial downloads, want 1", n)
+	}
+
+	_, err = Open(Options{Dir: dir, lockTimeout: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), "another gatehouse") {
+		t.Fatalf("second Open: %v; want an error asking about another gatehouse", err)
+	}
+	if n := len(tmpFiles(t, s)); n != 1 {
+		t.Fatalf("the second Open removed the running fetch's partial download (%d left)", n)
+	}
+	unblock()
+	got, err := io.ReadAll(st.Reader(context.Background(), 0, nil))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v", len(got), err)
+	}
+	// The fetch commits after its last byte was read (fsync, rename).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, ok := s.StatBlob(d); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fetch under way was not cached")
+		}
 	}
 }
