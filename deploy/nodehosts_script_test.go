@@ -9,12 +9,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -369,6 +371,43 @@ func TestNodeHostsScriptWrites(t *testing.T) {
 				time.Sleep(100 * time.Millisecond) // polling the file the script rewrites
 			}
 			containerdReaches(t, certsDir, "docker.io", u)
+		})
+	}
+}
+
+// A registry with a port gets its own directory, host:port, although its
+// ConfigMap key cannot hold the colon.
+func TestNodeHostsScriptRegistryWithPort(t *testing.T) {
+	for name, shell := range nodeShells(t) {
+		t.Run(name, func(t *testing.T) {
+			_, caPEM := newCA(t)
+			certsDir := filepath.Join(t.TempDir(), "certs.d")
+			const endpoint = "https://gatehouse.internal:5000"
+			nh := renderNodeHosts(t, tlsAuthValues(map[string]any{"endpoint": endpoint, "certsDir": certsDir,
+				"registries": []any{"_default", "registry.internal:5000", "docker.io"}}))
+			if _, ok := nh.files["registry.internal_5000.hosts.toml"]; !ok {
+				t.Fatalf("ConfigMap keys %v, want registry.internal_5000.hosts.toml", slices.Sorted(maps.Keys(nh.files)))
+			}
+			newFakeNode(t, nh, map[string]map[string]string{
+				"gatehouse-tls": {"ca.crt": string(caPEM)},
+				"node-pull":     {"token": "pull-token"},
+			}).start(t, shell).written(t)
+			for _, reg := range []string{"_default", "registry.internal:5000", "docker.io"} {
+				data, err := os.ReadFile(filepath.Join(certsDir, reg, "hosts.toml"))
+				if err != nil {
+					t.Fatalf("%s: %v", reg, err)
+				}
+				h := checkHostsTOML(t, reg+"/hosts.toml", data, endpoint)
+				if want := filepath.Join(certsDir, reg, "gatehouse-ca.crt"); fmt.Sprint(h.CA) != want {
+					t.Errorf("%s: ca = %q, want %q", reg, h.CA, want)
+				}
+				if _, err := os.Stat(filepath.Join(certsDir, reg, "gatehouse-ca.crt")); err != nil {
+					t.Errorf("%s: %v", reg, err)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(certsDir, "registry.internal_5000")); err == nil {
+				t.Error("the script wrote registry.internal_5000/, which containerd never reads")
+			}
 		})
 	}
 }

@@ -209,6 +209,10 @@ func TestHelmNodeHostsRefusals(t *testing.T) {
 			"nodeHostsDaemonSet.auth: set headerKey or tokenKey, not both"},
 		{"relative certsDir", tlsAuthValues(map[string]any{"certsDir": "etc/containerd/certs.d"}),
 			`nodeHostsDaemonSet.certsDir: "etc/containerd/certs.d" is not an absolute path`},
+		{"registry with an underscore", tlsAuthValues(map[string]any{"registries": []any{"_default", "my_registry"}}),
+			`nodeHostsDaemonSet.registries: "my_registry" is not a registry host`},
+		{"registry with a path", tlsAuthValues(map[string]any{"registries": []any{"../etc"}}),
+			`nodeHostsDaemonSet.registries: "../etc" is not a registry host`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := helmRenderFiles(t, tc.values)

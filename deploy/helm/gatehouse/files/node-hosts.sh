@@ -44,6 +44,8 @@ sync_files() {
     [ -f "$f" ] || fail "no *.hosts.toml in $src"
     d="${f##*/}"
     d="${d%.hosts.toml}"
+    # A ConfigMap key cannot hold ':': registry host_5000 is host:5000.
+    d=$(printf '%s' "$d" | sed 's/_\([0-9][0-9]*\)$/:\1/')
     if grep -qF "$marker" "$f" && [ -z "$header" ]; then
       fail "$d.hosts.toml needs an Authorization header, but $auth holds no authorization or token"
     fi
