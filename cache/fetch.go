@@ -490,18 +490,41 @@ func (s *Store) stallFor(upstream string) time.Duration {
 
 // chunk is one read from upstream on its way to the file and the hash.
 type chunk struct {
-	buf  *[]byte
-	n    int
-	refs atomic.Int32
+	buf    *[]byte
+	n      int
+	refs   atomic.Int32
+	budget chan struct{} // the store's chunk budget, one token per chunk
+}
+
+// newChunk takes a buffer from the store's budget, waiting while every
+// chunk of it is in use; it fails only when ctx ends.
+func (s *Store) newChunk(ctx context.Context) (*chunk, error) {
+	select {
+	case s.chunks <- struct{}{}:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	return &chunk{buf: bufPool.Get().(*[]byte), budget: s.chunks}, nil
 }
 
 func (c *chunk) bytes() []byte { return (*c.buf)[:c.n] }
 
+// free returns the chunk's buffer and its token.
+func (c *chunk) free() {
+	bufPool.Put(c.buf)
+	<-c.budget
+}
+
 func (c *chunk) release() {
 	if c.refs.Add(-1) == 0 {
-		bufPool.Put(c.buf)
+		c.free()
 	}
 }
+
+// DefaultMaxFetchChunks bounds the chunks of all fetches together (128
+// MiB): when the disk is slower than the upstreams, many concurrent cold
+// downloads wait for a buffer instead of each filling its pipeline.
+const DefaultMaxFetchChunks = 128
 
 // chunkSize is the size of one read from upstream, and so the unit in
 // which a fetch hands bytes to its file writer and its hasher. 1 MiB reads
@@ -557,7 +580,7 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 		}
 	}()
 
-	rerr := s.readBody(f, body, size, stall, stallAfter, toHash, toFile)
+	rerr := s.readBody(ctx, f, body, size, stall, stallAfter, toHash, toFile)
 	close(toHash)
 	close(toFile)
 	wg.Wait()
@@ -577,19 +600,22 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 
 // readBody reads upstream's body into chunks for the writer and the hasher.
 // It stops early when the writer failed.
-func (s *Store) readBody(f *fetch, body io.Reader, size int64, stall *time.Timer, stallAfter time.Duration, toHash, toFile chan<- *chunk) error {
+func (s *Store) readBody(ctx context.Context, f *fetch, body io.Reader, size int64, stall *time.Timer, stallAfter time.Duration, toHash, toFile chan<- *chunk) error {
 	fetched := metrics.UpstreamBytes.WithLabelValues(f.upstream)
 	var total int64
 	for {
-		c := &chunk{buf: bufPool.Get().(*[]byte)}
+		c, err := s.newChunk(ctx)
+		if err != nil {
+			return err
+		}
 		n, err := body.Read(*c.buf)
 		if n == 0 {
-			bufPool.Put(c.buf)
+			c.free()
 		} else {
 			stall.Reset(stallAfter)
 			total += int64(n)
 			if size >= 0 && total > size {
-				bufPool.Put(c.buf)
+				c.free()
 				return ErrSizeMismatch
 			}
 			s.fetchedBytes.Add(int64(n))

@@ -5,6 +5,7 @@
 package cache
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +54,7 @@ type Options struct {
 	Log *slog.Logger
 
 	lockTimeout time.Duration // how long Open waits for the directory; tests shorten it
+	maxChunks   int           // DefaultMaxFetchChunks unless a test sets it
 }
 
 // Store is the content store. It is safe for concurrent use.
@@ -73,6 +75,7 @@ type Store struct {
 	fetchedBytes  atomic.Int64
 	stallTimeout  time.Duration
 	stallTimeouts map[string]time.Duration
+	chunks        chan struct{} // a token per chunk in use by any fetch
 	writeRetry    time.Duration
 	writeFailed   time.Time     // last failed cache write; guarded by mu
 	closing       chan struct{} // closed by Close: running fetches stop
@@ -111,6 +114,7 @@ func Open(opts Options) (*Store, error) {
 
 		stallTimeout:  opts.StallTimeout,
 		stallTimeouts: opts.StallTimeouts,
+		chunks:        make(chan struct{}, cmp.Or(opts.maxChunks, DefaultMaxFetchChunks)),
 		writeRetry:    opts.WriteRetryInterval,
 	}
 	if s.writeRetry <= 0 {

@@ -327,3 +327,45 @@ func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
 		}
 	}
 }
+
+// Fetches share one budget of chunks: with room for a single chunk, three
+// concurrent downloads still all complete (each chunk goes back once the
+// writer and the hasher are done with it), and afterwards every token is
+// back.
+func TestFetchesShareTheChunkBudget(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), maxChunks: 1, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a lost token would hang the fetches
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := range 3 {
+		data, d := blob(3*chunkSize+123, byte('a'+i))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := s.Fetch(ctx, d, "up", source(data))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer st.Close()
+			if err := st.Wait(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			got, err := io.ReadAll(st.Reader(ctx, 0, nil))
+			if err != nil || !bytes.Equal(got, data) {
+				t.Errorf("blob %d: read %d bytes, %v", i, len(got), err)
+			}
+		}()
+	}
+	wg.Wait()
+	for deadline := time.Now().Add(30 * time.Second); len(s.chunks) != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d chunk tokens still taken after every fetch ended", len(s.chunks))
+		}
+	}
+}
