@@ -604,10 +604,13 @@ func (s *Store) readBody(ctx context.Context, f *fetch, body io.Reader, size int
 	fetched := metrics.UpstreamBytes.WithLabelValues(f.upstream)
 	var total int64
 	for {
+		// Waiting for a buffer is not upstream's silence.
+		stall.Stop()
 		c, err := s.newChunk(ctx)
 		if err != nil {
 			return err
 		}
+		stall.Reset(stallAfter)
 		n, err := body.Read(*c.buf)
 		if n == 0 {
 			c.free()
