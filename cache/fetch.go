@@ -535,7 +535,8 @@ const DefaultMaxFetchChunks = 128
 const chunkSize = 1 << 20
 
 // pipelineDepth bounds the chunks between the upstream reader and the file
-// writer or the hasher: a fetch holds at most pipelineDepth+2 chunks.
+// writer or the hasher: a fetch holds at most pipelineDepth+3 chunks (the
+// queue, and one each in the reader, the writer and the hasher).
 const pipelineDepth = 4
 
 // download copies upstream's body to the partial file and hashes it. The
