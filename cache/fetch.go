@@ -497,12 +497,19 @@ type chunk struct {
 }
 
 // newChunk takes a buffer from the store's budget, waiting while every
-// chunk of it is in use; it fails only when ctx ends.
-func (s *Store) newChunk(ctx context.Context) (*chunk, error) {
+// chunk of it is in use; it fails only when ctx ends. Waiting for a buffer
+// is not upstream's silence: the stall timer is paused meanwhile.
+func (s *Store) newChunk(ctx context.Context, stall *time.Timer, stallAfter time.Duration) (*chunk, error) {
 	select {
 	case s.chunks <- struct{}{}:
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+	default:
+		stall.Stop()
+		select {
+		case s.chunks <- struct{}{}:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+		stall.Reset(stallAfter)
 	}
 	return &chunk{buf: bufPool.Get().(*[]byte), budget: s.chunks}, nil
 }
@@ -605,13 +612,10 @@ func (s *Store) readBody(ctx context.Context, f *fetch, body io.Reader, size int
 	fetched := metrics.UpstreamBytes.WithLabelValues(f.upstream)
 	var total int64
 	for {
-		// Waiting for a buffer is not upstream's silence.
-		stall.Stop()
-		c, err := s.newChunk(ctx)
+		c, err := s.newChunk(ctx, stall, stallAfter)
 		if err != nil {
 			return err
 		}
-		stall.Reset(stallAfter)
 		n, err := body.Read(*c.buf)
 		if n == 0 {
 			c.free()

@@ -177,12 +177,7 @@ func TestStalledUpstreamFailsFetch(t *testing.T) {
 	}
 	defer s.Close()
 	_, d := blob(10, 'e')
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	st, err := s.Fetch(context.Background(), d, "up", func(ctx context.Context) (io.ReadCloser, int64, error) {
-		go func() { <-ctx.Done(); pr.CloseWithError(ctx.Err()) }()
-		return pr, 10, nil
-	})
+	st, err := s.Fetch(context.Background(), d, "up", stallingSource(nil, 10))
 	if err != nil {
 		t.Fatal(err)
 	}
