@@ -2,6 +2,7 @@ package gate
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
@@ -134,7 +135,8 @@ func (g *Gate) APIHandler() http.Handler {
 			return
 		}
 		total := len(filtered)
-		filtered = filtered[min(offset, total):min(offset+limit, total)]
+		lo := min(offset, total)
+		filtered = filtered[lo : lo+min(limit, total-lo)]
 		writeJSON(w, map[string]any{"total": total, "images": filtered})
 	})
 	mux.HandleFunc("GET /api/v1/images/{digest}", func(w http.ResponseWriter, r *http.Request) {
@@ -166,18 +168,28 @@ func (g *Gate) APIHandler() http.Handler {
 	return mux
 }
 
+// Bounds of the paging parameters of GET /api/v1/images. An offset past
+// the last image answers an empty page; one past maxOffset is refused, so
+// that offset+limit cannot overflow.
+const (
+	defaultLimit = 1000
+	maxLimit     = 10000
+	maxOffset    = 1_000_000_000
+)
+
+// paging reads ?limit= and ?offset=, or answers 400 naming the parameter.
 func paging(w http.ResponseWriter, l, o string) (limit, offset int, ok bool) {
-	limit, offset = 1000, 0
+	limit, offset = defaultLimit, 0
 	var err error
 	if l != "" {
-		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > 10000 {
-			apiError(w, http.StatusBadRequest, "limit must be from 1 to 10000")
+		if limit, err = strconv.Atoi(l); err != nil || limit < 1 || limit > maxLimit {
+			apiError(w, http.StatusBadRequest, fmt.Sprintf("limit must be a whole number from 1 to %d, not %q", maxLimit, l))
 			return 0, 0, false
 		}
 	}
 	if o != "" {
-		if offset, err = strconv.Atoi(o); err != nil || offset < 0 {
-			apiError(w, http.StatusBadRequest, "offset must be a whole number")
+		if offset, err = strconv.Atoi(o); err != nil || offset < 0 || offset > maxOffset {
+			apiError(w, http.StatusBadRequest, fmt.Sprintf("offset must be a whole number from 0 to %d, not %q", maxOffset, o))
 			return 0, 0, false
 		}
 	}
