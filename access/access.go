@@ -154,8 +154,10 @@ func (g *Guard) pullIdentity(r *http.Request) (id, reason string) {
 			}
 		}
 		if g.users != nil && !known {
-			// Unknown user: spend the time a known one would have cost.
-			_ = bcrypt.CompareHashAndPassword(g.dummyHash, []byte(password))
+			// Unknown user: spend the time a known one would have cost,
+			// in a bcrypt slot like theirs, so that a flood of unknown
+			// users waits its turn too.
+			_ = compareInSlot(g.dummyHash, password)
 		}
 		return "", reasonInvalid
 	}

@@ -3,6 +3,7 @@ package access
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -338,5 +340,55 @@ func TestBcryptSlotsBoundComparisons(t *testing.T) {
 	}
 	if <-miss {
 		t.Fatal("wrong password accepted")
+	}
+}
+
+// Every bcrypt comparison takes a slot: the dummy one for an unknown user
+// too, so a flood of logins as unknown users cannot use more CPUs than the
+// slots allow.
+func TestBcryptSlotsBoundUnknownUsers(t *testing.T) {
+	g, _ := newGuard(t, fullAuth(t))
+	var (
+		mu                             sync.Mutex
+		inFlight, most, calls, outside int
+	)
+	bcryptCompare = func(hash, password []byte) error {
+		mu.Lock()
+		inFlight++
+		most, calls = max(most, inFlight), calls+1
+		if len(bcryptSlots) == 0 {
+			outside++ // no slot taken, not even this comparison's
+		}
+		mu.Unlock()
+		err := bcrypt.CompareHashAndPassword(hash, password)
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		return err
+	}
+	t.Cleanup(func() { bcryptCompare = bcrypt.CompareHashAndPassword })
+
+	n := 4*cap(bcryptSlots) + 4
+	var wg sync.WaitGroup
+	for i := range n {
+		user := fmt.Sprintf("mallory%d", i)
+		if i%4 == 0 {
+			user = "alice" // a known user with a wrong password
+		}
+		wg.Go(func() {
+			if rec, _ := serve(g.Pulls, http.MethodGet, "/v2/", basic(user, "guess")); rec.Code != http.StatusUnauthorized {
+				t.Errorf("%s: got %d, want 401", user, rec.Code)
+			}
+		})
+	}
+	wg.Wait()
+	if calls != n {
+		t.Errorf("%d bcrypt comparisons for %d failed logins; want one each", calls, n)
+	}
+	if outside != 0 {
+		t.Errorf("%d of %d bcrypt comparisons ran while no slot was taken", outside, calls)
+	}
+	if most > cap(bcryptSlots) {
+		t.Errorf("%d bcrypt comparisons ran at once; the slots allow %d", most, cap(bcryptSlots))
 	}
 }

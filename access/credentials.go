@@ -147,6 +147,19 @@ const maxVerified = 4096
 // credentials never need a slot.
 var bcryptSlots = make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2))
 
+// bcryptCompare is bcrypt's comparison; tests replace it to watch how many
+// run at once.
+var bcryptCompare = bcrypt.CompareHashAndPassword
+
+// compareInSlot compares password with hash in a bcrypt slot. Every bcrypt
+// comparison goes through it: a wrong password, and the dummy compared
+// against for an unknown user, alike.
+func compareInSlot(hash []byte, password string) error {
+	bcryptSlots <- struct{}{}
+	defer func() { <-bcryptSlots }()
+	return bcryptCompare(hash, []byte(password))
+}
+
 // verifiedCache remembers user/password/hash triples that passed bcrypt.
 // bcrypt is slow by design (tens of milliseconds), and containerd sends
 // basic credentials with every request of a pull: without this, a burst
@@ -172,10 +185,7 @@ func (c *verifiedCache) check(user, password string, hash []byte) bool {
 	if hit {
 		return true
 	}
-	bcryptSlots <- struct{}{}
-	err := bcrypt.CompareHashAndPassword(hash, []byte(password))
-	<-bcryptSlots
-	if err != nil {
+	if err := compareInSlot(hash, password); err != nil {
 		return false
 	}
 	c.mu.Lock()
