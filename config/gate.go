@@ -153,6 +153,8 @@ type Signatures struct {
 	// AllowIndexSignature accepts a platform manifest when the index that
 	// lists it is signed. Default true.
 	AllowIndexSignature *bool `yaml:"allowIndexSignature"`
+
+	root []byte // TrustedRoot's content, read when the config was loaded
 }
 
 // Signer is one trusted identity.
@@ -163,6 +165,11 @@ type Signer struct {
 	Subject       string `yaml:"subject"`
 	IssuerRegexp  string `yaml:"issuerRegexp"`
 	SubjectRegexp string `yaml:"subjectRegexp"`
+
+	// pem is the key as read when the configuration was loaded: the
+	// verifier and the rule hash both use these bytes, so a key file
+	// replaced while gatehouse runs changes neither until a restart.
+	pem []byte
 }
 
 // maxPublicKeyFile bounds a public key file: a PEM public key is well
@@ -174,6 +181,9 @@ const maxPublicKeyFile = 64 << 10
 func (s *Signer) PublicKeyPEM() ([]byte, error) {
 	if s.PublicKey == "" {
 		return nil, nil
+	}
+	if s.pem != nil {
+		return s.pem, nil
 	}
 	if strings.HasPrefix(strings.TrimSpace(s.PublicKey), "-----BEGIN") {
 		return []byte(s.PublicKey), nil
@@ -213,9 +223,11 @@ func (s *Signatures) finish(field string) []error {
 		case id.PublicKey != "" && isKeyless:
 			bad(f, "set either publicKey or issuer/subject, not both")
 		case id.PublicKey != "":
-			if _, err := id.PublicKeyPEM(); err != nil {
+			pem, err := id.PublicKeyPEM()
+			if err != nil {
 				bad(f+".publicKey", "%v", err)
 			}
+			s.Identities[i].pem = pem
 		case isKeyless:
 			keyless = true
 			if (id.Issuer == "") == (id.IssuerRegexp == "") {
@@ -232,11 +244,42 @@ func (s *Signatures) finish(field string) []error {
 		bad("trustedRoot", "required for keyless identities and transparency-log or SCT requirements")
 	}
 	if s.TrustedRoot != "" {
-		if _, err := os.Stat(s.TrustedRoot); err != nil {
+		b, err := s.readTrustedRoot()
+		if err != nil {
 			bad("trustedRoot", "%v", err)
 		}
+		s.root = b
 	}
 	return errs
+}
+
+// maxTrustedRootFile bounds a trusted_root.json (the public-good one is
+// about 10 KiB).
+const maxTrustedRootFile = 4 << 20
+
+// TrustedRootJSON returns the trusted root as read when the configuration
+// was loaded (read now if it was not), or nil when none is set.
+func (s *Signatures) TrustedRootJSON() ([]byte, error) {
+	if s.TrustedRoot == "" || s.root != nil {
+		return s.root, nil
+	}
+	return s.readTrustedRoot()
+}
+
+func (s *Signatures) readTrustedRoot() ([]byte, error) {
+	f, err := os.Open(s.TrustedRoot)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTrustedRootFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxTrustedRootFile {
+		return nil, fmt.Errorf("%s is larger than %d MiB: not a trusted_root.json", s.TrustedRoot, maxTrustedRootFile>>20)
+	}
+	return b, nil
 }
 
 // Allow exempts one vulnerability id from a rule until a date.
@@ -414,9 +457,14 @@ func (c *Config) finishGate() []error {
 	errs := c.Gate.finish()
 	for i, r := range c.Gate.Policy.Rules {
 		for j, u := range r.Upstreams {
-			if c.Upstream(u) == nil {
+			up := c.Upstream(u)
+			if up == nil {
 				errs = append(errs, fmt.Errorf("config: gate.policy.rules[%d].upstreams[%d]: %q is not a configured upstream", i, j, u))
+				continue
 			}
+			// Requests carry the upstream's name, never an alias: a rule
+			// written with an alias (or another case) must still match.
+			r.Upstreams[j] = up.Name
 		}
 	}
 	return errs

@@ -20,6 +20,7 @@ func FuzzManifest(f *testing.F) {
 		`{"schemaVersion":2,"config":{"digest":"` + dg + `","size":2},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"` + dg + `","size":-1}]}`,
 		`{"schemaVersion":2,"manifests":[{"digest":"` + dg + `","size":1},{"digest":"sha512:00"}]}`,
 		`{"schemaVersion":2,"config":{}}`, `{"config":null}`, `{`, ``,
+		`{"schemaVersion":2,"artifactType":"application/spdx+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"` + dg + `","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"` + dg + `","size":1}]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -39,7 +40,15 @@ func FuzzManifest(f *testing.F) {
 		}
 		// Only a declared artifact passes unscanned: by config type,
 		// artifactType, or layers that are all of a passing type.
-		if g.isArtifact(info, s) && !g.pass[string(info.config.MediaType)] && !strings.Contains(string(data), "artifactType") {
+		// Nothing with an image layer passes, whatever its labels.
+		if g.isArtifact(info) {
+			for _, l := range info.layers {
+				if IsImageLayer(string(l.MediaType)) {
+					t.Fatalf("a manifest with image layer %s passed as an artifact", l.MediaType)
+				}
+			}
+		}
+		if g.isArtifact(info) && !g.pass[string(info.config.MediaType)] && !strings.Contains(string(data), "artifactType") {
 			if len(info.layers) == 0 {
 				t.Fatal("an image without layers or artifact type passed as an artifact")
 			}

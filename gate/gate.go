@@ -58,8 +58,9 @@ type Gate struct {
 	jobs      map[string]*job
 	memo      map[string]*Verdict   // verdict key → verdict, the hot path
 	tags      map[string]struct{}   // digest+tag pairs already recorded
-	parents   map[string]v1.Hash    // platform manifest → the index that listed it
-	platforms map[string]string     // platform manifest → os/arch of its index entry
+	parents   map[string]v1.Hash    // upstream/repo/platform manifest → the index that listed it
+	platforms map[string]string     // upstream/repo/platform manifest → os/arch of its index entry
+	failures  *failureMemo          // failed scans, retried after a back-off
 	pulls     map[string]*pullCount // manifest → pulls not yet flushed
 	closed    bool
 	closing   chan struct{}
@@ -76,17 +77,35 @@ type job struct {
 }
 
 var (
-	bucketVerdicts = []byte("verdicts") // digest|policyHash|dbVersion → Verdict
+	bucketVerdicts = []byte("verdicts") // digest|upstream/repo|policyHash|dbVersion → Verdict
 	bucketReports  = []byte("reports")  // digest → storedReport
 	bucketImages   = []byte("images")   // digest → ImageRecord
-	bucketAllowed  = []byte("allowed")  // blob digest → []manifest digest
+	// bucketSignatures holds signature results, each bound to the image,
+	// the repository its signatures were fetched from and the rule (by
+	// hash: its identities, key bytes and trusted root) they were verified
+	// against: digest|upstream/repo|rule hash → SignatureResult. A result
+	// is reused only under the same key; another rule or a rotated key
+	// verifies again.
+	bucketSignatures = []byte("signatures")
 )
 
-// storedReport is a scan report with the image facts it was made from.
+// storedReport is a scan report with the time it was made. (Reports of
+// earlier versions also held one signature result per digest, bound to
+// nothing; it is ignored.)
 type storedReport struct {
 	Report
-	ScannedAt time.Time        `json:"scannedAt"`
-	Signature *SignatureResult `json:"signature,omitempty"`
+	ScannedAt time.Time `json:"scannedAt"`
+}
+
+func sigKey(s *Subject, rule *policy.Rule) []byte {
+	return []byte(s.Digest.String() + "|" + s.Upstream + "/" + s.Repo + "|" + rule.Hash)
+}
+
+// scopeKey scopes what an index says of its platform manifests to the
+// repository it was served from: an index published elsewhere says
+// nothing of another repository's images.
+func scopeKey(upstream, repo string, dgst v1.Hash) string {
+	return upstream + "/" + repo + "@" + dgst.String()
 }
 
 // maxParents bounds the platform manifest → index map.
@@ -105,11 +124,27 @@ func (g *Gate) noteIndex(s *Subject) {
 		clear(g.platforms)
 	}
 	for _, m := range idx.Manifests {
-		g.parents[m.Digest.String()] = s.Digest
+		k := scopeKey(s.Upstream, s.Repo, m.Digest)
+		g.parents[k] = s.Digest
 		if m.Platform != nil {
-			g.platforms[m.Digest.String()] = platformString(m.Platform.OS, m.Platform.Architecture, m.Platform.Variant)
+			g.platforms[k] = platformString(m.Platform.OS, m.Platform.Architecture, m.Platform.Variant)
 		}
 	}
+}
+
+// checkIndex refuses an index document that also has image fields.
+func checkIndex(b []byte) error {
+	var doc struct {
+		Config json.RawMessage `json:"config"`
+		Layers json.RawMessage `json:"layers"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("parsing index: %w", err)
+	}
+	if doc.Config != nil || doc.Layers != nil {
+		return errors.New("parsing index: an index must not have a config or layers")
+	}
+	return nil
 }
 
 // platformString writes a platform as os/architecture[/variant].
@@ -124,26 +159,35 @@ func platformString(os, arch, variant string) string {
 	return p
 }
 
-func (g *Gate) platform(dgst v1.Hash) string {
+func (g *Gate) platform(s *Subject) string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.platforms[dgst.String()]
+	return g.platforms[scopeKey(s.Upstream, s.Repo, s.Digest)]
 }
 
-func (g *Gate) parent(dgst v1.Hash) *v1.Hash {
+func (g *Gate) parent(s *Subject) *v1.Hash {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if p, ok := g.parents[dgst.String()]; ok {
+	if p, ok := g.parents[scopeKey(s.Upstream, s.Repo, s.Digest)]; ok {
 		return &p
 	}
 	return nil
 }
 
-// sigOutcome is a signature check's result; failed marks a check that
-// could not be made (an error), whose denial must not outlive the request.
+// sigOutcome is a signature check's result. failed marks a check that
+// could not be made (an error); viaIndex marks one that also looked at the
+// index listing the image. The denial of either must not outlive the
+// request: the first says nothing about the image, and the second depends
+// on which index was seen last.
 type sigOutcome struct {
-	res    *SignatureResult
-	failed bool
+	res      *SignatureResult
+	failed   bool
+	viaIndex bool
+}
+
+// lasting reports whether a verdict made with this outcome may be stored.
+func (o sigOutcome) lasting() bool {
+	return !o.failed && (!o.viaIndex || o.res == nil || o.res.Verified)
 }
 
 // verifySignature runs the rule's signature check; a failure is a result
@@ -152,7 +196,8 @@ func (g *Gate) verifySignature(ctx context.Context, s *Subject, rule *policy.Rul
 	if rule.Signatures == nil {
 		return sigOutcome{}
 	}
-	res, err := g.sigs.Verify(ctx, s.Upstream, s.Repo, s.Digest, rule.Name, g.parent(s.Digest))
+	parent := g.parent(s)
+	res, err := g.sigs.Verify(ctx, s.Upstream, s.Repo, s.Digest, rule.Name, parent)
 	if err != nil {
 		metrics.SignatureVerifications.WithLabelValues("error").Inc()
 		g.log.Warn("signature verification failed; image refused (fail closed)", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "err", err)
@@ -163,7 +208,12 @@ func (g *Gate) verifySignature(ctx context.Context, s *Subject, rule *policy.Rul
 		result = "not_verified"
 	}
 	metrics.SignatureVerifications.WithLabelValues(result).Inc()
-	return sigOutcome{res: res}
+	return sigOutcome{res: res, viaIndex: parent != nil && allowIndexSignature(rule)}
+}
+
+func allowIndexSignature(rule *policy.Rule) bool {
+	a := rule.Signatures.AllowIndexSignature
+	return a == nil || *a
 }
 
 // ImageRecord describes a judged manifest.
@@ -211,10 +261,13 @@ func New(opts Options) (*Gate, error) {
 		return nil, fmt.Errorf("gate: %w", err)
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketVerdicts, bucketReports, bucketImages, bucketAllowed, bucketDenials} {
+		for _, b := range [][]byte{bucketVerdicts, bucketReports, bucketImages, bucketBlobRefs, bucketDenials, bucketSignatures} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
+		}
+		if tx.Bucket(bucketAllowedV1) != nil {
+			return tx.DeleteBucket(bucketAllowedV1)
 		}
 		return nil
 	}); err != nil {
@@ -223,7 +276,7 @@ func New(opts Options) (*Gate, error) {
 	}
 	g := &Gate{
 		cfg:       opts.Config,
-		policy:    policy.New(opts.Config.Policy.Rules),
+		policy:    policy.New(opts.Config.Policy.Rules, opts.Config.PassArtifactTypes...),
 		scanner:   opts.Scanner,
 		blobs:     opts.Blobs,
 		db:        db,
@@ -235,6 +288,7 @@ func New(opts Options) (*Gate, error) {
 		tags:      map[string]struct{}{},
 		parents:   map[string]v1.Hash{},
 		platforms: map[string]string{},
+		failures:  newFailureMemo(),
 		pulls:     map[string]*pullCount{},
 		sigs:      opts.Signatures,
 		closing:   make(chan struct{}),
@@ -281,8 +335,12 @@ func (g *Gate) Policy() *policy.Policy { return g.policy }
 
 // manifestInfo is what the gate reads of a manifest.
 type manifestInfo struct {
-	kind         string
+	kind string
+	// artifactType is the manifest's artifactType, else its config media
+	// type (for records and messages); declaredType is the artifactType
+	// field alone.
 	artifactType string
+	declaredType string
 	platform     string
 	config       v1.Descriptor
 	layers       []v1.Descriptor
@@ -300,14 +358,12 @@ func parseManifest(s *Subject) (*manifestInfo, error) {
 			return nil, fmt.Errorf("parsing manifest: descriptor %d has no digest or a negative size", i)
 		}
 	}
-	at := string(m.Config.MediaType)
 	var a struct {
 		ArtifactType string `json:"artifactType"`
 	}
-	if json.Unmarshal(s.Manifest, &a) == nil && a.ArtifactType != "" {
-		at = a.ArtifactType
-	}
-	return &manifestInfo{kind: "image", artifactType: at, config: m.Config, layers: m.Layers}, nil
+	_ = json.Unmarshal(s.Manifest, &a)
+	return &manifestInfo{kind: "image", artifactType: cmp.Or(a.ArtifactType, string(m.Config.MediaType)), declaredType: a.ArtifactType,
+		config: m.Config, layers: m.Layers}, nil
 }
 
 // Check judges a manifest before it is served. It returns the verdict
@@ -316,7 +372,12 @@ func parseManifest(s *Subject) (*manifestInfo, error) {
 func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	if types.MediaType(s.MediaType).IsIndex() {
 		// Indexes are served; each platform manifest is judged when asked
-		// for, and may be admitted by its index's signature.
+		// for, and may be admitted by its index's signature. An index that
+		// also carries a config or layers could be read as an image by a
+		// lenient client: refuse it rather than serve it unjudged.
+		if err := checkIndex(s.Manifest); err != nil {
+			return nil, err
+		}
 		g.noteIndex(&s)
 		return &Verdict{Digest: s.Digest.String(), Admitted: true, Kind: "index", Reason: ReasonIndex, Message: "index"}, nil
 	}
@@ -325,7 +386,7 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	if rule.Mode != config.ModeOff {
 		dbv = g.scanner.DBVersion()
 	}
-	key := verdictKey(s.Digest.String(), rule.Hash, dbv)
+	key := verdictKey(&s, rule.Hash, dbv)
 	// The hot path: a manifest judged before costs a map lookup.
 	if v := g.cached(key); v != nil {
 		g.noteTag(&s)
@@ -336,17 +397,21 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	if err != nil {
 		return nil, err
 	}
-	info.platform = g.platform(s.Digest)
+	info.platform = g.platform(&s)
 	var v *Verdict
 	switch {
-	case g.isArtifact(info, &s):
+	case g.isArtifact(info):
 		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "artifact", Rule: rule.Name,
-			Reason: ReasonArtifact, Message: "non-image artifact (" + string(info.config.MediaType) + ") passed by media type", JudgedAt: g.now()}
+			Reason: ReasonArtifact, Message: "non-image artifact (" + info.artifactType + ") passed by media type", PolicyHash: rule.Hash, JudgedAt: g.now()}
 	case rule.Mode == config.ModeOff:
 		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name,
-			Reason: ReasonOff, Message: fmt.Sprintf("rule %q is off", rule.Name), JudgedAt: g.now()}
+			Reason: ReasonOff, Message: fmt.Sprintf("rule %q is off", rule.Name), PolicyHash: rule.Hash, JudgedAt: g.now()}
 	case dbv == "":
-		return g.failed(&s, info, rule, ErrNoDB)
+		return g.failed(&s, info, rule, dbv, ErrNoDB)
+	}
+	if err := g.failures.check(s.Upstream, s.Digest, g.now()); v == nil && err != nil {
+		metrics.ScanBackoffRefusals.Inc()
+		return g.failed(&s, info, rule, dbv, err)
 	}
 	if v != nil {
 		if err := g.store(key, &s, info, v); err != nil {
@@ -369,6 +434,7 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 		go func() {
 			defer g.wg.Done()
 			j.verdict, j.err = g.judge(context.WithoutCancel(ctx), s, info, rule, dbv, key)
+			g.failures.done(s.Upstream, s.Digest, j.err, g.now())
 			g.mu.Lock()
 			delete(g.jobs, key)
 			g.mu.Unlock()
@@ -387,7 +453,7 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 		return nil, ctx.Err()
 	}
 	if j.err != nil {
-		return g.failed(&s, info, rule, j.err)
+		return g.failed(&s, info, rule, dbv, j.err)
 	}
 	g.notePull(&s)
 	return g.deny(j.verdict, &s), nil
@@ -411,7 +477,7 @@ func ruleName(v *Verdict) string {
 
 // failed handles a scan that could not be made: an error (fail closed),
 // or, under a rule in audit mode, an admitted verdict that says why.
-func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, err error) (*Verdict, error) {
+func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, dbv string, err error) (*Verdict, error) {
 	var p *Pending
 	if errors.As(err, &p) {
 		return nil, err
@@ -419,27 +485,36 @@ func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, err err
 	if rule.Mode == config.ModeAudit {
 		g.log.Warn("scan failed; serving under audit mode", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", err)
 		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name, Reason: ReasonScanError,
-			Message: fmt.Sprintf("not scanned (%v); admitted because rule %q is in audit mode", err, rule.Name), JudgedAt: g.now()}
+			Message:    fmt.Sprintf("not scanned (%v); admitted because rule %q is in audit mode", err, rule.Name),
+			PolicyHash: rule.Hash, DBVersion: dbv, JudgedAt: g.now()}
 		g.record(s, info, v)
 		g.notePull(s)
 		return v, nil
 	}
 	g.log.Error("scan failed; image refused (fail closed)", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", err)
-	return nil, &ScanError{Rule: rule.Name, Err: err}
+	se := &ScanError{Rule: rule.Name, Err: err}
+	var be *BackoffError
+	if errors.As(err, &be) {
+		se.RetryAfter = be.RetryAfter
+	}
+	return nil, se
 }
 
 // isArtifact reports whether a manifest is a non-image artifact that passes
-// by media type: its config type, its artifactType, or — as cosign writes
-// legacy signatures, with an ordinary image config — all of its layers.
-func (g *Gate) isArtifact(info *manifestInfo, s *Subject) bool {
-	if g.pass[string(info.config.MediaType)] {
-		return true
+// unscanned. What a client can run decides, never a label: a manifest with
+// any layer of an image-layer media type is an image, whatever its
+// artifactType or config media type claim (containerd reads neither when it
+// unpacks; it parses the config blob as an image config whatever its media
+// type). Otherwise it passes when its config media type or artifactType is
+// on gate.passArtifactTypes, or, as cosign writes legacy signatures with an
+// ordinary image config, when every layer's media type is.
+func (g *Gate) isArtifact(info *manifestInfo) bool {
+	for _, l := range info.layers {
+		if IsImageLayer(string(l.MediaType)) {
+			return false
+		}
 	}
-	var m struct {
-		ArtifactType string `json:"artifactType"`
-	}
-	_ = json.Unmarshal(s.Manifest, &m)
-	if m.ArtifactType != "" && g.pass[m.ArtifactType] {
+	if g.pass[string(info.config.MediaType)] || (info.declaredType != "" && g.pass[info.declaredType]) {
 		return true
 	}
 	if len(info.layers) == 0 {
@@ -453,8 +528,24 @@ func (g *Gate) isArtifact(info *manifestInfo, s *Subject) bool {
 	return true
 }
 
-func verdictKey(dgst, policyHash, dbv string) string {
-	return dgst + "|" + policyHash + "|" + dbv
+// IsImageLayer reports whether a layer media type is one a container
+// runtime unpacks into a root filesystem: OCI image layers and Docker
+// rootfs diffs, in any compression or encryption, distributable or not
+// (application/vnd.oci.image.layer.*, application/vnd.docker.image.rootfs.*).
+// Media types are compared as clients do, ignoring case and parameters,
+// so no spelling of one slips through as an artifact.
+func IsImageLayer(mediaType string) bool {
+	mt, _, _ := strings.Cut(mediaType, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return strings.HasPrefix(mt, "application/vnd.oci.image.layer.") ||
+		strings.HasPrefix(mt, "application/vnd.docker.image.rootfs.")
+}
+
+// verdictKey binds a verdict to what produced it: the manifest, the
+// repository it was judged in (its signatures and its blob index entries
+// are that repository's), the rule and the DB.
+func verdictKey(s *Subject, policyHash, dbv string) string {
+	return s.Digest.String() + "|" + s.Upstream + "/" + s.Repo + "|" + policyHash + "|" + dbv
 }
 
 // cached returns a stored verdict that is still valid (an allowlist entry
@@ -507,7 +598,7 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			metrics.ScansQueued.Dec()
 		case <-g.closing:
 			metrics.ScansQueued.Dec()
-			return nil, errors.New("gatehouse is shutting down")
+			return nil, errShutdown
 		}
 		metrics.ScansInFlight.Inc()
 		ctx, cancel := context.WithCancel(ctx)
@@ -537,7 +628,7 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			var le *LimitError
 			if errors.As(serr, &le) {
 				metrics.ScanLimitsExceeded.WithLabelValues(le.Limit).Inc()
-				return g.overLimit(&s, info, rule, key, le), nil
+				return g.overLimit(&s, info, rule, key, dbv, le), nil
 			}
 			return nil, serr
 		}
@@ -546,24 +637,50 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			"layers", r.Layers, "layersAnalysed", r.LayersAnalysed, "duration", time.Since(start), "db", r.DBVersion)
 	}
 	sig := <-sigc
-	if !sig.failed {
-		rep.Signature = sig.res
-	}
 	if err := g.putReport(s.Digest.String(), rep); err != nil {
 		g.log.Error("storing scan report", "err", err)
 	}
-	if sig.failed {
+	v := g.decide(&s, info, rule, rep, sig.res)
+	if !sig.lasting() {
 		// Refuse this request, but judge again next time: an upstream
-		// outage must not become a lasting denial.
-		tmp := *rep
-		tmp.Signature = sig.res
-		return g.decide(&s, info, rule, &tmp), nil
+		// outage, or an index someone else published listing this image,
+		// must not become a lasting denial.
+		return v, nil
 	}
-	v := g.decide(&s, info, rule, rep)
+	if err := g.putSignature(&s, rule, sig.res); err != nil {
+		g.log.Error("storing signature result", "err", err)
+	}
 	if err := g.store(key, &s, info, v); err != nil {
 		g.log.Error("storing verdict", "err", err)
 	}
 	return v, nil
+}
+
+// signature returns the stored signature result of s under rule, or nil.
+func (g *Gate) signature(s *Subject, rule *policy.Rule) *SignatureResult {
+	var res *SignatureResult
+	_ = g.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketSignatures).Get(sigKey(s, rule)); b != nil {
+			var r SignatureResult
+			if json.Unmarshal(b, &r) == nil {
+				res = &r
+			}
+		}
+		return nil
+	})
+	return res
+}
+
+// putSignature stores a signature result of s under rule (nil: none).
+func (g *Gate) putSignature(s *Subject, rule *policy.Rule, res *SignatureResult) error {
+	if res == nil {
+		return nil
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	return g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSignatures).Put(sigKey(s, rule), b) })
 }
 
 // overLimit judges an image whose scan stopped at a layer past one of
@@ -572,10 +689,10 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 // the verdict is remembered in memory and a client retrying does not make
 // gatehouse read the bomb again; it is not stored on disk, so raising a
 // limit and restarting judges the image again.
-func (g *Gate) overLimit(s *Subject, info *manifestInfo, rule *policy.Rule, key string, le *LimitError) *Verdict {
+func (g *Gate) overLimit(s *Subject, info *manifestInfo, rule *policy.Rule, key, dbv string, le *LimitError) *Verdict {
 	why := "scan failed: " + le.Error()
 	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Kind: info.kind, Rule: rule.Name,
-		Reason: ReasonScanLimit, PolicyHash: rule.Hash, JudgedAt: g.now()}
+		Reason: ReasonScanLimit, PolicyHash: rule.Hash, DBVersion: dbv, JudgedAt: g.now()}
 	if rule.Mode == config.ModeAudit {
 		v.Admitted = true
 		v.Message = fmt.Sprintf("not scanned (%s); admitted because rule %q is in audit mode", why, rule.Name)
@@ -589,7 +706,9 @@ func (g *Gate) overLimit(s *Subject, info *manifestInfo, rule *policy.Rule, key 
 	return v
 }
 
-func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *storedReport) *Verdict {
+// decide applies rule to a scan report and a signature result (nil: not
+// checked).
+func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *storedReport, sig *SignatureResult) *Verdict {
 	findings := make([]policy.Finding, len(rep.Vulns))
 	for i, v := range rep.Vulns {
 		findings[i] = policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed}
@@ -605,7 +724,6 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *st
 	default:
 		v.Reason = ReasonClean
 	}
-	sig := rep.Signature
 	if sig == nil && rule.Signatures != nil {
 		// Never checked (a report made before the rule asked for it).
 		sig = &SignatureResult{Reason: "signature not verified"}
@@ -671,7 +789,7 @@ func (g *Gate) store(key string, s *Subject, info *manifestInfo, v *Verdict) err
 		if err := g.putImage(tx, s, info, v); err != nil {
 			return err
 		}
-		return setAllowed(tx, s.Digest.String(), info, v.Admitted)
+		return setBlobRefs(tx, s, info, v, v.PolicyHash, v.DBVersion)
 	})
 }
 
@@ -683,7 +801,7 @@ func (g *Gate) record(s *Subject, info *manifestInfo, v *Verdict) {
 		if err := g.putImage(tx, s, info, v); err != nil {
 			return err
 		}
-		return setAllowed(tx, s.Digest.String(), info, v.Admitted)
+		return setBlobRefs(tx, s, info, v, v.PolicyHash, v.DBVersion)
 	})
 	if err != nil {
 		g.log.Error("recording judged manifest", "err", err)
@@ -763,56 +881,4 @@ func (g *Gate) noteTag(s *Subject) {
 		rb, _ := json.Marshal(&rec)
 		return b.Put([]byte(s.Digest.String()), rb)
 	})
-}
-
-// setAllowed adds (or removes) manifest as a referrer of its config and
-// layers in the allowed-blobs index.
-func setAllowed(tx *bolt.Tx, manifest string, info *manifestInfo, admitted bool) error {
-	b := tx.Bucket(bucketAllowed)
-	blobs := []v1.Descriptor{info.config}
-	blobs = append(blobs, info.layers...)
-	for _, d := range blobs {
-		if d.Digest.Hex == "" {
-			continue
-		}
-		k := []byte(d.Digest.String())
-		var refs []string
-		if v := b.Get(k); v != nil {
-			_ = json.Unmarshal(v, &refs)
-		}
-		has := slices.Contains(refs, manifest)
-		switch {
-		case admitted && !has:
-			refs = append(refs, manifest)
-		case !admitted && has:
-			refs = slices.DeleteFunc(refs, func(s string) bool { return s == manifest })
-		default:
-			continue
-		}
-		if len(refs) == 0 {
-			if err := b.Delete(k); err != nil {
-				return err
-			}
-			continue
-		}
-		v, _ := json.Marshal(refs)
-		if err := b.Put(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// BlobAllowed reports whether a blob may be served: with gate.blobs
-// "admitted", only when an admitted manifest references it.
-func (g *Gate) BlobAllowed(ctx context.Context, dgst v1.Hash) (bool, error) {
-	if g.cfg.Blobs == "any" {
-		return true, nil
-	}
-	var ok bool
-	err := g.db.View(func(tx *bolt.Tx) error {
-		ok = tx.Bucket(bucketAllowed).Get([]byte(dgst.String())) != nil
-		return nil
-	})
-	return ok, err
 }

@@ -234,11 +234,11 @@ func TestVulnerableDeniedCleanAdmitted(t *testing.T) {
 	// Blobs: only those of the admitted image may be served.
 	var m v1.Manifest
 	json.Unmarshal(bad.Manifest, &m)
-	if ok, _ := f.g.BlobAllowed(context.Background(), m.Layers[0].Digest); ok {
+	if ok, _ := f.g.BlobAllowed(context.Background(), bad.Upstream, bad.Repo, m.Layers[0].Digest); ok {
 		t.Fatal("layer of a denied image allowed")
 	}
 	json.Unmarshal(good.Manifest, &m)
-	if ok, _ := f.g.BlobAllowed(context.Background(), m.Layers[0].Digest); !ok {
+	if ok, _ := f.g.BlobAllowed(context.Background(), good.Upstream, good.Repo, m.Layers[0].Digest); !ok {
 		t.Fatal("layer of an admitted image refused")
 	}
 	// The verdict is stored: no second scan.
@@ -324,7 +324,7 @@ func TestFailClosed(t *testing.T) {
 		}
 		var m v1.Manifest
 		json.Unmarshal(s.Manifest, &m)
-		if ok, _ := f.g.BlobAllowed(context.Background(), m.Layers[0].Digest); ok {
+		if ok, _ := f.g.BlobAllowed(context.Background(), s.Upstream, s.Repo, m.Layers[0].Digest); ok {
 			t.Fatal("blob of an unscanned image allowed")
 		}
 	})
@@ -421,7 +421,7 @@ func TestReevaluateFlipsVerdictWithoutLayers(t *testing.T) {
 	}
 	var m v1.Manifest
 	json.Unmarshal(s.Manifest, &m)
-	if ok, _ := f.g.BlobAllowed(context.Background(), m.Layers[0].Digest); ok {
+	if ok, _ := f.g.BlobAllowed(context.Background(), s.Upstream, s.Repo, m.Layers[0].Digest); ok {
 		t.Fatal("blobs of a now-denied image still allowed")
 	}
 }
@@ -518,7 +518,7 @@ func TestScanLimitDeniesFailClosed(t *testing.T) {
 		}
 		var m v1.Manifest
 		json.Unmarshal(s.Manifest, &m)
-		if ok, _ := f.g.BlobAllowed(context.Background(), m.Layers[0].Digest); ok {
+		if ok, _ := f.g.BlobAllowed(context.Background(), s.Upstream, s.Repo, m.Layers[0].Digest); ok {
 			t.Fatal("layer of an image over a scan limit allowed")
 		}
 		// A retrying client gets the same denial without another scan.
@@ -543,7 +543,7 @@ func TestScanLimitDeniesFailClosed(t *testing.T) {
 		}
 		var m v1.Manifest
 		json.Unmarshal(s.Manifest, &m)
-		if ok, _ := f.g.BlobAllowed(context.Background(), m.Layers[0].Digest); !ok {
+		if ok, _ := f.g.BlobAllowed(context.Background(), s.Upstream, s.Repo, m.Layers[0].Digest); !ok {
 			t.Fatal("layer of an image admitted in audit mode refused")
 		}
 	})

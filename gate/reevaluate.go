@@ -76,7 +76,7 @@ func (g *Gate) reevaluate(ctx context.Context, rec *ImageRecord, dbv string) (bo
 			return false, err
 		}
 		// The layers were scanned then; only detection ran again.
-		rep = &storedReport{Report: *r, ScannedAt: old.ScannedAt, Signature: old.Signature}
+		rep = &storedReport{Report: *r, ScannedAt: old.ScannedAt}
 		if err := g.putReport(rec.Digest, rep); err != nil {
 			return false, err
 		}
@@ -98,20 +98,26 @@ func (g *Gate) reevaluate(ctx context.Context, rec *ImageRecord, dbv string) (bo
 		info.layers = append(info.layers, v1.Descriptor{Digest: h, Size: l.Size})
 	}
 	rule := g.policy.Match(rec.Upstream, rec.Repo)
-	if rule.Signatures != nil && rep.Signature == nil {
-		sig := g.verifySignature(ctx, s, rule)
-		if sig.failed {
-			// No verdict: the next pull judges it again.
-			return false, fmt.Errorf("signature: %s", sig.res.Detail)
-		}
-		rep.Signature = sig.res
-		if err := g.putReport(rec.Digest, rep); err != nil {
-			return false, err
+	var sig *SignatureResult
+	if rule.Signatures != nil {
+		// Only a result verified in this repository against this rule's
+		// identities (its hash) counts; another rule's, or one verified
+		// before a key was rotated, is verified again.
+		if sig = g.signature(s, rule); sig == nil {
+			out := g.verifySignature(ctx, s, rule)
+			if !out.lasting() {
+				// No verdict: the next pull judges it again.
+				return false, fmt.Errorf("signature: %s %s", out.res.Reason, out.res.Detail)
+			}
+			sig = out.res
+			if err := g.putSignature(s, rule, sig); err != nil {
+				return false, err
+			}
 		}
 	}
-	v := g.decide(s, info, rule, rep)
+	v := g.decide(s, info, rule, rep, sig)
 	wasAdmitted := rec.Latest == nil || rec.Latest.Admitted
-	if err := g.store(verdictKey(rec.Digest, rule.Hash, rep.DBVersion), s, info, v); err != nil {
+	if err := g.store(verdictKey(s, rule.Hash, rep.DBVersion), s, info, v); err != nil {
 		return false, err
 	}
 	if wasAdmitted != v.Admitted {

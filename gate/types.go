@@ -166,6 +166,9 @@ func (p *Pending) Error() string {
 type ScanError struct {
 	Rule string
 	Err  error
+	// RetryAfter, when set, is when the scan will be tried again (the
+	// image's last scans failed; see BackoffError).
+	RetryAfter time.Duration
 }
 
 func (e *ScanError) Error() string {

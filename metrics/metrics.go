@@ -105,6 +105,15 @@ var (
 	// bombs, or limits set too low for real images. Each is a scan error too.
 	ScanLimitsExceeded = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "scan_limits_exceeded_total",
 		Help: "Scans stopped because a layer broke a gate.scanLimits limit (maxLayerSize, maxLayerFiles, maxImageSize); the image was refused unless its rule is in audit mode."}, []string{"limit"})
+	// ScanBackoffRefusals counts manifest requests answered from a
+	// remembered failed scan (back-off) instead of scanning again.
+	ScanBackoffRefusals = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "scan_backoff_refusals_total",
+		Help: "Manifest requests refused from a remembered failed scan of the same image, without scanning again (the failure is retried after a back-off)."})
+	// BlobsRefused counts blob requests the gate refused, by reason:
+	// not_admitted (no admitted image of the repository lists the blob) or
+	// denied_image (a denied image of the upstream lists it).
+	BlobsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "gate_blobs_refused_total",
+		Help: "Blob requests refused by the gate: not_admitted (no admitted image of the repository lists it) or denied_image (a denied image of the upstream lists it)."}, []string{"reason"})
 	// DBUpdates counts vulnerability DB update attempts by result.
 	DBUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "vulndb_updates_total",
 		Help: "Vulnerability DB update attempts by result (updated, current, error)."}, []string{"result"})
@@ -150,7 +159,10 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		GateDecisions, DenialStoreErrors, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
 		AuthFailures, AccessReloads,
 	}
-	cs = append(cs, ScanLimitsExceeded)
+	cs = append(cs, ScanLimitsExceeded, ScanBackoffRefusals, BlobsRefused)
+	for _, r := range []string{"not_admitted", "denied_image"} {
+		BlobsRefused.WithLabelValues(r)
+	}
 	if src.CacheUsage != nil {
 		cs = append(cs,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "cache_size_bytes", Help: "Bytes of cached blobs."},

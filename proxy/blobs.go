@@ -106,7 +106,7 @@ func (h *Handler) blobAllowed(ctx context.Context, rt *Route) *Error {
 	if h.gate == nil {
 		return nil
 	}
-	ok, err := h.gate.BlobAllowed(ctx, rt.Digest)
+	ok, err := h.gate.BlobAllowed(ctx, rt.Upstream.Name, rt.Repo, rt.Digest)
 	if err != nil {
 		return asError(err, CodeBlobUnknown)
 	}

@@ -219,7 +219,11 @@ func gateError(err error) *Error {
 	}
 	var se *gate.ScanError
 	if errors.As(err, &se) {
-		return &Error{Code: CodeUnavailable, Message: se.Error()}
+		e := &Error{Code: CodeUnavailable, Message: se.Error()}
+		if se.RetryAfter > 0 {
+			e.Header = http.Header{"Retry-After": {strconv.Itoa(int(se.RetryAfter.Seconds()) + 1)}}
+		}
+		return e
 	}
 	return asError(err, CodeManifestUnknown)
 }

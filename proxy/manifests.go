@@ -51,7 +51,8 @@ func (h *Handler) serveManifest(w http.ResponseWriter, r *http.Request, rt *Rout
 		if err != nil {
 			oe := gateError(err)
 			result := "error"
-			if oe.Header.Get("Retry-After") != "" {
+			var p *gate.Pending
+			if errors.As(err, &p) {
 				result = "pending"
 			}
 			metrics.GateDecisions.WithLabelValues(result, result, "").Inc()
@@ -282,6 +283,13 @@ func manifestMediaType(data []byte, contentType string) (string, *Error) {
 	isIndex := mt == MediaTypeOCIIndex || mt == MediaTypeDockerList
 	if isIndex && doc.Manifests == nil || !isIndex && doc.Config == nil {
 		return "", errorf(CodeManifestInvalid, "manifest content does not match its media type %s", mt)
+	}
+	// An index with image fields, or an image with children, is read one
+	// way by one client and the other way by another (containerd refuses
+	// both): the gate must not judge one reading while a client runs the
+	// other.
+	if isIndex && (doc.Config != nil || doc.Layers != nil) || !isIndex && doc.Manifests != nil {
+		return "", errorf(CodeManifestInvalid, "%s is ambiguous: it has both image fields (config, layers) and index fields (manifests)", mt)
 	}
 	if err := checkDescriptors(doc.Config, doc.Layers, doc.Manifests, isIndex); err != nil {
 		return "", errorf(CodeManifestInvalid, "upstream %s is malformed: %v", mt, err)

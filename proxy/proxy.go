@@ -35,8 +35,9 @@ type Gate interface {
 	// Check judges a manifest about to be served: a verdict, a
 	// *gate.Pending (retry later), or an error (fail closed).
 	Check(ctx context.Context, s gate.Subject) (*gate.Verdict, error)
-	// BlobAllowed reports whether a blob may be served.
-	BlobAllowed(ctx context.Context, dgst v1.Hash) (bool, error)
+	// BlobAllowed reports whether a blob may be served to a client of
+	// upstream/repo.
+	BlobAllowed(ctx context.Context, upstream, repo string, dgst v1.Hash) (bool, error)
 }
 
 var _ Gate = (*gate.Gate)(nil)

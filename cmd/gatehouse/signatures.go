@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -35,13 +34,11 @@ func signaturePolicies(cfg *config.Config) (map[string]*sign.Policy, error) {
 			p.Identities = append(p.Identities, sign.Identity{PublicKeyPEM: pem, Issuer: id.Issuer, Subject: id.Subject,
 				IssuerRegexp: id.IssuerRegexp, SubjectRegexp: id.SubjectRegexp})
 		}
-		if s.TrustedRoot != "" {
-			b, err := os.ReadFile(s.TrustedRoot)
-			if err != nil {
-				return nil, fmt.Errorf("%s.trustedRoot: %w", field, err)
-			}
-			p.TrustedRoot = b
+		b, err := s.TrustedRootJSON()
+		if err != nil {
+			return nil, fmt.Errorf("%s.trustedRoot: %w", field, err)
 		}
+		p.TrustedRoot = b
 		if err := p.Validate(); err != nil {
 			return nil, fmt.Errorf("%s: %w", field, err)
 		}

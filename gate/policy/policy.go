@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -27,24 +29,59 @@ type Finding struct {
 // Rule is a configured rule with the hash that keys its verdicts.
 type Rule struct {
 	config.Rule
-	// Hash changes whenever anything that affects a decision changes.
+	// Hash changes whenever anything that affects a decision changes: the
+	// rule's fields, the trusted keys' bytes and trusted root's content
+	// (not just their file names), and the gate's passArtifactTypes.
 	Hash string
 }
 
 // Policy matches repositories to rules.
 type Policy struct {
 	rules []*Rule
+	def   *Rule // the built-in default rule, hashed like the others
 }
 
-// New builds the policy from validated rules (config.Finish has run).
-func New(rules []config.Rule) *Policy {
-	p := &Policy{}
+// New builds the policy from validated rules (config.Finish has run);
+// passTypes are gate.passArtifactTypes, which decide what passes unscanned
+// and so are part of every rule's hash.
+func New(rules []config.Rule, passTypes ...string) *Policy {
+	p := &Policy{def: newRule(config.DefaultRule(), passTypes)}
 	for _, r := range rules {
-		b, _ := json.Marshal(r)
-		sum := sha256.Sum256(b)
-		p.rules = append(p.rules, &Rule{Rule: r, Hash: hex.EncodeToString(sum[:8])})
+		p.rules = append(p.rules, newRule(r, passTypes))
 	}
 	return p
+}
+
+func newRule(r config.Rule, passTypes []string) *Rule {
+	h := sha256.New()
+	b, _ := json.Marshal(r)
+	h.Write(b)
+	pass := slices.Clone(passTypes)
+	slices.Sort(pass)
+	b, _ = json.Marshal(pass)
+	h.Write(b)
+	if s := r.Signatures; s != nil {
+		// What was loaded, not where from: replacing a key file or the
+		// trusted root (and restarting) judges every image again. A read
+		// error is hashed too; the verifier refuses such a rule anyway.
+		for _, id := range s.Identities {
+			pem, err := id.PublicKeyPEM()
+			writeMaterial(h, "key", pem, err)
+		}
+		root, err := s.TrustedRootJSON()
+		writeMaterial(h, "root", root, err)
+	}
+	return &Rule{Rule: r, Hash: hex.EncodeToString(h.Sum(nil)[:8])}
+}
+
+// writeMaterial adds one loaded file's digest (or its read error) to h.
+func writeMaterial(h hash.Hash, what string, b []byte, err error) {
+	if err != nil {
+		fmt.Fprintf(h, "\x00%s-error:%v", what, err)
+		return
+	}
+	sum := sha256.Sum256(b)
+	fmt.Fprintf(h, "\x00%s:%x", what, sum)
 }
 
 // Rules returns the rules in configuration order.
@@ -64,12 +101,10 @@ func (p *Policy) Match(upstream, repo string) *Rule {
 		}
 	}
 	if best == nil {
-		return defaultRule
+		return p.def
 	}
 	return best
 }
-
-var defaultRule = New([]config.Rule{config.DefaultRule()}).rules[0]
 
 func (r *Rule) score(upstream, repo string) (int, bool) {
 	score := 0
