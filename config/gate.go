@@ -24,7 +24,10 @@ type Gate struct {
 	Blobs string `yaml:"blobs"`
 	// PassArtifactTypes are config media types / artifact types of
 	// non-image artifacts (signatures, SBOMs, attestations, Helm charts)
-	// that are served without a scan. Default: see DefaultPassArtifactTypes.
+	// that are served without a scan. They never exempt a manifest with an
+	// image layer (OCI or Docker layer media type): that is an image,
+	// whatever it is labelled. Part of every rule's hash. Default: see
+	// DefaultPassArtifactTypes.
 	PassArtifactTypes []string `yaml:"passArtifactTypes"`
 	// ScanConcurrency bounds concurrent scans. Default 2.
 	ScanConcurrency int `yaml:"scanConcurrency"`

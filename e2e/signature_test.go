@@ -282,6 +282,37 @@ func TestSignature(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("key rotation", func(t *testing.T) {
+		// The operator replaces the key file (same path) and restarts: the
+		// rule's hash covers the key's bytes, so the image signed with the
+		// old key is judged again and refused, blobs included.
+		layer := reg.Content(t, signed.Repo, signed.Digest, nil)
+		if err := os.WriteFile(pubPath, untrusted.pubPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		gh.Restart(t)
+		res := ctrd.Pull(t, signed.Ref(reg.Host), PullOptions{})
+		if res.Err == nil {
+			t.Fatalf("ctr pulled %s, signed with the key that was replaced", signed.Ref(reg.Host))
+		}
+		if out := res.Output(); !strings.Contains(out, "signature required: "+reasonUntrusted) {
+			t.Errorf("ctr's output does not name the untrusted signer:\n%s", out)
+		}
+		for d, o := range layer {
+			if !strings.HasPrefix(o.Kind, "layer") {
+				continue
+			}
+			if get := gh.Do(t, http.MethodGet, "/v2/"+signed.Repo+"/blobs/"+d+ns); get.Status != http.StatusForbidden {
+				t.Errorf("GET layer %s of the image signed with the replaced key: %s; want 403", d, get)
+			}
+		}
+		if err := os.WriteFile(pubPath, trusted.pubPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		gh.Restart(t)
+		ctrd.MustPull(t, signed.Ref(reg.Host), PullOptions{})
+	})
 }
 
 // cleanImage is scantest's clean Alpine image with one more layer naming
