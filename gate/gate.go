@@ -185,7 +185,7 @@ type sigOutcome struct {
 	viaIndex bool
 }
 
-// lasting reports whether a verdict made with this outcome may be stored.
+// lasting reports whether a denial made with this outcome may be stored.
 func (o sigOutcome) lasting() bool {
 	return !o.failed && (!o.viaIndex || o.res == nil || o.res.Verified)
 }
@@ -208,7 +208,10 @@ func (g *Gate) verifySignature(ctx context.Context, s *Subject, rule *policy.Rul
 		result = "not_verified"
 	}
 	metrics.SignatureVerifications.WithLabelValues(result).Inc()
-	return sigOutcome{res: res, viaIndex: parent != nil && allowIndexSignature(rule)}
+	// With index signatures allowed, an image not verified may still be
+	// admitted by an index listing it, seen later or not known now (after a
+	// restart, or pulled by digest): the result depends on the index.
+	return sigOutcome{res: res, viaIndex: allowIndexSignature(rule)}
 }
 
 func allowIndexSignature(rule *policy.Rule) bool {
@@ -246,6 +249,8 @@ type LayerRef struct {
 	Digest    string `json:"digest"`
 	Size      int64  `json:"size"`
 	MediaType string `json:"mediaType"`
+	// DiffID is the digest of the uncompressed layer the config declares.
+	DiffID string `json:"diffID,omitempty"`
 }
 
 // New opens the verdict database and returns the gate.
@@ -266,8 +271,12 @@ func New(opts Options) (*Gate, error) {
 				return err
 			}
 		}
-		if tx.Bucket(bucketAllowedV1) != nil {
-			return tx.DeleteBucket(bucketAllowedV1)
+		for _, b := range oldBlobBuckets {
+			if tx.Bucket(b) != nil {
+				if err := tx.DeleteBucket(b); err != nil {
+					return err
+				}
+			}
 		}
 		return nil
 	}); err != nil {
@@ -342,8 +351,10 @@ type manifestInfo struct {
 	artifactType string
 	declaredType string
 	platform     string
-	config       v1.Descriptor
-	layers       []v1.Descriptor
+	// diffIDs are the config's rootfs.diff_ids, one per layer, once read.
+	diffIDs []v1.Hash
+	config  v1.Descriptor
+	layers  []v1.Descriptor
 }
 
 func parseManifest(s *Subject) (*manifestInfo, error) {
@@ -588,6 +599,10 @@ func (g *Gate) remember(key string, v *Verdict) {
 
 // judge scans (or reuses a report made with the same DB) and decides.
 func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *policy.Rule, dbv, key string) (*Verdict, error) {
+	img := newImage(ctx, g.blobs, &s, info)
+	if err := readConfig(img, info); err != nil {
+		return nil, err
+	}
 	rep, err := g.report(s.Digest.String(), dbv)
 	sigc := make(chan sigOutcome, 1)
 	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
@@ -610,14 +625,7 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			}
 		}()
 		start := time.Now()
-		img := newImage(ctx, g.blobs, &s, info)
-		r, serr := g.scanner.Scan(ctx, img, s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
-		if serr == nil && info.platform == "" {
-			// The scan has just read the config through the cache.
-			if cf, err := img.ConfigFile(); err == nil {
-				info.platform = platformString(cf.OS, cf.Architecture, cf.Variant)
-			}
-		}
+		r, serr := g.scanner.Scan(ctx, newImage(ctx, g.blobs, &s, info), s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
 		cancel()
 		<-g.sem
 		metrics.ScansInFlight.Dec()
@@ -641,14 +649,16 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		g.log.Error("storing scan report", "err", err)
 	}
 	v := g.decide(&s, info, rule, rep, sig.res)
-	if !sig.lasting() {
+	if !sig.lasting() && !v.Admitted {
 		// Refuse this request, but judge again next time: an upstream
-		// outage, or an index someone else published listing this image,
-		// must not become a lasting denial.
+		// outage, or an index not seen (yet), must not become a lasting
+		// denial.
 		return v, nil
 	}
-	if err := g.putSignature(&s, rule, sig.res); err != nil {
-		g.log.Error("storing signature result", "err", err)
+	if sig.lasting() {
+		if err := g.putSignature(&s, rule, sig.res); err != nil {
+			g.log.Error("storing signature result", "err", err)
+		}
 	}
 	if err := g.store(key, &s, info, v); err != nil {
 		g.log.Error("storing verdict", "err", err)
@@ -681,6 +691,26 @@ func (g *Gate) putSignature(s *Subject, rule *policy.Rule, res *SignatureResult)
 		return err
 	}
 	return g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSignatures).Put(sigKey(s, rule), b) })
+}
+
+// readConfig reads an image's config and checks it against the manifest:
+// a runtime unpacks layer i and checks it against rootfs.diff_ids[i], and
+// refuses an image whose counts differ (containerd: "mismatched image
+// rootfs and manifest layers"). Such an image is refused here too, before
+// a scan that would read only the layers the config names.
+func readConfig(img v1.Image, info *manifestInfo) error {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return fmt.Errorf("reading the image config: %w", err)
+	}
+	if n := len(cf.RootFS.DiffIDs); n != len(info.layers) {
+		return fmt.Errorf("the manifest lists %d layers but its config declares %d (rootfs.diff_ids): no runtime unpacks it", len(info.layers), n)
+	}
+	info.diffIDs = cf.RootFS.DiffIDs
+	if info.platform == "" {
+		info.platform = platformString(cf.OS, cf.Architecture, cf.Variant)
+	}
+	return nil
 }
 
 // overLimit judges an image whose scan stopped at a layer past one of
@@ -821,6 +851,11 @@ func (g *Gate) putImage(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict)
 			Config: info.config.Digest.String(), FirstSeen: g.now(), Tags: []string{}}
 		for _, l := range info.layers {
 			rec.Layers = append(rec.Layers, LayerRef{Digest: l.Digest.String(), Size: l.Size, MediaType: string(l.MediaType)})
+		}
+	}
+	for i := range rec.Layers {
+		if rec.Layers[i].DiffID == "" && i < len(info.diffIDs) && len(info.diffIDs) == len(rec.Layers) {
+			rec.Layers[i].DiffID = info.diffIDs[i].String()
 		}
 	}
 	if s.Tag != "" && !slices.Contains(rec.Tags, s.Tag) {

@@ -1,10 +1,12 @@
 package gate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,11 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate/policy"
@@ -194,18 +201,10 @@ func TestArtifactDoesNotOpenDeniedLayers(t *testing.T) {
 	if f.blobOK(t, "elsewhere/x", sbomBlob) {
 		t.Error("an artifact's blob served through another repository")
 	}
-	// An admitted image sharing a blob with the denied one (the layer above
-	// it fixes the package) gets it in its own repository; other
+	// An admitted image built on the denied one's first layer (the layer
+	// above it fixes the package) gets it in its own repository; other
 	// repositories still do not.
-	var badm v1.Manifest
-	json.Unmarshal(bad.Manifest, &badm)
-	shared := f.image(t, "team/fixed")
-	var m map[string]any
-	json.Unmarshal(shared.Manifest, &m)
-	l0 := m["layers"].([]any)[0].(map[string]any)
-	l0["digest"], l0["size"] = layers[0].String(), badm.Layers[0].Size
-	shared.Manifest, _ = json.Marshal(m)
-	shared.Digest, _, _ = v1.SHA256(strings.NewReader(string(shared.Manifest)))
+	shared := f.imageOn(t, "team/fixed", bad, 0)
 	if v, err := f.g.Check(context.Background(), shared); err != nil || !v.Admitted {
 		t.Fatalf("image sharing the layer: %+v %v", v, err)
 	}
@@ -214,6 +213,83 @@ func TestArtifactDoesNotOpenDeniedLayers(t *testing.T) {
 	}
 	if f.blobOK(t, "evil/sbom", layers[0]) {
 		t.Error("the denied image's layer served through another repository")
+	}
+}
+
+// imageOn builds an image in repo on layer i of base's image (config
+// diff_ids right), with one layer of its own.
+func (f *fixture) imageOn(t *testing.T, repo string, base Subject, i int) Subject {
+	t.Helper()
+	layer := f.layerOf(t, base, i)
+	own, err := random.Layer(500, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer, own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.blobs.add(img)
+	raw, _ := img.RawManifest()
+	d, _ := img.Digest()
+	mt, _ := img.MediaType()
+	return Subject{Upstream: "up.example", Repo: repo, Tag: "v1", Digest: d, MediaType: string(mt), Manifest: raw}
+}
+
+// layerOf returns layer i of a fixture image, from the fixture's blobs.
+func (f *fixture) layerOf(t *testing.T, s Subject, i int) v1.Layer {
+	t.Helper()
+	d := layerDigests(t, s)[i]
+	f.blobs.mu.Lock()
+	b := f.blobs.blobs[d]
+	f.blobs.mu.Unlock()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ld, _ := l.Digest(); ld != d {
+		t.Fatalf("layer %d rebuilt as %s, want %s", i, ld, d)
+	}
+	return l
+}
+
+// An image may not list a denied image's layer under another diffID: a
+// scan skips a layer whose declared diffID it has analysed before, so such
+// an image is admitted without the layer being read; the layer stays
+// refused. And an image whose config does not declare one diffID per
+// layer is not judged at all (no runtime unpacks it).
+func TestLayerClaimedUnderAnotherDiffID(t *testing.T) {
+	f := newFixture(t, policyYAML)
+	f.scanner.vulns["up.example/team/bad"] = []Vuln{critical}
+	bad := f.image(t, "team/bad")
+	if v, _ := f.g.Check(context.Background(), bad); v == nil || v.Admitted {
+		t.Fatal("vulnerable image admitted")
+	}
+	denied := layerDigests(t, bad)[0]
+	// evil/y: a clean image whose first layer entry is swapped for the
+	// denied layer, its config still naming the clean layer's diffID.
+	evil := f.image(t, "evil/y")
+	var m map[string]any
+	json.Unmarshal(evil.Manifest, &m)
+	var badm v1.Manifest
+	json.Unmarshal(bad.Manifest, &badm)
+	l0 := m["layers"].([]any)[0].(map[string]any)
+	l0["digest"], l0["size"] = denied.String(), badm.Layers[0].Size
+	evil.Manifest, _ = json.Marshal(m)
+	evil.Digest, _, _ = v1.SHA256(bytes.NewReader(evil.Manifest))
+	if v, err := f.g.Check(context.Background(), evil); err != nil || !v.Admitted {
+		t.Fatalf("the fake scanner reads no diffIDs, so evil/y is admitted here: %+v %v", v, err)
+	}
+	if f.blobOK(t, "evil/y", denied) {
+		t.Fatal("a denied image's layer served through an image that lists it under another diffID")
+	}
+	// One layer more than the config declares: refused, nothing opened.
+	json.Unmarshal(evil.Manifest, &m)
+	m["layers"] = append(m["layers"].([]any), map[string]any{"mediaType": string(types.OCILayer), "digest": denied.String(), "size": badm.Layers[0].Size})
+	evil.Manifest, _ = json.Marshal(m)
+	evil.Digest, _, _ = v1.SHA256(bytes.NewReader(evil.Manifest))
+	if v, err := f.g.Check(context.Background(), evil); err == nil || !strings.Contains(err.Error(), "rootfs.diff_ids") {
+		t.Fatalf("a manifest with more layers than diff_ids: %+v %v", v, err)
 	}
 }
 
@@ -512,5 +588,69 @@ func TestAmbiguousIndexRefused(t *testing.T) {
 		Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("9", 64)}}
 	if v, err := f.g.Check(context.Background(), idx); err == nil {
 		t.Fatalf("index with layers: %+v", v)
+	}
+}
+
+// An image whose signature is on an index not seen yet (a restart, a pull
+// by platform digest first) is not denied for good: the signed index,
+// once seen, admits it.
+func TestSignedIndexSeenLater(t *testing.T) {
+	sigs := newRuleSigs()
+	f := newFixtureWith(t, sigPolicy, sigs)
+	s := f.image(t, "signed/app")
+	if v, err := f.g.Check(context.Background(), s); err != nil || v.Admitted {
+		t.Fatalf("no index known, no signature: %+v %v", v, err)
+	}
+	idx := Subject{Upstream: "up.example", Repo: "signed/app", Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("a", 64)},
+		MediaType: "application/vnd.oci.image.index.v1+json",
+		Manifest:  []byte(`{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + s.Digest.String() + `","size":1}]}`)}
+	sigs.rules["signed@"+idx.Digest.String()] = &SignatureResult{Verified: true, Format: "bundle", Digest: idx.Digest.String()}
+	f.g.Check(context.Background(), idx)
+	if v, err := f.g.Check(context.Background(), s); err != nil || !v.Admitted {
+		t.Fatalf("after its signed index was seen: %+v %v", v, err)
+	}
+}
+
+// An image admitted in audit mode (or with optional signatures) whose
+// signature check depended on an index still opens its blobs.
+func TestAuditIndexChildBlobsServed(t *testing.T) {
+	sigs := newRuleSigs()
+	f := newFixtureWith(t, sigPolicy, sigs)
+	for _, repo := range []string{"audit/app", "optional/app"} {
+		s := f.image(t, repo)
+		idx := Subject{Upstream: "up.example", Repo: repo, Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("b", 64)},
+			MediaType: "application/vnd.oci.image.index.v1+json",
+			Manifest:  []byte(`{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + s.Digest.String() + `","size":1}]}`)}
+		f.g.Check(context.Background(), idx)
+		if v, err := f.g.Check(context.Background(), s); err != nil || !v.Admitted {
+			t.Fatalf("%s: %+v %v", repo, v, err)
+		}
+		if !f.blobOK(t, repo, layerDigests(t, s)[0]) {
+			t.Errorf("%s: the admitted platform manifest's layer refused", repo)
+		}
+	}
+}
+
+// A denial keeps counting after a DB update or a policy change, until the
+// denied image is judged again: neither reopens its layers to an artifact.
+func TestDenialOutlivesDBUpdate(t *testing.T) {
+	f := newFixture(t, policyYAML)
+	f.scanner.vulns["up.example/team/bad"] = []Vuln{critical}
+	bad := f.image(t, "team/bad")
+	f.g.Check(context.Background(), bad)
+	layer := layerDigests(t, bad)[0]
+	f.g.Check(context.Background(), artifactListing("evil/sbom", []v1.Hash{layer}))
+	f.scanner.mu.Lock()
+	f.scanner.db = "db-2"
+	f.scanner.mu.Unlock()
+	if f.blobOK(t, "evil/sbom", layer) {
+		t.Fatal("a denied image's layer served through an artifact after a DB update")
+	}
+	cfg, _ := config.Parse([]byte(strings.Replace(policyYAML, "block: [CRITICAL, HIGH]", "block: [HIGH]", 1)))
+	f.g.Close()
+	f.open(t, cfg)
+	f.g.Check(context.Background(), artifactListing("evil/sbom", []v1.Hash{layer}))
+	if f.blobOK(t, "evil/sbom", layer) {
+		t.Fatal("a denied image's layer served through an artifact after a policy change")
 	}
 }

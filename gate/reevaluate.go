@@ -7,6 +7,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatehouse/gatehouse/config"
 )
 
 // Reevaluation summarises a Reevaluate run.
@@ -96,6 +98,12 @@ func (g *Gate) reevaluate(ctx context.Context, rec *ImageRecord, dbv string) (bo
 			return false, fmt.Errorf("stored layer digest: %w", err)
 		}
 		info.layers = append(info.layers, v1.Descriptor{Digest: h, Size: l.Size})
+		if d, err := v1.NewHash(l.DiffID); err == nil {
+			info.diffIDs = append(info.diffIDs, d)
+		}
+	}
+	if len(info.diffIDs) != len(info.layers) {
+		info.diffIDs = nil // a record of an earlier version
 	}
 	rule := g.policy.Match(rec.Upstream, rec.Repo)
 	var sig *SignatureResult
@@ -105,9 +113,14 @@ func (g *Gate) reevaluate(ctx context.Context, rec *ImageRecord, dbv string) (bo
 		// before a key was rotated, is verified again.
 		if sig = g.signature(s, rule); sig == nil {
 			out := g.verifySignature(ctx, s, rule)
-			if !out.lasting() {
+			if out.failed {
 				// No verdict: the next pull judges it again.
 				return false, fmt.Errorf("signature: %s %s", out.res.Reason, out.res.Detail)
+			}
+			if !out.lasting() && rule.Signatures.Required && rule.Mode != config.ModeAudit {
+				// Not verified, but an index may still admit it: no
+				// lasting denial; the next pull judges it again.
+				return false, nil
 			}
 			sig = out.res
 			if err := g.putSignature(s, rule, sig); err != nil {

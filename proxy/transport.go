@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,7 +25,7 @@ var errInProcessTooLarge = errors.New("response larger than 16 MiB for an in-pro
 // request's host is ignored.
 func (h *Handler) Transport(up string) http.RoundTripper {
 	return transportFunc(func(req *http.Request) (resp *http.Response, err error) {
-		r := req.Clone(req.Context())
+		r := req.Clone(context.WithValue(req.Context(), inProcessKey{}, true))
 		q := r.URL.Query()
 		if strings.HasPrefix(r.URL.Path, "/v2/") && r.URL.Path != "/v2/" {
 			q.Set("ns", up)
@@ -58,6 +59,12 @@ func (h *Handler) Transport(up string) http.RoundTripper {
 		}, nil
 	})
 }
+
+// inProcessKey marks a request made through Transport: the gate's own
+// signature verifier, whose reads never reach a client. It skips the blob
+// gate (gate.blobs), so that an image denied elsewhere that lists a
+// signature's blob cannot stop the verification of another image.
+type inProcessKey struct{}
 
 type transportFunc func(*http.Request) (*http.Response, error)
 
