@@ -17,14 +17,19 @@ import (
 	"github.com/gatehouse/gatehouse/metrics"
 )
 
-// Source opens the upstream body of a blob and says how long it is (-1 when
-// upstream did not say). It is called once per fetch, with a context that
-// outlives the request that started the fetch.
-type Source func(ctx context.Context) (body io.ReadCloser, size int64, err error)
+// Source opens the upstream body of a blob from byte off on: 0 for a
+// fetch's first request, the number of bytes already received when the
+// fetch resumes a body that went silent or broke off. It returns the body,
+// the byte of the blob the body starts at (off, or 0 when upstream ignored
+// the range and sent the whole blob: the store skips what it has) and the
+// whole blob's size (-1 when upstream did not say). Each call gets a
+// context of its own, which outlives the client request that started the
+// fetch and ends when the store gives up on that body.
+type Source func(ctx context.Context, off int64) (body io.ReadCloser, start, size int64, err error)
 
 // ErrDigestMismatch and ErrSizeMismatch are the verification failures of a
-// fetch, ErrStalled the end of one whose upstream went silent; the blob is
-// never kept.
+// fetch, ErrStalled the end of one whose upstream went silent and stayed
+// silent however often it was resumed; the blob is never kept.
 var (
 	ErrDigestMismatch = errors.New("upstream sent content that does not match the digest")
 	ErrSizeMismatch   = errors.New("upstream sent a different number of bytes than it announced")
@@ -32,8 +37,8 @@ var (
 	errClosing        = errors.New("gatehouse is shutting down")
 )
 
-// DefaultStallTimeout aborts a fetch whose upstream sends nothing for this
-// long.
+// DefaultStallTimeout aborts a fetch that receives no byte from upstream
+// for this long, resumes included.
 const DefaultStallTimeout = 2 * time.Minute
 
 // FetchStats counts what fetches did, for metrics and tests.
@@ -480,12 +485,26 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 	s.Evict(0)
 }
 
-// stallFor is how long a download from upstream may receive nothing.
+// stallFor is how long a download from upstream may receive no byte,
+// resumes included.
 func (s *Store) stallFor(upstream string) time.Duration {
 	if d := s.stallTimeouts[upstream]; d > 0 {
 		return d
 	}
 	return s.stallTimeout
+}
+
+// resumeFor is how long a download from upstream may receive nothing
+// before it is resumed: less than its stall timeout, or it never would be.
+func (s *Store) resumeFor(upstream string) time.Duration {
+	d := s.resumeAfter
+	if u := s.resumeAfters[upstream]; u > 0 {
+		d = u
+	}
+	if stall := s.stallFor(upstream); d >= stall {
+		d = stall / 2
+	}
+	return d
 }
 
 // chunk is one read from upstream on its way to the file and the hash.
@@ -498,18 +517,19 @@ type chunk struct {
 
 // newChunk takes a buffer from the store's budget, waiting while every
 // chunk of it is in use; it fails only when ctx ends. Waiting for a buffer
-// is not upstream's silence: the stall timer is paused meanwhile.
-func (s *Store) newChunk(ctx context.Context, stall *time.Timer, stallAfter time.Duration) (*chunk, error) {
+// is not upstream's silence: pause(true) stops the download's timers
+// meanwhile and pause(false) starts them again.
+func (s *Store) newChunk(ctx context.Context, pause func(bool)) (*chunk, error) {
 	select {
 	case s.chunks <- struct{}{}:
 	default:
-		stall.Stop()
+		pause(true)
 		select {
 		case s.chunks <- struct{}{}:
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		}
-		stall.Reset(stallAfter)
+		pause(false)
 	}
 	return &chunk{buf: bufPool.Get().(*[]byte), budget: s.chunks}, nil
 }
@@ -549,13 +569,16 @@ const pipelineDepth = 4
 // download copies upstream's body to the partial file and hashes it. The
 // three jobs run side by side, each on its own goroutine, so that a cold
 // blob moves as fast as the slowest of them rather than their sum; readers
-// see each chunk once it is in the file.
+// see each chunk once it is in the file. A body that goes silent or breaks
+// off is resumed from the bytes received (see transfer); the hash runs over
+// every byte in order, so the digest is verified end to end all the same.
 func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source, stall *time.Timer, stallAfter time.Duration) error {
-	body, size, err := src(ctx)
+	t := &transfer{s: s, f: f, src: src, stall: stall, stallAfter: stallAfter, resumeAfter: s.resumeFor(f.upstream)}
+	size, err := t.open(ctx, 0, true)
 	if err != nil {
 		return err
 	}
-	defer body.Close()
+	t.size = size
 	f.size = size
 	close(f.ready)
 
@@ -588,7 +611,7 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 		}
 	}()
 
-	rerr := s.readBody(ctx, f, body, size, stall, stallAfter, toHash, toFile)
+	rerr := t.read(ctx, toHash, toFile)
 	close(toHash)
 	close(toFile)
 	wg.Wait()
@@ -604,45 +627,6 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 		return fmt.Errorf("%w: got sha256:%s", ErrDigestMismatch, got)
 	}
 	return nil
-}
-
-// readBody reads upstream's body into chunks for the writer and the hasher.
-// It stops early when the writer failed.
-func (s *Store) readBody(ctx context.Context, f *fetch, body io.Reader, size int64, stall *time.Timer, stallAfter time.Duration, toHash, toFile chan<- *chunk) error {
-	fetched := metrics.UpstreamBytes.WithLabelValues(f.upstream)
-	var total int64
-	for {
-		c, err := s.newChunk(ctx, stall, stallAfter)
-		if err != nil {
-			return err
-		}
-		n, err := body.Read(*c.buf)
-		if n == 0 {
-			c.free()
-		} else {
-			stall.Reset(stallAfter)
-			total += int64(n)
-			if size >= 0 && total > size {
-				c.free()
-				return ErrSizeMismatch
-			}
-			s.fetchedBytes.Add(int64(n))
-			fetched.Add(float64(n))
-			c.n = n
-			c.refs.Store(2)
-			toHash <- c
-			toFile <- c
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if f.failed() {
-			return nil // the writer's error is reported
-		}
-	}
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}

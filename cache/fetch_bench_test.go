@@ -42,9 +42,9 @@ func BenchmarkColdFetch(b *testing.B) {
 			go func() { c.Write(data); c.Close() }()
 		}
 	}()
-	src := func(ctx context.Context) (io.ReadCloser, int64, error) {
+	src := func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
 		c, err := net.Dial("tcp", up.Addr().String())
-		return c, size, err
+		return c, 0, size, err
 	}
 	// Client: a listener that discards what it reads.
 	sink, err := net.Listen("tcp", "127.0.0.1:0")

@@ -93,7 +93,7 @@ func openPass(ctx context.Context, dgst v1.Hash, src Source, skip int64, stall t
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	watchdog := time.AfterFunc(stall, func() { cancel(ErrStalled) })
-	body, size, err := src(ctx)
+	body, _, size, err := src(ctx, 0) // from byte 0, so it starts there
 	if err != nil {
 		watchdog.Stop()
 		cancel(nil)

@@ -25,9 +25,9 @@ import (
 
 // countingSource serves data and counts how often upstream was asked.
 func countingSource(data []byte, calls *atomic.Int32) Source {
-	return func(ctx context.Context) (io.ReadCloser, int64, error) {
+	return func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
 		calls.Add(1)
-		return io.NopCloser(bytes.NewReader(data)), int64(len(data)), nil
+		return io.NopCloser(bytes.NewReader(data)), 0, int64(len(data)), nil
 	}
 }
 
@@ -168,8 +168,8 @@ func TestPassthroughVerifies(t *testing.T) {
 	bad[len(bad)/2] ^= 0xff
 	for name, body := range map[string][]byte{"corrupt": bad, "truncated": data[:len(data)-1]} {
 		t.Run(name, func(t *testing.T) {
-			src := func(ctx context.Context) (io.ReadCloser, int64, error) {
-				return io.NopCloser(bytes.NewReader(body)), int64(len(data)), nil
+			src := func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
+				return io.NopCloser(bytes.NewReader(body)), 0, int64(len(data)), nil
 			}
 			st := &Stream{dgst: d, src: src}
 			if err := st.Wait(context.Background()); err != nil {
@@ -221,12 +221,12 @@ func TestWriteFailureMidFetchStreamsThrough(t *testing.T) {
 	// join the fetch before the write fails.
 	gate := make(chan struct{})
 	var first atomic.Bool
-	src := func(ctx context.Context) (io.ReadCloser, int64, error) {
+	src := func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
 		calls.Add(1)
 		if first.CompareAndSwap(false, true) {
 			<-gate
 		}
-		return io.NopCloser(bytes.NewReader(data)), int64(len(data)), nil
+		return io.NopCloser(bytes.NewReader(data)), 0, int64(len(data)), nil
 	}
 	var streams []*Stream
 	for range 2 {

@@ -46,6 +46,13 @@ type Options struct {
 	StallTimeout time.Duration
 	// StallTimeouts overrides StallTimeout per upstream name.
 	StallTimeouts map[string]time.Duration
+	// ResumeAfter is how long a blob download may receive nothing before
+	// it is resumed from the bytes received, with a new request (a body
+	// that breaks off is resumed at once). Default DefaultResumeAfter; a
+	// value not below the stall timeout becomes half of it.
+	ResumeAfter time.Duration
+	// ResumeAfters overrides ResumeAfter per upstream name.
+	ResumeAfters map[string]time.Duration
 	// WriteRetryInterval is how long after a failed cache write (a full
 	// disk, a read-only directory) downloads bypass the cache before
 	// writing is tried again. Default DefaultWriteRetryInterval.
@@ -75,6 +82,8 @@ type Store struct {
 	fetchedBytes  atomic.Int64
 	stallTimeout  time.Duration
 	stallTimeouts map[string]time.Duration
+	resumeAfter   time.Duration
+	resumeAfters  map[string]time.Duration
 	chunks        chan struct{} // a token per chunk in use by any fetch
 	writeRetry    time.Duration
 	writeFailed   time.Time     // last failed cache write; guarded by mu
@@ -114,6 +123,8 @@ func Open(opts Options) (*Store, error) {
 
 		stallTimeout:  opts.StallTimeout,
 		stallTimeouts: opts.StallTimeouts,
+		resumeAfter:   opts.ResumeAfter,
+		resumeAfters:  opts.ResumeAfters,
 		chunks:        make(chan struct{}, cmp.Or(opts.maxChunks, DefaultMaxFetchChunks)),
 		writeRetry:    opts.WriteRetryInterval,
 	}
@@ -122,6 +133,18 @@ func Open(opts Options) (*Store, error) {
 	}
 	if s.stallTimeout <= 0 {
 		s.stallTimeout = DefaultStallTimeout
+	}
+	if s.resumeAfter <= 0 {
+		s.resumeAfter = DefaultResumeAfter
+	}
+	// The resume counts of every configured upstream exist (at 0) before
+	// the first resume.
+	for _, names := range []map[string]time.Duration{opts.StallTimeouts, opts.ResumeAfters} {
+		for up := range names {
+			for _, r := range []string{"ok", "failed"} {
+				metrics.BlobFetchResumes.WithLabelValues(up, r)
+			}
+		}
 	}
 	for _, d := range []string{s.dir, s.tmpDir(), filepath.Join(s.dir, "blobs", "sha256")} {
 		if err := os.MkdirAll(d, 0o750); err != nil {

@@ -36,9 +36,11 @@ func blob(n int, seed byte) ([]byte, v1.Hash) {
 	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
 }
 
+// source serves data from the byte asked for, as a registry answers a
+// Range request.
 func source(data []byte) Source {
-	return func(ctx context.Context) (io.ReadCloser, int64, error) {
-		return io.NopCloser(bytes.NewReader(data)), int64(len(data)), nil
+	return func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
+		return io.NopCloser(bytes.NewReader(data[off:])), off, int64(len(data)), nil
 	}
 }
 
@@ -143,10 +145,12 @@ func TestFailedFetchKeepsNothing(t *testing.T) {
 	bad := append(bytes.Clone(data[:999]), 'x')
 	for name, src := range map[string]Source{
 		"digest": source(bad),
-		"short": func(ctx context.Context) (io.ReadCloser, int64, error) {
-			return io.NopCloser(bytes.NewReader(data[:10])), 1000, nil
+		"short": func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
+			return io.NopCloser(bytes.NewReader(data[:10])), 0, 1000, nil
 		},
-		"upstream error": func(ctx context.Context) (io.ReadCloser, int64, error) { return nil, 0, errors.New("boom") },
+		"upstream error": func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
+			return nil, 0, 0, errors.New("boom")
+		},
 	} {
 		st, err := s.Fetch(context.Background(), d, "up", src)
 		if err != nil {
@@ -191,14 +195,14 @@ func TestStalledUpstreamFailsFetch(t *testing.T) {
 // stallingSource sends head and then nothing, until the fetch's context
 // ends; it announces size bytes.
 func stallingSource(head []byte, size int64) Source {
-	return func(ctx context.Context) (io.ReadCloser, int64, error) {
+	return func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
 		pr, pw := io.Pipe()
 		go func() {
 			pw.Write(head)
 			<-ctx.Done()
 			pw.CloseWithError(ctx.Err())
 		}()
-		return pr, size, nil
+		return pr, 0, size, nil
 	}
 }
 
@@ -279,7 +283,7 @@ func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
 	var once sync.Once
 	unblock := func() { once.Do(func() { close(release) }) }
 	defer unblock() // before s.Close, which waits for the fetch
-	st, err := s.Fetch(context.Background(), d, "up", func(ctx context.Context) (io.ReadCloser, int64, error) {
+	st, err := s.Fetch(context.Background(), d, "up", func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
 		pr, pw := io.Pipe()
 		go func() {
 			pw.Write(data[:1<<20])
@@ -287,7 +291,7 @@ func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
 			pw.Write(data[1<<20:])
 			pw.Close()
 		}()
-		return pr, int64(len(data)), nil
+		return pr, 0, int64(len(data)), nil
 	})
 	if err != nil {
 		t.Fatal(err)

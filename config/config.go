@@ -166,11 +166,20 @@ type Upstream struct {
 	ConnectTimeout Duration `yaml:"connectTimeout"`
 	// ResponseHeaderTimeout bounds the wait for response headers. Default 30s.
 	ResponseHeaderTimeout Duration `yaml:"responseHeaderTimeout"`
-	// StallTimeout ends a blob download from this upstream that has sent no
-	// bytes for this long: its clients see a failed transfer (they retry)
-	// and nothing is cached. Raise it for a registry that pauses long in
-	// mid-transfer. Default 2m.
+	// StallTimeout ends a blob download from this upstream that has
+	// received no bytes for this long, resumes included: its clients see a
+	// failed transfer (they retry) and nothing is cached. Raise it for a
+	// registry that pauses long in mid-transfer. Default 2m.
 	StallTimeout Duration `yaml:"stallTimeout"`
+	// ResumeAfter is how long a blob download from this upstream may
+	// receive nothing before gatehouse gives up that connection and asks
+	// for the rest of the blob (`Range: bytes=N-`) on a new one; a body
+	// that breaks off (a reset, a truncated body) is resumed at once. Each
+	// resume in a row that brings nothing waits twice as long as the one
+	// before, and after 4 the download fails. It must be shorter than
+	// stallTimeout. Default 5s, or half of stallTimeout when that is 10s
+	// or less.
+	ResumeAfter Duration `yaml:"resumeAfter"`
 	// Retries is how many times a request that failed to connect or got a
 	// 5xx is retried (with backoff) before anything reached the client.
 	// Default 2; 0 via "retries: 0" is honoured only when set explicitly.
@@ -417,7 +426,7 @@ func (u *Upstream) finish(field string) []error {
 			bad(name, "%v", err)
 		}
 	}
-	for name, d := range map[string]Duration{"connectTimeout": u.ConnectTimeout, "responseHeaderTimeout": u.ResponseHeaderTimeout, "stallTimeout": u.StallTimeout} {
+	for name, d := range map[string]Duration{"connectTimeout": u.ConnectTimeout, "responseHeaderTimeout": u.ResponseHeaderTimeout, "stallTimeout": u.StallTimeout, "resumeAfter": u.ResumeAfter} {
 		if d < 0 {
 			bad(name, "must not be negative (0 means the default)")
 		}
@@ -425,6 +434,10 @@ func (u *Upstream) finish(field string) []error {
 	setDur(&u.ConnectTimeout, 10*time.Second)
 	setDur(&u.ResponseHeaderTimeout, 30*time.Second)
 	setDur(&u.StallTimeout, 2*time.Minute)
+	if u.ResumeAfter > 0 && u.ResumeAfter >= u.StallTimeout {
+		bad("resumeAfter", "must be shorter than stallTimeout (%s)", time.Duration(u.StallTimeout))
+	}
+	setDur(&u.ResumeAfter, min(5*time.Second, u.StallTimeout.D()/2))
 	if u.Retries == nil {
 		n := 2
 		u.Retries = &n

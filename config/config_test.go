@@ -78,6 +78,9 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"upstreams: [{name: a.io, retries: 99}]", "upstreams[0].retries"},
 		{"upstreams: [{name: a.io, maxConcurrentFetches: -1}]", "upstreams[0].maxConcurrentFetches"},
 		{"upstreams: [{name: a.io, stallTimeout: -1s}]", "upstreams[0].stallTimeout"},
+		{"upstreams: [{name: a.io, resumeAfter: -1s}]", "upstreams[0].resumeAfter"},
+		{"upstreams: [{name: a.io, resumeAfter: 2m}]", "upstreams[0].resumeAfter"},
+		{"upstreams: [{name: a.io, stallTimeout: 10s, resumeAfter: 20s}]", "upstreams[0].resumeAfter"},
 		{"upstreams: [{name: a.io, connectTimeout: -5s}]", "upstreams[0].connectTimeout"},
 		{"upstreams: [{name: a.io, caFile: /does/not/exist}]", "upstreams[0].caFile"},
 		{"upstreams: [{name: a.io}, {name: A.io}]", "upstreams[1]"},
@@ -91,6 +94,28 @@ func TestErrorsNameTheField(t *testing.T) {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.field) {
 			t.Errorf("%q: error %v does not name %s", tc.yaml, err, tc.field)
+		}
+	}
+}
+
+// resumeAfter defaults to 5s, and to half of a stallTimeout of 10s or
+// less, so that a resume comes before the download fails.
+func TestResumeAfterDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want time.Duration
+	}{
+		{"upstreams: [{name: a.io}]", 5 * time.Second},
+		{"upstreams: [{name: a.io, stallTimeout: 4s}]", 2 * time.Second},
+		{"upstreams: [{name: a.io, resumeAfter: 1s}]", time.Second},
+		{"upstreams: [{name: a.io, stallTimeout: 4s, resumeAfter: 3s}]", 3 * time.Second},
+	} {
+		cfg, err := Parse([]byte(tc.yaml))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		if got := cfg.Upstreams[0].ResumeAfter.D(); got != tc.want {
+			t.Errorf("%q: resumeAfter %v, want %v", tc.yaml, got, tc.want)
 		}
 	}
 }

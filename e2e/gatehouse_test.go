@@ -29,6 +29,10 @@ type GatehouseUpstream struct {
 	TagTTL   string   `yaml:"tagTTL,omitempty"`
 	Username string   `yaml:"username,omitempty"`
 	Password string   `yaml:"password,omitempty"`
+	// StallTimeout and ResumeAfter are durations ("2m", "1s"); empty:
+	// gatehouse's defaults.
+	StallTimeout string `yaml:"stallTimeout,omitempty"`
+	ResumeAfter  string `yaml:"resumeAfter,omitempty"`
 }
 
 // GatehouseConfig is what a test chooses of gatehouse's config; the harness

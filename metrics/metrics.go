@@ -75,6 +75,12 @@ var (
 		Help: "Blob requests that joined an upstream fetch already under way instead of starting one."})
 	FetchesFailed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_failed_total",
 		Help: "Upstream blob fetches that failed (error, digest or size mismatch, stall); nothing was cached."})
+	// BlobFetchResumes counts blob downloads resumed from the bytes
+	// received, after their upstream went silent for resumeAfter or broke
+	// off, by upstream and result: ok (the new request brought new bytes)
+	// or failed (it did not; the fetch resumes again or fails).
+	BlobFetchResumes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetch_resumes_total",
+		Help: "Upstream blob downloads resumed with a Range request after the body went silent or broke off, by upstream and result (ok: new bytes came; failed: none did)."}, []string{"upstream", "result"})
 	// CacheWriteErrors counts failures to write the cache (disk full,
 	// read-only directory); BlobPassthroughs the blob transfers that then
 	// went from upstream to the client without being cached.
@@ -155,7 +161,7 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		Requests, RequestDuration, ServedBytes, CacheRequests, Evictions, EvictedBytes,
 		UpstreamRequests, UpstreamDuration, UpstreamBytes, UpstreamRetries, UpstreamInFlight, UpstreamQueued,
 		UpstreamQueueTimeouts, UpstreamAddressesRefused, ManifestFetchesFailed, FetchesStarted, FetchesJoined, FetchesFailed,
-		CacheWriteErrors, BlobPassthroughs,
+		BlobFetchResumes, CacheWriteErrors, BlobPassthroughs,
 		GateDecisions, DenialStoreErrors, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
 		AuthFailures, AccessReloads,
 	}

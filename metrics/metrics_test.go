@@ -31,6 +31,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 	UpstreamQueueTimeouts.WithLabelValues("docker.io").Inc()
 	UpstreamAddressesRefused.WithLabelValues("docker.io").Inc()
 	ManifestFetchesFailed.WithLabelValues("docker.io", "read").Inc()
+	BlobFetchResumes.WithLabelValues("docker.io", "ok").Inc()
 	GateDecisions.WithLabelValues("denied", "vulnerable", "default").Inc()
 	SignatureVerifications.WithLabelValues("verified").Inc()
 	fams, err := reg.Gather()
@@ -57,7 +58,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_scan_limits_exceeded_total",
 		"gatehouse_upstream_retries_total", "gatehouse_upstream_requests_in_flight", "gatehouse_upstream_requests_queued",
 		"gatehouse_upstream_queue_timeouts_total", "gatehouse_upstream_addresses_refused_total",
-		"gatehouse_manifest_fetches_failed_total",
+		"gatehouse_manifest_fetches_failed_total", "gatehouse_blob_fetch_resumes_total",
 		"gatehouse_auth_failures_total", "gatehouse_denial_store_errors_total",
 	} {
 		if _, ok := got[name]; !ok {

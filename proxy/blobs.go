@@ -84,21 +84,69 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Er
 	return h.streamFetch(w, r, rt, st)
 }
 
-// blobSource opens a blob upstream, for the cache's one fetch of it.
+// blobSource opens a blob upstream, for the cache's one fetch of it. A
+// resume (off > 0) asks for the rest with `Range: bytes=off-` on a new
+// request: a 206 must start at off (RFC 9110 §14.4), a 200 (the range
+// ignored) brings the whole blob again and the cache skips what it has.
 func (h *Handler) blobSource(up, repo string, dgst v1.Hash) cache.Source {
 	client := h.upstreams[up]
-	return func(ctx context.Context) (io.ReadCloser, int64, error) {
-		resp, err := client.Do(ctx, http.MethodGet, repo, "blobs/"+dgst.String(), nil, nil)
+	return func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
+		var hdr http.Header
+		if off > 0 {
+			hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}}
+		}
+		resp, err := client.Do(ctx, http.MethodGet, repo, "blobs/"+dgst.String(), nil, hdr)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		if d := resp.Header.Get("Docker-Content-Digest"); d != "" && d != dgst.String() {
 			resp.Body.Close()
-			return nil, 0, &Error{Code: CodeDigestInvalid, Status: http.StatusBadGateway,
+			return nil, 0, 0, &Error{Code: CodeDigestInvalid, Status: http.StatusBadGateway,
 				Message: fmt.Sprintf("upstream %s answered for blob %s with %s", up, dgst, truncate(d, 80))}
 		}
-		return resp.Body, resp.ContentLength, nil
+		if off == 0 || resp.StatusCode != http.StatusPartialContent {
+			return resp.Body, 0, resp.ContentLength, nil
+		}
+		start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok || start != off || size >= 0 && end != size-1 {
+			resp.Body.Close()
+			return nil, 0, 0, &Error{Code: CodeUnknown, Status: http.StatusBadGateway,
+				Message: fmt.Sprintf("upstream %s answered bytes=%d- of blob %s with Content-Range %q", up, off, dgst, truncate(resp.Header.Get("Content-Range"), 80))}
+		}
+		return resp.Body, start, size, nil
 	}
+}
+
+// parseContentRange parses the Content-Range of a 206 with one range,
+// `bytes first-last/complete` (RFC 9110 §14.4); size is -1 for a complete
+// length of `*`.
+func parseContentRange(v string) (start, end, size int64, ok bool) {
+	spec, found := strings.CutPrefix(v, "bytes ")
+	if !found {
+		return 0, 0, 0, false
+	}
+	rng, total, found := strings.Cut(spec, "/")
+	if !found {
+		return 0, 0, 0, false
+	}
+	a, b, found := strings.Cut(rng, "-")
+	if !found {
+		return 0, 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(a, 10, 64)
+	end, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || start < 0 || end < start {
+		return 0, 0, 0, false
+	}
+	size = -1
+	if total != "*" {
+		n, err := strconv.ParseInt(total, 10, 64)
+		if err != nil || n <= end {
+			return 0, 0, 0, false
+		}
+		size = n
+	}
+	return start, end, size, true
 }
 
 // blobAllowed asks the gate whether the blob belongs to an admitted image.

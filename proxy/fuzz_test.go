@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -191,6 +193,35 @@ func FuzzParseRange(f *testing.F) {
 		// A served range lies inside the blob and is never empty.
 		if start < 0 || start > end || end >= size {
 			t.Fatalf("parseRange(%q, %d) = [%d, %d]: outside the blob", h, size, start, end)
+		}
+	})
+}
+
+// An upstream's Content-Range decides where a resumed blob download goes
+// on: a parsed one is one well-formed range inside the complete length,
+// and prints back as it was read.
+func FuzzParseContentRange(f *testing.F) {
+	for _, s := range []string{
+		"bytes 0-9/10", "bytes 5-9/10", "bytes 5-9/*", "bytes 5-10/10", "bytes 9-5/10", "bytes -1-5/10", "bytes 0-9",
+		"bytes */10", "bytes=0-9/10", "bytes 0-9/", "bytes 00-09/010", "bytes +1-2/3", "bytes 0-9223372036854775807/*",
+		"bytes 1-2/3/4", "items 0-1/2",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		start, end, size, ok := parseContentRange(v)
+		if !ok {
+			return
+		}
+		if start < 0 || end < start || size != -1 && size <= end {
+			t.Fatalf("parseContentRange(%q) = %d-%d/%d: not a range inside the blob", v, start, end, size)
+		}
+		total := "*"
+		if size >= 0 {
+			total = strconv.FormatInt(size, 10)
+		}
+		if s2, e2, z2, ok2 := parseContentRange(fmt.Sprintf("bytes %d-%d/%s", start, end, total)); !ok2 || s2 != start || e2 != end || z2 != size {
+			t.Fatalf("parseContentRange(%q) = %d-%d/%d does not read back", v, start, end, size)
 		}
 	})
 }

@@ -87,6 +87,7 @@ type env struct {
 	up       *counting
 	faults   *faultreg.Injector // between up and the registry; no fault set
 	stall    time.Duration      // the cache's stall timeout; 0: default
+	resume   time.Duration      // the cache's resumeAfter; 0: default
 	upHost   string
 	gh       *httptest.Server
 	ghHost   string
@@ -122,7 +123,7 @@ func newEnv(t testing.TB, mod func(*config.Config)) *env {
 func (e *env) start() {
 	t := e.t
 	log := slog.New(slog.DiscardHandler)
-	store, err := cache.Open(cache.Options{Dir: e.dataDir, MaxSize: int64(e.cfg.Cache.MaxSize), Log: log, StallTimeout: e.stall})
+	store, err := cache.Open(cache.Options{Dir: e.dataDir, MaxSize: int64(e.cfg.Cache.MaxSize), Log: log, StallTimeout: e.stall, ResumeAfter: e.resume})
 	if err != nil {
 		t.Fatal(err)
 	}

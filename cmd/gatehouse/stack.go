@@ -54,11 +54,13 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 			s.Close()
 		}
 	}()
-	stalls := map[string]time.Duration{}
+	stalls, resumes := map[string]time.Duration{}, map[string]time.Duration{}
 	for _, u := range cfg.Upstreams {
 		stalls[u.Name] = u.StallTimeout.D()
+		resumes[u.Name] = u.ResumeAfter.D()
 	}
-	s.store, err = cache.Open(cache.Options{Dir: stateDir, MaxSize: int64(cfg.Cache.MaxSize), StallTimeouts: stalls, Log: log})
+	s.store, err = cache.Open(cache.Options{Dir: stateDir, MaxSize: int64(cfg.Cache.MaxSize), StallTimeouts: stalls,
+		ResumeAfters: resumes, Log: log})
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,12 @@
 // break: a connection reset in the middle of the body, bytes that do not
 // match the digest, a truncated or stalled body, a 500, a 429 with
 // Retry-After, or response headers that never come.
+//
+// The injector answers Range requests for blobs itself (`bytes=N-` and
+// `bytes=N-M`, as resumed downloads send them) from the whole blob it gets
+// from the registry, and a body fault breaks a blob at the same byte (the
+// middle of the blob) however it was asked for: an upstream that stays
+// broken stays broken for a resume too.
 package faultreg
 
 import (
@@ -23,7 +29,9 @@ type Fault string
 
 // The faults. Body faults (Reset, Corrupt, Truncated, Stall) announce the
 // full Content-Length, or send the body chunked after SetChunked(true);
-// they apply to GET, and a HEAD is answered as it is.
+// they apply to GET, and a HEAD is answered as it is. Reset, Truncated and
+// Stall send the bytes before the middle of the blob (none when a range
+// starts after it), Corrupt flips the middle byte.
 const (
 	None            Fault = ""
 	Reset           Fault = "connection reset mid-body"
@@ -61,14 +69,16 @@ type Injector struct {
 	left    map[Kind]int // requests still to break; absent: all
 	hold    <-chan struct{}
 	chunked bool
+	noRange bool
 	hits    map[Kind]int
+	gets    map[Kind]int
 	closing chan struct{}
 	once    sync.Once
 }
 
 // New returns an injector in front of next, with no fault set.
 func New(next http.Handler) *Injector {
-	return &Injector{Next: next, faults: map[Kind]Fault{}, left: map[Kind]int{}, hits: map[Kind]int{}, closing: make(chan struct{})}
+	return &Injector{Next: next, faults: map[Kind]Fault{}, left: map[Kind]int{}, hits: map[Kind]int{}, gets: map[Kind]int{}, closing: make(chan struct{})}
 }
 
 // Set switches fault f on for kind k (None switches it off).
@@ -103,6 +113,21 @@ func (in *Injector) SetChunked(on bool) {
 	in.mu.Unlock()
 }
 
+// IgnoreRange makes blob GETs with a Range header answer 200 with the
+// whole blob, as an upstream without range support does.
+func (in *Injector) IgnoreRange(on bool) {
+	in.mu.Lock()
+	in.noRange = on
+	in.mu.Unlock()
+}
+
+// Gets returns how many GET requests of kind k arrived, faulted or not.
+func (in *Injector) Gets(k Kind) int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.gets[k]
+}
+
 // Hits returns how many requests of kind k were faulted.
 func (in *Injector) Hits(k Kind) int {
 	in.mu.Lock()
@@ -125,8 +150,11 @@ func kindOf(path string) Kind {
 func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	k := kindOf(r.URL.Path)
 	in.mu.Lock()
-	f, hold, chunked := in.faults[k], in.hold, in.chunked
+	f, hold, chunked, noRange := in.faults[k], in.hold, in.chunked, in.noRange
 	body := r.Method == http.MethodGet
+	if body && k != "" {
+		in.gets[k]++
+	}
 	faulted := k != "" && f != None && (body || f == ServerError || f == TooManyRequests || f == NoHeaders)
 	if faulted {
 		in.hits[k]++
@@ -137,7 +165,14 @@ func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	in.mu.Unlock()
-	if !faulted {
+	rng := ""
+	if k == Blob && body {
+		if rng = r.Header.Get("Range"); rng != "" {
+			r = r.Clone(r.Context())
+			r.Header.Del("Range") // served here, from the whole blob
+		}
+	}
+	if !faulted && rng == "" {
 		in.Next.ServeHTTP(w, r)
 		return
 	}
@@ -161,43 +196,84 @@ func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		in.wait(r)
 		return
 	}
-	// Body faults: take the real response, then break it.
+	// Body faults and ranges: take the real response, then cut and break
+	// it.
 	rec := httptest.NewRecorder()
 	in.Next.ServeHTTP(rec, r)
 	data := rec.Body.Bytes()
-	if rec.Code != http.StatusOK || len(data) < 2 {
+	if rec.Code != http.StatusOK || !faulted && rng == "" {
 		copyResponse(w, rec)
 		return
 	}
 	for key, v := range rec.Header() {
 		w.Header()[key] = v
 	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	status, start, end := http.StatusOK, 0, len(data)
+	if rng != "" && !noRange {
+		s, e, ok := parseRange(rng, len(data))
+		if !ok {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", len(data)))
+			http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"range not satisfiable"}]}`, http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
+		status, start, end = http.StatusPartialContent, s, e
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, len(data)))
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(end-start))
+	if !faulted || len(data) < 2 {
+		w.WriteHeader(status)
+		w.Write(data[start:end])
+		return
+	}
 	if chunked {
 		w.Header().Del("Content-Length")
 	}
-	half := data[:len(data)/2]
+	mid := len(data) / 2
+	before := data[start:max(start, min(mid, end))] // what comes before the fault
 	if f == Reset {
-		reset(w, http.StatusOK, half, chunked)
+		reset(w, status, before, chunked)
 		return
 	}
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(status)
 	if chunked {
 		http.NewResponseController(w).Flush() // headers out without a length
 	}
 	switch f {
 	case Corrupt:
 		bad := bytes.Clone(data)
-		bad[len(bad)/2] ^= 0xff
-		w.Write(bad)
+		bad[mid] ^= 0xff
+		w.Write(bad[start:end])
 	case Truncated:
-		w.Write(half)
+		w.Write(before)
 		panic(http.ErrAbortHandler) // the server closes the connection
 	case Stall:
-		w.Write(half)
+		w.Write(before)
 		http.NewResponseController(w).Flush()
 		in.wait(r)
 	}
+}
+
+// parseRange parses a Range header of one range, `bytes=N-` or
+// `bytes=N-M`, against a blob of size bytes: [start, end) to send.
+func parseRange(h string, size int) (start, end int, ok bool) {
+	spec, found := strings.CutPrefix(h, "bytes=")
+	a, b, found2 := strings.Cut(spec, "-")
+	if !found || !found2 {
+		return 0, 0, false
+	}
+	start, err := strconv.Atoi(a)
+	if err != nil || start < 0 || start >= size {
+		return 0, 0, false
+	}
+	end = size
+	if b != "" {
+		last, err := strconv.Atoi(b)
+		if err != nil || last < start {
+			return 0, 0, false
+		}
+		end = min(last+1, size)
+	}
+	return start, end, true
 }
 
 // wait blocks until the client gives up or the injector closes.
