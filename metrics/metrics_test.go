@@ -60,6 +60,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		"gatehouse_upstream_queue_timeouts_total", "gatehouse_upstream_addresses_refused_total",
 		"gatehouse_manifest_fetches_failed_total", "gatehouse_blob_fetch_resumes_total",
 		"gatehouse_auth_failures_total", "gatehouse_denial_store_errors_total",
+		"gatehouse_scan_backoff_refusals_total", "gatehouse_gate_blobs_refused_total",
 	} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("%s not exported", name)

@@ -34,7 +34,7 @@ func FuzzPolicy(f *testing.F) {
 		if r == nil {
 			t.Fatal("no rule matched: the default rule must apply")
 		}
-		if r == defaultRule {
+		if r == p.def {
 			for _, cr := range p.Rules() {
 				if _, ok := cr.score(up, repo); ok {
 					t.Fatalf("rule %q matches %s/%s but the built-in default was chosen", cr.Name, up, repo)
