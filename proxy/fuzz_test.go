@@ -239,6 +239,8 @@ func FuzzManifestMediaType(f *testing.F) {
 		{`{"schemaVersion":2,"config":{"digest":"md5:x","size":-1}}`, ""},
 		{`{"schemaVersion":2,"manifests":[{"digest":"","size":1}]}`, ""},
 		{`[]`, ""}, {``, ""}, {`null`, MediaTypeOCIManifest},
+		{`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"layers":[{"digest":"` + dg + `","size":5}]}`, ""},
+		{`{"schemaVersion":2,"config":{"digest":"` + dg + `","size":2},"layers":[],"manifests":[]}`, ""},
 	} {
 		f.Add([]byte(s[0]), s[1])
 	}
@@ -255,6 +257,15 @@ func FuzzManifestMediaType(f *testing.F) {
 		}
 		if !json.Valid(data) {
 			t.Fatalf("manifestMediaType accepted invalid JSON %q", data)
+		}
+		// Never both an image and an index: a client could read the other.
+		var doc map[string]json.RawMessage
+		json.Unmarshal(data, &doc)
+		_, hasConfig := doc["config"]
+		_, hasLayers := doc["layers"]
+		_, hasManifests := doc["manifests"]
+		if hasManifests && (hasConfig || hasLayers) {
+			t.Fatalf("manifestMediaType accepted an ambiguous document as %s: %q", mt, data)
 		}
 		// What is accepted is a well-formed manifest of its type: every
 		// descriptor the gate and clients will follow has a digest and size.
@@ -278,4 +289,19 @@ func FuzzManifestMediaType(f *testing.F) {
 			}
 		}
 	})
+}
+
+// An index with image fields, or an image with children, is refused: one
+// client would run what another (and the gate) reads as an index.
+func TestAmbiguousManifestRefused(t *testing.T) {
+	dg := "sha256:" + strings.Repeat("a", 64)
+	for _, doc := range []string{
+		`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"config":{"digest":"` + dg + `","size":2},"layers":[{"digest":"` + dg + `","size":5}]}`,
+		`{"schemaVersion":2,"manifests":[],"layers":[{"digest":"` + dg + `","size":5}]}`,
+		`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"` + dg + `","size":2},"layers":[],"manifests":[]}`,
+	} {
+		if mt, err := manifestMediaType([]byte(doc), ""); err == nil || err.Code != CodeManifestInvalid || !strings.Contains(err.Message, "ambiguous") {
+			t.Errorf("%s: %q, %v; want MANIFEST_INVALID (ambiguous)", doc, mt, err)
+		}
+	}
 }
