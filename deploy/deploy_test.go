@@ -51,6 +51,7 @@ func exportedMetrics(t *testing.T) map[string]dto.MetricType {
 	metrics.UpstreamQueueTimeouts.WithLabelValues("docker.io").Add(0)
 	metrics.UpstreamAddressesRefused.WithLabelValues("docker.io").Add(0)
 	metrics.ManifestFetchesFailed.WithLabelValues("docker.io", "read").Add(0)
+	metrics.BlobFetchResumes.WithLabelValues("docker.io", "ok").Add(0) // pre-initialised per configured upstream
 	metrics.GateDecisions.WithLabelValues("denied", "vulnerable", "default").Add(0)
 	metrics.DBUpdates.WithLabelValues("updated").Add(0)
 	metrics.SignatureVerifications.WithLabelValues("verified").Add(0)
