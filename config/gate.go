@@ -191,17 +191,27 @@ func (s *Signer) PublicKeyPEM() ([]byte, error) {
 	if strings.HasPrefix(strings.TrimSpace(s.PublicKey), "-----BEGIN") {
 		return []byte(s.PublicKey), nil
 	}
-	f, err := os.Open(s.PublicKey)
+	return readBounded(s.PublicKey, maxPublicKeyFile, "KiB: not a PEM public key")
+}
+
+// readBounded reads a file of at most max bytes; a bigger one is an error
+// saying so in unit (KiB or MiB) and what it cannot be.
+func readBounded(path string, max int64, unitWhat string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxPublicKeyFile+1))
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > maxPublicKeyFile {
-		return nil, fmt.Errorf("%s is larger than %d KiB: not a PEM public key", s.PublicKey, maxPublicKeyFile>>10)
+	if int64(len(b)) > max {
+		shift := 10
+		if strings.HasPrefix(unitWhat, "MiB") {
+			shift = 20
+		}
+		return nil, fmt.Errorf("%s is larger than %d %s", path, max>>shift, unitWhat)
 	}
 	return b, nil
 }
@@ -270,19 +280,7 @@ func (s *Signatures) TrustedRootJSON() ([]byte, error) {
 }
 
 func (s *Signatures) readTrustedRoot() ([]byte, error) {
-	f, err := os.Open(s.TrustedRoot)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxTrustedRootFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxTrustedRootFile {
-		return nil, fmt.Errorf("%s is larger than %d MiB: not a trusted_root.json", s.TrustedRoot, maxTrustedRootFile>>20)
-	}
-	return b, nil
+	return readBounded(s.TrustedRoot, maxTrustedRootFile, "MiB: not a trusted_root.json")
 }
 
 // Allow exempts one vulnerability id from a rule until a date.
