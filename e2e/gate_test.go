@@ -215,15 +215,22 @@ func TestGate(t *testing.T) {
 				} {
 					for _, method := range []string{http.MethodGet, http.MethodHead} {
 						resp := gh.Do(t, method, path)
+						// Deny wins: a layer the denied image shares with
+						// the admitted clean image is refused through the
+						// denied image's repository too (it is served
+						// through the clean image's, below).
 						switch {
-						case shared && resp.Status != http.StatusOK:
-							// gate.blobs "admitted" is per blob: the clean
-							// image admitted this layer.
-							t.Errorf("%s %s (%s %s, also a layer of the admitted clean image): %s; want 200", method, path, v.name, kind, resp)
-						case !shared && resp.Status != http.StatusForbidden:
-							t.Errorf("%s %s (%s of the denied %s image): %s; want 403", method, path, kind, v.name, resp)
-						case !shared && method == http.MethodGet && (len(resp.OCIErrors()) == 0 || resp.OCIErrors()[0].Code != "DENIED"):
+						case resp.Status != http.StatusForbidden:
+							t.Errorf("%s %s (%s of the denied %s image, shared with the clean image: %v): %s; want 403", method, path, kind, v.name, shared, resp)
+						case method == http.MethodGet && (len(resp.OCIErrors()) == 0 || resp.OCIErrors()[0].Code != "DENIED"):
 							t.Errorf("%s %s: body %q; want an OCI error with code DENIED", method, path, resp.Body)
+						}
+						if !shared {
+							continue
+						}
+						cleanPath := strings.Replace(path, p.Repo, clean.Repo, 1)
+						if resp := gh.Do(t, method, cleanPath); resp.Status != http.StatusOK {
+							t.Errorf("%s %s (%s, a layer of the admitted clean image that the denied %s image shares): %s; want 200", method, cleanPath, kind, v.name, resp)
 						}
 					}
 				}

@@ -417,7 +417,8 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 	if !sig.lasting() && !v.Admitted {
 		// Refuse this request, but judge again next time: an upstream
 		// outage, or an index not seen (yet), must not become a lasting
-		// denial.
+		// denial. The image record shows the refusal meanwhile.
+		g.recordImage(&s, info, v)
 		return v, nil
 	}
 	if sig.lasting() {

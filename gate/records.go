@@ -107,6 +107,14 @@ func (g *Gate) record(s *Subject, info *manifestInfo, v *Verdict) {
 	}
 }
 
+// recordImage records the image with a verdict that is neither stored
+// under its key nor changes the blob index (a denial that may not last).
+func (g *Gate) recordImage(s *Subject, info *manifestInfo, v *Verdict) {
+	if err := g.db.Update(func(tx *bolt.Tx) error { return g.putImage(tx, s, info, v) }); err != nil {
+		g.log.Error("recording judged manifest", "err", err)
+	}
+}
+
 func (g *Gate) putImage(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict) error {
 	b := tx.Bucket(bucketImages)
 	var rec ImageRecord
