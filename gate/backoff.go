@@ -46,13 +46,88 @@ type failure struct {
 	err   error
 }
 
-// failureMemo remembers failed scans. It is safe for concurrent use.
+// failureMemo remembers failed scans, and what they showed of layer blobs.
+// It is safe for concurrent use.
 type failureMemo struct {
-	mu sync.Mutex
-	m  map[string]*failure
+	mu    sync.Mutex
+	m     map[string]*failure
+	facts map[string]layerFact // upstream@blob digest → what a scan showed of it
 }
 
-func newFailureMemo() *failureMemo { return &failureMemo{m: map[string]*failure{}} }
+// layerFact is what a scan learnt of a layer blob's content, whatever
+// manifest listed it: its uncompressed digest, when a config declared
+// another, or the scan limit it breaks. Facts of content, not of a claim:
+// another image listing the blob with its true diffID is not affected.
+type layerFact struct {
+	diffID string
+	limit  *LimitError
+}
+
+func newFailureMemo() *failureMemo {
+	return &failureMemo{m: map[string]*failure{}, facts: map[string]layerFact{}}
+}
+
+// learn records what a failed scan of an image (info) showed of one of its
+// layers: err is a *LayerError or *LimitError naming a declared diffID.
+// Only a diffID declared for exactly one blob names a blob for certain.
+func (f *failureMemo) learn(upstream string, info *manifestInfo, err error) {
+	var le *LayerError
+	var lim *LimitError
+	var diffID string
+	switch {
+	case errors.As(err, &le):
+		diffID = le.Layer
+	case errors.As(err, &lim):
+		diffID = lim.Layer
+	default:
+		return
+	}
+	var blob v1.Hash
+	n := 0
+	for i, d := range info.diffIDs {
+		if d.String() == diffID && i < len(info.layers) && info.layers[i].Digest != blob {
+			blob, n = info.layers[i].Digest, n+1
+		}
+	}
+	if n != 1 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.facts) >= maxFailures {
+		clear(f.facts)
+	}
+	fact := f.facts[failureKey(upstream, blob)]
+	if le != nil {
+		fact.diffID = le.Actual
+	} else {
+		fact.limit = lim
+	}
+	f.facts[failureKey(upstream, blob)] = fact
+}
+
+// known returns the error a scan of info would end with, from what earlier
+// scans showed of its layer blobs; nil when nothing is known against it.
+func (f *failureMemo) known(upstream string, info *manifestInfo) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, l := range info.layers {
+		fact, ok := f.facts[failureKey(upstream, l.Digest)]
+		if !ok || i >= len(info.diffIDs) {
+			continue
+		}
+		claimed := info.diffIDs[i].String()
+		if fact.limit != nil {
+			lim := *fact.limit
+			lim.Layer = claimed
+			return &lim
+		}
+		if fact.diffID != "" && fact.diffID != claimed {
+			return &LayerError{Layer: claimed, Actual: fact.diffID}
+		}
+	}
+	return nil
+}
 
 func failureKey(upstream string, dgst v1.Hash) string { return upstream + "@" + dgst.String() }
 

@@ -368,6 +368,16 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 	if err := readConfig(img, info); err != nil {
 		return nil, err
 	}
+	// A layer blob an earlier scan found to break a limit, or to be other
+	// than declared, ends this one before it starts.
+	if err := g.failures.known(s.Upstream, info); err != nil {
+		metrics.ScanBackoffRefusals.Inc()
+		var le *LimitError
+		if errors.As(err, &le) {
+			return g.overLimit(&s, info, rule, key, dbv, le), nil
+		}
+		return nil, err
+	}
 	rep, err := g.report(s.Digest.String(), dbv)
 	sigc := make(chan sigOutcome, 1)
 	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
@@ -397,6 +407,7 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		metrics.ScanDuration.Observe(time.Since(start).Seconds())
 		if serr != nil {
 			metrics.ScanErrors.Inc()
+			g.failures.learn(s.Upstream, info, serr)
 			<-sigc
 			var le *LimitError
 			if errors.As(serr, &le) {

@@ -654,3 +654,55 @@ func TestDenialOutlivesDBUpdate(t *testing.T) {
 		t.Fatal("a denied image's layer served through an artifact after a policy change")
 	}
 }
+
+// What a failed scan showed of a layer blob (its content is not the
+// declared diffID; it breaks a scan limit) stops the next image that lists
+// the same blob before any scan: re-pushing it under new manifest digests
+// does not buy a new full read. An image listing the blob with its true
+// diffID is not affected.
+func TestLayerFactsStopRescans(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  func(declared v1.Hash) error
+		deny bool // a 403 verdict (scan limit) rather than an error
+	}{
+		{"diffID mismatch", func(d v1.Hash) error { return &LayerError{Layer: d.String(), Actual: "sha256:" + strings.Repeat("7", 64)} }, false},
+		{"scan limit", func(d v1.Hash) error { return &LimitError{Limit: LimitLayerFiles, Layer: d.String(), Max: 10} }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, policyYAML)
+			first := f.image(t, "evil/a")
+			var cf struct {
+				RootFS struct {
+					DiffIDs []v1.Hash `json:"diff_ids"`
+				} `json:"rootfs"`
+			}
+			var m v1.Manifest
+			json.Unmarshal(first.Manifest, &m)
+			json.Unmarshal(f.blobs.blobs[m.Config.Digest], &cf)
+			f.scanner.err = tc.err(cf.RootFS.DiffIDs[0])
+			v, err := f.g.Check(context.Background(), first)
+			if (err == nil) == !tc.deny || v != nil && v.Admitted {
+				t.Fatalf("first image: %+v %v", v, err)
+			}
+			// The same blobs under another manifest digest (a new tag).
+			again := relabel(t, first, "", "", "application/vnd.oci.image.layer.v1.tar+gzip")
+			again.Repo = "evil/b"
+			v, err = f.g.Check(context.Background(), again)
+			if (err == nil) == !tc.deny || v != nil && v.Admitted {
+				t.Fatalf("the same bad layer again: %+v %v", v, err)
+			}
+			if n := f.scanner.scans.Load(); n != 1 {
+				t.Fatalf("%d scans: the known bad layer was read again", n)
+			}
+			if !tc.deny {
+				// Its true diffID is known: an image declaring it is judged.
+				f.scanner.err = nil
+				good := f.image(t, "team/ok")
+				if v, err := f.g.Check(context.Background(), good); err != nil || !v.Admitted {
+					t.Fatalf("an unrelated image: %+v %v", v, err)
+				}
+			}
+		})
+	}
+}

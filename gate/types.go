@@ -177,6 +177,18 @@ func (e *ScanError) Error() string {
 
 func (e *ScanError) Unwrap() error { return e.Err }
 
+// LayerError is a scan stopped by a layer whose content is not what the
+// image config declares: its uncompressed digest (Actual) is not the
+// diffID (Layer). No runtime unpacks such an image.
+type LayerError struct {
+	Layer  string // the declared diffID
+	Actual string // the digest of the uncompressed content
+}
+
+func (e *LayerError) Error() string {
+	return fmt.Sprintf("layer %s: its content is %s, not the diffID its image config declares", e.Layer, e.Actual)
+}
+
 // Limits named by a LimitError: the fields of gate.scanLimits. They are the
 // label values of gatehouse_scan_limits_exceeded_total.
 const (

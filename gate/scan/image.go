@@ -416,7 +416,7 @@ func (t *teeReader) drain() error {
 		return fmt.Errorf("layer %s: diffID algorithm %q is not supported", want, want.Algorithm)
 	}
 	if got := hex.EncodeToString(t.hash.Sum(nil)); got != want.Hex {
-		return fmt.Errorf("layer %s: its content is sha256:%s, not the diffID its image config declares", want, got)
+		return &gate.LayerError{Layer: want.String(), Actual: "sha256:" + got}
 	}
 	return nil
 }

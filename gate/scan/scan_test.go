@@ -740,6 +740,12 @@ func TestDiffIDChecked(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not the diffID its image config declares") {
 		t.Fatalf("Scan of an image whose config lies = %+v, %v", rep, err)
 	}
+	// The gate learns the layer's true diffID from it (gate.LayerError).
+	var le *gate.LayerError
+	clean, _ := scantest.CleanAlpineLayer().DiffID()
+	if !errors.As(err, &le) || le.Layer != cf.RootFS.DiffIDs[0].String() || le.Actual != clean.String() {
+		t.Fatalf("Scan error %v (%T); want a *gate.LayerError declaring %s, actually %s", err, err, cf.RootFS.DiffIDs[0], clean)
+	}
 	equal(t, "the real image after the lying one", got(scan(t, s, vuln, "real").Vulns), wantAlpine)
 }
 
