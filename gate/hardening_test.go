@@ -666,7 +666,9 @@ func TestLayerFactsStopRescans(t *testing.T) {
 		err  func(declared v1.Hash) error
 		deny bool // a 403 verdict (scan limit) rather than an error
 	}{
-		{"diffID mismatch", func(d v1.Hash) error { return &LayerError{Layer: d.String(), Actual: "sha256:" + strings.Repeat("7", 64)} }, false},
+		{"diffID mismatch", func(d v1.Hash) error {
+			return &LayerError{Layer: d.String(), Actual: "sha256:" + strings.Repeat("7", 64)}
+		}, false},
 		{"scan limit", func(d v1.Hash) error { return &LimitError{Limit: LimitLayerFiles, Layer: d.String(), Max: 10} }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
