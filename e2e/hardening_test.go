@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -188,4 +191,87 @@ func (r *Registry) pushArtifact(t *testing.T, repo, artifactType, configType str
 	}
 	a.Digest, _, _ = v1.SHA256(bytes.NewReader(a.manifest))
 	return a
+}
+
+// TestSignatureRulesAcrossDBUpdate: one image (one digest) in two
+// repositories whose rules trust different keys, signed with the first
+// rule's key in both. Each repository keeps its own verdict, before and
+// after a vulnerability DB update re-evaluates what is on record: a
+// signature result is never carried from one rule to the other.
+func TestSignatureRulesAcrossDBUpdate(t *testing.T) {
+	requireGatehouse(t)
+	reg := StartRegistry(t, RegistryOptions{})
+	pushDBArtifact(t, reg, dbRepo, dbTag, scantest.V1())
+	keyA, keyB := newCosignKey(t), newCosignKey(t)
+	img := BuildImage(t, SmallImage(7)) // no OS packages: clean under both DBs
+	inA, inB := reg.Push(t, "team-a/app", "v1", img), reg.Push(t, "team-b/app", "v1", img)
+	if inA.Digest != inB.Digest {
+		t.Fatal("the two repositories hold different digests")
+	}
+	signLegacy(t, reg, inA, keyA)
+	signLegacy(t, reg, inB, keyA)
+	dir := t.TempDir()
+	pubA, pubB := filepath.Join(dir, "a.pub"), filepath.Join(dir, "b.pub")
+	os.WriteFile(pubA, keyA.pubPEM, 0o644)
+	os.WriteFile(pubB, keyB.pubPEM, 0o644)
+	rule := func(name, repos, key string) GateRule {
+		return GateRule{Name: name, Repositories: []string{repos}, Block: []string{"CRITICAL"},
+			Signatures: &GateSignatures{Required: true, Identities: []GateSigner{{PublicKey: key}}}}
+	}
+	gh := StartGatehouse(t, GatehouseConfig{
+		Upstreams: []GatehouseUpstream{reg.Upstream()},
+		Gate: &GateConfig{
+			DB: GateDB{Repository: reg.Host + "/" + dbRepo + ":" + dbTag, UpdateInterval: "2s"},
+			Policy: GatePolicy{Rules: []GateRule{rule("team-a", "team-a/**", pubA), rule("team-b", "team-b/**", pubB),
+				{Name: "default", Mode: "off"}}},
+		},
+		BeforeServe: func(t testing.TB, g *Gatehouse) {
+			if res := g.Run(t, "db update"); res.Err != nil {
+				t.Fatalf("gatehouse db update: %v", res)
+			}
+		},
+	})
+	ns := "?ns=" + url.QueryEscape(reg.Host)
+	layer := ""
+	for d, o := range reg.Content(t, inA.Repo, inA.Digest, nil) {
+		if strings.HasPrefix(o.Kind, "layer") {
+			layer = d
+		}
+	}
+	check := func(t *testing.T, when string) {
+		t.Helper()
+		for _, c := range []struct {
+			p    Pushed
+			want int
+		}{{inA, http.StatusOK}, {inB, http.StatusForbidden}} {
+			head := gh.Do(t, http.MethodHead, "/v2/"+c.p.Repo+"/manifests/"+c.p.Tag+ns)
+			if head.Status != c.want {
+				t.Errorf("%s: HEAD %s: %s; want %d", when, c.p.Repo, head, c.want)
+			}
+			if get := gh.Do(t, http.MethodGet, "/v2/"+c.p.Repo+"/blobs/"+layer+ns); get.Status != c.want {
+				t.Errorf("%s: GET a layer through %s: %s; want %d", when, c.p.Repo, get, c.want)
+			}
+		}
+		b := gh.Do(t, http.MethodGet, "/v2/"+inB.Repo+"/manifests/"+inB.Tag+ns, "Accept: "+string(types.DockerManifestSchema2)+", "+string(types.OCIManifestSchema1))
+		if errs := b.OCIErrors(); len(errs) == 0 || !strings.Contains(errs[0].Message, `denied by rule "team-b": signature required: `+reasonUntrusted) {
+			t.Errorf("%s: GET %s: %s; want the untrusted signer named", when, inB.Repo, b)
+		}
+	}
+	check(t, "under V1")
+
+	v2 := scantest.V2()
+	pushDBArtifact(t, reg, dbRepo, dbTag, v2)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var d verdictDetail
+		gh.API(t, "/api/v1/images/"+inA.Digest.String(), &d)
+		if d.Verdict != nil && strings.HasSuffix(d.Verdict.DBVersion, dbVersionOf(v2)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2m after the V2 DB was published, the verdict on record is still %+v", d.Verdict)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	check(t, "after the DB update")
 }
