@@ -155,7 +155,7 @@ type fixture struct {
 	log     *slog.Logger // default: discard
 }
 
-func newFixture(t *testing.T, yml string) *fixture { return newFixtureWith(t, yml, nil) }
+func newFixture(t testing.TB, yml string) *fixture { return newFixtureWith(t, yml, nil) }
 
 func newGateErr(t *testing.T, yml string) (*Gate, error) {
 	cfg, err := config.Parse([]byte(yml))
@@ -165,7 +165,7 @@ func newGateErr(t *testing.T, yml string) (*Gate, error) {
 	return New(Options{Config: &cfg.Gate, DataDir: t.TempDir(), Scanner: &fakeScanner{}, Log: slog.New(slog.DiscardHandler)})
 }
 
-func newFixtureWith(t *testing.T, yml string, sigs SignatureVerifier) *fixture {
+func newFixtureWith(t testing.TB, yml string, sigs SignatureVerifier) *fixture {
 	t.Helper()
 	cfg, err := config.Parse([]byte(yml))
 	if err != nil {
@@ -184,7 +184,7 @@ func newFixtureWith(t *testing.T, yml string, sigs SignatureVerifier) *fixture {
 
 // open starts a gate on the fixture's data directory, as gatehouse does
 // when it starts (again).
-func (f *fixture) open(t *testing.T, cfg *config.Config) {
+func (f *fixture) open(t testing.TB, cfg *config.Config) {
 	t.Helper()
 	log := f.log
 	if log == nil {
@@ -199,7 +199,7 @@ func (f *fixture) open(t *testing.T, cfg *config.Config) {
 	t.Cleanup(func() { g.Close() })
 }
 
-func (f *fixture) image(t *testing.T, repo string) Subject {
+func (f *fixture) image(t testing.TB, repo string) Subject {
 	t.Helper()
 	img, err := random.Image(1000, 2)
 	if err != nil {

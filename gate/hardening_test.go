@@ -57,7 +57,7 @@ func relabel(t *testing.T, s Subject, artifactType, configType, layerType string
 	return s
 }
 
-func layerDigests(t *testing.T, s Subject) []v1.Hash {
+func layerDigests(t testing.TB, s Subject) []v1.Hash {
 	t.Helper()
 	m, err := v1.ParseManifest(strings.NewReader(string(s.Manifest)))
 	if err != nil {
@@ -218,7 +218,7 @@ func TestArtifactDoesNotOpenDeniedLayers(t *testing.T) {
 
 // imageOn builds an image in repo on layer i of base's image (config
 // diff_ids right), with one layer of its own.
-func (f *fixture) imageOn(t *testing.T, repo string, base Subject, i int) Subject {
+func (f *fixture) imageOn(t testing.TB, repo string, base Subject, i int) Subject {
 	t.Helper()
 	layer := f.layerOf(t, base, i)
 	own, err := random.Layer(500, types.OCILayer)
@@ -237,7 +237,7 @@ func (f *fixture) imageOn(t *testing.T, repo string, base Subject, i int) Subjec
 }
 
 // layerOf returns layer i of a fixture image, from the fixture's blobs.
-func (f *fixture) layerOf(t *testing.T, s Subject, i int) v1.Layer {
+func (f *fixture) layerOf(t testing.TB, s Subject, i int) v1.Layer {
 	t.Helper()
 	d := layerDigests(t, s)[i]
 	f.blobs.mu.Lock()
@@ -706,5 +706,38 @@ func TestLayerFactsStopRescans(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkBlobAllowed is the blob gate on the serving path: one admitted
+// image in the client's repository, and 200 other repositories whose
+// images (half of them denied) list the same base layer.
+func BenchmarkBlobAllowed(b *testing.B) {
+	f := newFixture(b, policyYAML)
+	base := f.image(b, "team/app")
+	if v, err := f.g.Check(context.Background(), base); err != nil || !v.Admitted {
+		b.Fatalf("%+v %v", v, err)
+	}
+	denied := 0
+	for i := 0; i < 200; i++ {
+		repo := fmt.Sprintf("other/app%d", i)
+		if i%2 == 0 {
+			f.scanner.vulns["up.example/"+repo] = []Vuln{critical}
+		}
+		if v, err := f.g.Check(context.Background(), f.imageOn(b, repo, base, 0)); err == nil && !v.Admitted {
+			denied++
+		}
+	}
+	if denied != 100 {
+		b.Fatalf("%d of 200 images sharing the layer denied, want 100", denied)
+	}
+	layer := layerDigests(b, base)[0]
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if ok, err := f.g.BlobAllowed(ctx, "up.example", "team/app", layer); !ok || err != nil {
+			b.Fatal("the admitted image's layer refused")
+		}
 	}
 }
