@@ -237,7 +237,13 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 		g.notePull(&s)
 		return v, nil
 	}
+	return g.await(ctx, s, info, rule, dbv, key)
+}
 
+// await joins the judgement of s under key, starting it when none runs,
+// and waits for it at most gate.maxWait: a longer one goes on in the
+// background and the client gets a *Pending.
+func (g *Gate) await(ctx context.Context, s Subject, info *manifestInfo, rule *policy.Rule, dbv, key string) (*Verdict, error) {
 	g.mu.Lock()
 	j, running := g.jobs[key]
 	if !running {
