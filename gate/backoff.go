@@ -3,6 +3,8 @@ package gate
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -82,16 +84,16 @@ func (f *failureMemo) learn(upstream string, info *manifestInfo, err error) {
 	default:
 		return
 	}
-	var blob v1.Hash
-	n := 0
+	blobs := map[v1.Hash]bool{}
 	for i, d := range info.diffIDs {
-		if d.String() == diffID && i < len(info.layers) && info.layers[i].Digest != blob {
-			blob, n = info.layers[i].Digest, n+1
+		if d.String() == diffID && i < len(info.layers) {
+			blobs[info.layers[i].Digest] = true
 		}
 	}
-	if n != 1 {
+	if len(blobs) != 1 {
 		return
 	}
+	blob := slices.Collect(maps.Keys(blobs))[0]
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.facts) >= maxFailures {

@@ -9,6 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate/policy"
 	"github.com/gatehouse/gatehouse/metrics"
 )
 
@@ -127,12 +128,14 @@ func (g *Gate) BlobAllowed(ctx context.Context, upstream, repo string, dgst v1.H
 	var image, artifact bool
 	var diffIDs []string // claimed by the admitted images of repo
 	var denials []string // claimed by the denied images of the upstream
+	rule := g.policy.Match(upstream, repo)
+	dbv := g.scanner.DBVersion()
 	err := g.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketBlobRefs).Cursor()
 		prefix := openKey(upstream, dgst, repo)
 		for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
 			var ref blobRef
-			if json.Unmarshal(val, &ref) != nil || !g.refCurrent(upstream, repo, &ref) {
+			if json.Unmarshal(val, &ref) != nil || !ref.current(rule, dbv) {
 				continue
 			}
 			switch ref.Kind {
@@ -186,15 +189,12 @@ func consistent(opened, denied []string) bool {
 	return true
 }
 
-// refCurrent reports whether an opening reference was made under the rule
-// that now governs its repository and, for rules that scan, the current DB.
-func (g *Gate) refCurrent(upstream, repo string, ref *blobRef) bool {
-	rule := g.policy.Match(upstream, repo)
+// current reports whether an opening reference was made under rule, the
+// one that now governs its repository, and, for rules that scan, under the
+// current DB dbv.
+func (ref *blobRef) current(rule *policy.Rule, dbv string) bool {
 	if ref.Rule != rule.Hash {
 		return false
 	}
-	if ref.Kind == refArtifact || rule.Mode == config.ModeOff {
-		return true
-	}
-	return ref.DB == g.scanner.DBVersion()
+	return ref.Kind == refArtifact || rule.Mode == config.ModeOff || ref.DB == dbv
 }

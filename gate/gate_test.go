@@ -205,6 +205,12 @@ func (f *fixture) image(t testing.TB, repo string) Subject {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return f.subject(repo, img)
+}
+
+// subject makes img's blobs available and returns its manifest as a
+// subject of repo:v1 at up.example.
+func (f *fixture) subject(repo string, img v1.Image) Subject {
 	f.blobs.add(img)
 	raw, _ := img.RawManifest()
 	d, _ := img.Digest()

@@ -229,11 +229,7 @@ func (f *fixture) imageOn(t testing.TB, repo string, base Subject, i int) Subjec
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.blobs.add(img)
-	raw, _ := img.RawManifest()
-	d, _ := img.Digest()
-	mt, _ := img.MediaType()
-	return Subject{Upstream: "up.example", Repo: repo, Tag: "v1", Digest: d, MediaType: string(mt), Manifest: raw}
+	return f.subject(repo, img)
 }
 
 // layerOf returns layer i of a fixture image, from the fixture's blobs.

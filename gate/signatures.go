@@ -15,19 +15,18 @@ func sigKey(s *Subject, rule *policy.Rule) []byte {
 }
 
 // sigOutcome is a signature check's result. failed marks a check that
-// could not be made (an error); viaIndex marks one that also looked at the
-// index listing the image. The denial of either must not outlive the
-// request: the first says nothing about the image, and the second depends
-// on which index was seen last.
+// could not be made (an error); indexMayAdmit one under a rule that accepts
+// index signatures, where an index seen later (or lost at a restart) may
+// still admit the image. A denial from either must not outlive the request.
 type sigOutcome struct {
-	res      *SignatureResult
-	failed   bool
-	viaIndex bool
+	res           *SignatureResult
+	failed        bool
+	indexMayAdmit bool
 }
 
 // lasting reports whether a denial made with this outcome may be stored.
 func (o sigOutcome) lasting() bool {
-	return !o.failed && (!o.viaIndex || o.res == nil || o.res.Verified)
+	return !o.failed && (!o.indexMayAdmit || o.res == nil || o.res.Verified)
 }
 
 // verifySignature runs the rule's signature check; a failure is a result
@@ -51,7 +50,7 @@ func (g *Gate) verifySignature(ctx context.Context, s *Subject, rule *policy.Rul
 	// With index signatures allowed, an image not verified may still be
 	// admitted by an index listing it, seen later or not known now (after a
 	// restart, or pulled by digest): the result depends on the index.
-	return sigOutcome{res: res, viaIndex: allowIndexSignature(rule)}
+	return sigOutcome{res: res, indexMayAdmit: allowIndexSignature(rule)}
 }
 
 func allowIndexSignature(rule *policy.Rule) bool {

@@ -1,0 +1,156 @@
+package gate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/metrics"
+)
+
+// judge scans (or reuses a report made with the same DB) and decides.
+func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *policy.Rule, dbv, key string) (*Verdict, error) {
+	img := newImage(ctx, g.blobs, &s, info)
+	if err := readConfig(img, info); err != nil {
+		return nil, err
+	}
+	// A layer blob an earlier scan found to break a limit, or to be other
+	// than declared, ends this one before it starts.
+	if err := g.failures.known(s.Upstream, info); err != nil {
+		metrics.ScanBackoffRefusals.Inc()
+		var le *LimitError
+		if errors.As(err, &le) {
+			return g.overLimit(&s, info, rule, key, dbv, le), nil
+		}
+		return nil, err
+	}
+	rep, err := g.report(s.Digest.String(), dbv)
+	sigc := make(chan sigOutcome, 1)
+	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
+	if err != nil {
+		metrics.ScansQueued.Inc()
+		select {
+		case g.sem <- struct{}{}:
+			metrics.ScansQueued.Dec()
+		case <-g.closing:
+			metrics.ScansQueued.Dec()
+			return nil, errShutdown
+		}
+		metrics.ScansInFlight.Inc()
+		ctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-g.closing:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		start := time.Now()
+		// A new image on the scan's context: closing gatehouse cancels its reads.
+		r, serr := g.scanner.Scan(ctx, newImage(ctx, g.blobs, &s, info), s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
+		cancel()
+		<-g.sem
+		metrics.ScansInFlight.Dec()
+		metrics.ScanDuration.Observe(time.Since(start).Seconds())
+		if serr != nil {
+			metrics.ScanErrors.Inc()
+			g.failures.learn(s.Upstream, info, serr)
+			<-sigc
+			var le *LimitError
+			if errors.As(serr, &le) {
+				metrics.ScanLimitsExceeded.WithLabelValues(le.Limit).Inc()
+				return g.overLimit(&s, info, rule, key, dbv, le), nil
+			}
+			return nil, serr
+		}
+		rep = &storedReport{Report: *r, ScannedAt: g.now()}
+		g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
+			"layers", r.Layers, "layersAnalysed", r.LayersAnalysed, "duration", time.Since(start), "db", r.DBVersion)
+	}
+	sig := <-sigc
+	if err := g.putReport(s.Digest.String(), rep); err != nil {
+		g.log.Error("storing scan report", "err", err)
+	}
+	v := g.decide(&s, info, rule, rep, sig.res)
+	if !sig.lasting() && !v.Admitted {
+		// Refuse this request, but judge again next time: an upstream
+		// outage, or an index not seen (yet), must not become a lasting
+		// denial. The image record shows the refusal meanwhile.
+		g.recordImage(&s, info, v)
+		return v, nil
+	}
+	if sig.lasting() {
+		if err := g.putSignature(&s, rule, sig.res); err != nil {
+			g.log.Error("storing signature result", "err", err)
+		}
+	}
+	if err := g.store(key, &s, info, v); err != nil {
+		g.log.Error("storing verdict", "err", err)
+	}
+	return v, nil
+}
+
+// overLimit judges an image whose scan stopped at a layer past one of
+// gate.scanLimits: denied (fail closed), or admitted with the reason under
+// a rule in audit mode. The limits do not change while gatehouse runs, so
+// the verdict is remembered in memory and a client retrying does not make
+// gatehouse read the bomb again; it is not stored on disk, so raising a
+// limit and restarting judges the image again.
+func (g *Gate) overLimit(s *Subject, info *manifestInfo, rule *policy.Rule, key, dbv string, le *LimitError) *Verdict {
+	why := "scan failed: " + le.Error()
+	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Kind: info.kind, Rule: rule.Name,
+		Reason: ReasonScanLimit, PolicyHash: rule.Hash, DBVersion: dbv, JudgedAt: g.now()}
+	if rule.Mode == config.ModeAudit {
+		v.Admitted = true
+		v.Message = fmt.Sprintf("not scanned (%s); admitted because rule %q is in audit mode", why, rule.Name)
+		g.log.Warn("scan stopped by a scan limit; serving under audit mode", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", le)
+	} else {
+		v.Message = fmt.Sprintf("denied by rule %q: %s", rule.Name, why)
+		g.log.Error("scan stopped by a scan limit; image refused (fail closed)", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", le)
+	}
+	g.remember(key, v)
+	g.record(s, info, v)
+	return v
+}
+
+// decide applies rule to a scan report and a signature result (nil: not
+// checked).
+func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *storedReport, sig *SignatureResult) *Verdict {
+	findings := make([]policy.Finding, len(rep.Vulns))
+	for i, v := range rep.Vulns {
+		findings[i] = policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed}
+	}
+	d := rule.Evaluate(findings, g.now())
+	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: d.Admitted, Kind: info.kind, Rule: rule.Name,
+		Message: d.Message, Decision: &d, PolicyHash: rule.Hash, DBVersion: rep.DBVersion, ScannedAt: rep.ScannedAt, JudgedAt: g.now()}
+	switch {
+	case !d.Admitted:
+		v.Reason = ReasonVulnerable
+	case len(d.Blocking) > 0:
+		v.Reason = ReasonAudit
+	default:
+		v.Reason = ReasonClean
+	}
+	if sig == nil && rule.Signatures != nil {
+		// Never checked (a report made before the rule asked for it).
+		sig = &SignatureResult{Reason: "signature not verified"}
+	}
+	v.Signature = sig
+	if sig != nil && rule.Signatures != nil && rule.Signatures.Required && !sig.Verified {
+		why := "signature required: " + sig.Reason
+		switch {
+		case rule.Mode == config.ModeAudit:
+			v.Reason = ReasonAudit
+			v.Message += "; " + why + " (audit mode)"
+		case v.Admitted:
+			v.Admitted, v.Reason = false, ReasonUnsigned
+			v.Message = fmt.Sprintf("denied by rule %q: %s", rule.Name, why)
+		default:
+			v.Message += "; " + why
+		}
+	}
+	return v
+}
