@@ -170,15 +170,7 @@ func TestResumeGivesUp(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := s.Fetch(ctx, d, "up", src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if err := st.Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(st.Reader(ctx, 0, nil))
+	got, err := fetchRead(t, ctx, s, d, src)
 	if !errors.Is(err, ErrStalled) {
 		t.Fatalf("read %d bytes, err %v; want ErrStalled", len(got), err)
 	}
@@ -240,15 +232,7 @@ func TestResumeAfterReset(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			st, err := s.Fetch(ctx, d, "up", src)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
-			if err := st.Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
-			got, err := io.ReadAll(st.Reader(ctx, 0, nil))
+			got, err := fetchRead(t, ctx, s, d, src)
 			s.wg.Wait()
 			if tc.want == nil {
 				if err != nil || !bytes.Equal(got, data) {

@@ -44,18 +44,25 @@ func source(data []byte) Source {
 	}
 }
 
-// fetchAll reads a blob through the store and waits for its commit.
-func fetchAll(t *testing.T, s *Store, d v1.Hash, src Source) []byte {
+// fetchRead fetches a blob of upstream "up" through the store and reads
+// it from the start; a failed Fetch or Wait fails the test.
+func fetchRead(t *testing.T, ctx context.Context, s *Store, d v1.Hash, src Source) ([]byte, error) {
 	t.Helper()
-	st, err := s.Fetch(context.Background(), d, "up", src)
+	st, err := s.Fetch(ctx, d, "up", src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if err := st.Wait(context.Background()); err != nil {
+	if err := st.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	got, err := io.ReadAll(st.Reader(context.Background(), 0, nil))
+	return io.ReadAll(st.Reader(ctx, 0, nil))
+}
+
+// fetchAll reads a blob through the store and waits for its commit.
+func fetchAll(t *testing.T, s *Store, d v1.Hash, src Source) []byte {
+	t.Helper()
+	got, err := fetchRead(t, context.Background(), s, d, src)
 	if err != nil {
 		t.Fatal(err)
 	}
