@@ -20,7 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/gatehouse/gatehouse/config"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
 func TestFetchDBThroughUpstreamClient(t *testing.T) {

@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/metrics"
 )
@@ -32,17 +30,9 @@ func (h *Handler) headBlob(w http.ResponseWriter, r *http.Request, rt *Route) *E
 	if err := h.blobAllowed(r.Context(), rt); err != nil {
 		return err
 	}
-	size, ok := h.store.StatBlob(rt.Digest)
-	if !ok {
-		resp, err := h.client(rt).Do(r.Context(), http.MethodHead, rt.Repo, "blobs/"+rt.Ref, nil, nil)
-		if err != nil {
-			return asError(err, CodeBlobUnknown)
-		}
-		resp.Body.Close()
-		if resp.ContentLength < 0 {
-			return &Error{Code: CodeUnknown, Status: http.StatusBadGateway, Message: "upstream " + rt.Upstream.Name + " sent no Content-Length for a blob HEAD"}
-		}
-		size = resp.ContentLength
+	size, err := h.content.BlobSize(r.Context(), rt.Upstream.Name, rt.Repo, rt.Digest)
+	if err != nil {
+		return asError(err, CodeBlobUnknown)
 	}
 	h.blobHeaders(w, rt)
 	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
@@ -56,14 +46,11 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Er
 	if err := h.blobAllowed(r.Context(), rt); err != nil {
 		return err
 	}
-	st, err := h.store.Fetch(r.Context(), rt.Digest, rt.Upstream.Name, h.blobSource(rt.Upstream.Name, rt.Repo, rt.Digest))
+	st, err := h.content.Blob(r.Context(), rt.Upstream.Name, rt.Repo, rt.Digest)
 	if err != nil {
 		return asError(err, CodeBlobUnknown)
 	}
 	defer st.Close()
-	if err := st.Wait(r.Context()); err != nil {
-		return asError(err, CodeBlobUnknown)
-	}
 	h.blobHeaders(w, rt)
 	if f := st.File(); f != nil {
 		metrics.CacheRequests.WithLabelValues("blob", "hit").Inc()
@@ -84,74 +71,9 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Er
 	return h.streamFetch(w, r, rt, st)
 }
 
-// blobSource opens a blob upstream, for the cache's one fetch of it. A
-// resume (off > 0) asks for the rest with `Range: bytes=off-` on a new
-// request: a 206 must start at off (RFC 9110 §14.4), a 200 (the range
-// ignored) brings the whole blob again and the cache skips what it has.
-func (h *Handler) blobSource(up, repo string, dgst v1.Hash) cache.Source {
-	client := h.upstreams[up]
-	return func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
-		var hdr http.Header
-		if off > 0 {
-			hdr = http.Header{"Range": {fmt.Sprintf("bytes=%d-", off)}}
-		}
-		resp, err := client.Do(ctx, http.MethodGet, repo, "blobs/"+dgst.String(), nil, hdr)
-		if err != nil {
-			return nil, 0, 0, err
-		}
-		if d := resp.Header.Get("Docker-Content-Digest"); d != "" && d != dgst.String() {
-			resp.Body.Close()
-			return nil, 0, 0, &Error{Code: CodeDigestInvalid, Status: http.StatusBadGateway,
-				Message: fmt.Sprintf("upstream %s answered for blob %s with %s", up, dgst, truncate(d, 80))}
-		}
-		if off == 0 || resp.StatusCode != http.StatusPartialContent {
-			return resp.Body, 0, resp.ContentLength, nil
-		}
-		start, end, size, ok := parseContentRange(resp.Header.Get("Content-Range"))
-		if !ok || start != off || size >= 0 && end != size-1 {
-			resp.Body.Close()
-			return nil, 0, 0, &Error{Code: CodeUnknown, Status: http.StatusBadGateway,
-				Message: fmt.Sprintf("upstream %s answered bytes=%d- of blob %s with Content-Range %q", up, off, dgst, truncate(resp.Header.Get("Content-Range"), 80))}
-		}
-		return resp.Body, start, size, nil
-	}
-}
-
-// parseContentRange parses the Content-Range of a 206 with one range,
-// `bytes first-last/complete` (RFC 9110 §14.4); size is -1 for a complete
-// length of `*`.
-func parseContentRange(v string) (start, end, size int64, ok bool) {
-	spec, found := strings.CutPrefix(v, "bytes ")
-	if !found {
-		return 0, 0, 0, false
-	}
-	rng, total, found := strings.Cut(spec, "/")
-	if !found {
-		return 0, 0, 0, false
-	}
-	a, b, found := strings.Cut(rng, "-")
-	if !found {
-		return 0, 0, 0, false
-	}
-	start, err1 := strconv.ParseInt(a, 10, 64)
-	end, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || start < 0 || end < start {
-		return 0, 0, 0, false
-	}
-	size = -1
-	if total != "*" {
-		n, err := strconv.ParseInt(total, 10, 64)
-		if err != nil || n <= end {
-			return 0, 0, 0, false
-		}
-		size = n
-	}
-	return start, end, size, true
-}
-
 // blobAllowed asks the gate whether the blob belongs to an admitted image.
 func (h *Handler) blobAllowed(ctx context.Context, rt *Route) *Error {
-	if h.gate == nil || ctx.Value(inProcessKey{}) != nil {
+	if h.gate == nil {
 		return nil
 	}
 	ok, err := h.gate.BlobAllowed(ctx, rt.Upstream.Name, rt.Repo, rt.Digest)
@@ -163,30 +85,6 @@ func (h *Handler) blobAllowed(ctx context.Context, rt *Route) *Error {
 	}
 	return nil
 }
-
-// OpenBlob reads a blob through the cache, joining any fetch of it under
-// way (the gate's scans read layers this way, sharing clients' fetches).
-func (h *Handler) OpenBlob(ctx context.Context, up, repo string, dgst v1.Hash) (io.ReadCloser, int64, error) {
-	if h.upstreams[up] == nil {
-		return nil, 0, fmt.Errorf("no upstream %q", up)
-	}
-	st, err := h.store.Fetch(ctx, dgst, up, h.blobSource(up, repo, dgst))
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := st.Wait(ctx); err != nil {
-		st.Close()
-		return nil, 0, err
-	}
-	return &streamReader{Reader: st.Reader(ctx, 0, nil), st: st}, st.Size(), nil
-}
-
-type streamReader struct {
-	io.Reader
-	st *cache.Stream
-}
-
-func (s *streamReader) Close() error { return s.st.Close() }
 
 // streamFetch serves a blob whose download is in progress. A single byte
 // range is honoured when the size is known (resumed downloads send

@@ -11,7 +11,8 @@ import (
 
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/gate"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/pull"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
 // Code is an OCI distribution error code; it knows its HTTP status.
@@ -94,6 +95,14 @@ func asError(err error, notFound Code) *Error {
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
 		return fromUpstream(ue, notFound)
+	}
+	var pe *pull.Error
+	if errors.As(err, &pe) {
+		e := &Error{Code: Code(pe.Code), Message: pe.Message}
+		if pe.BadUpstream {
+			e.Status = http.StatusBadGateway
+		}
+		return e
 	}
 	switch {
 	case errors.Is(err, cache.ErrDigestMismatch):

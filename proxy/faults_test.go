@@ -38,7 +38,7 @@ type outcome struct {
 	doErr      error // no response at all
 }
 
-func pull(url string) outcome {
+func fetchURL(url string) outcome {
 	// Far beyond every timeout under test: a client still waiting then
 	// was left hanging.
 	c := &http.Client{Timeout: time.Minute}
@@ -163,7 +163,7 @@ func TestFaultyUpstream(t *testing.T) {
 				var wg sync.WaitGroup
 				for range clients {
 					wg.Add(1)
-					go func() { defer wg.Done(); results <- pull(e.gh.URL + path) }()
+					go func() { defer wg.Done(); results <- fetchURL(e.gh.URL + path) }()
 				}
 				// Let the fault happen once every client waits on the fetch.
 				deadline := time.Now().Add(30 * time.Second)
@@ -339,7 +339,7 @@ func TestMaxConcurrentFetchesBoundsUpstream(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			want := must(io.ReadAll(must(l.Compressed())))
-			if o := pull(e.gh.URL + "/v2/team/app/blobs/" + must(l.Digest()).String()); o.status != 200 || o.readErr != nil || o.got != len(want) {
+			if o := fetchURL(e.gh.URL + "/v2/team/app/blobs/" + must(l.Digest()).String()); o.status != 200 || o.readErr != nil || o.got != len(want) {
 				errs <- fmt.Errorf("blob: %+v", o)
 			}
 		}()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
+	"github.com/gatehouse/gatehouse/proxy"
 )
 
 // repoScanner reports one CRITICAL CVE for images of repositories under
@@ -51,12 +52,16 @@ func (repoScanner) Rescan(ctx context.Context, inv json.RawMessage) (*gate.Repor
 func (repoScanner) DBVersion() string { return "test-db" }
 
 func (e *env) withGate() *gate.Gate {
-	g, err := gate.New(gate.Options{Config: &e.cfg.Gate, DataDir: e.t.TempDir(), Scanner: repoScanner{}, Blobs: e.handler, Log: slog.New(slog.DiscardHandler)})
+	g, err := gate.New(gate.Options{Config: &e.cfg.Gate, DataDir: e.t.TempDir(), Scanner: repoScanner{}, Blobs: e.content, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { g.Close() })
-	e.handler.SetGate(g)
+	// The gate reads through the content layer, and the proxy asks it:
+	// serve from a handler built with it.
+	e.gate = g
+	e.handler = proxy.New(e.cfg, e.content, g, slog.New(slog.DiscardHandler))
+	e.gh.Config.Handler = e.handler
 	return g
 }
 

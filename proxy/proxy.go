@@ -1,33 +1,41 @@
 // Package proxy is gatehouse's HTTP surface: the read side of the OCI
-// distribution API, routed to the configured upstreams through the cache.
+// distribution API. It is a thin adapter: route the request, ask the gate,
+// read the content from the content layer (package pull), write the
+// response or an OCI error. It imports neither the scanner nor the
+// signature verifier (a boundary test checks it), and nothing calls back
+// into it.
 package proxy
 
 import (
 	"context"
-	"fmt"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/url"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/pull"
 )
 
-// Upstream is what the proxy needs of an upstream registry client.
-type Upstream interface {
-	// Do sends a GET or HEAD for /v2/<repo>/<suffix>. A 2xx response is
-	// returned for the caller to close; any other outcome is an error
-	// (*upstream.Error for an HTTP or network failure).
-	Do(ctx context.Context, method, repo, suffix string, q url.Values, hdr http.Header) (*http.Response, error)
+// Content is what the proxy serves: the content layer (*pull.Content).
+type Content interface {
+	// Manifest returns upstream/repo:ref, ref a tag or digest.
+	Manifest(ctx context.Context, up, repo, ref string) (*pull.Manifest, error)
+	// Blob returns a stream of a blob, joining any fetch in flight.
+	Blob(ctx context.Context, up, repo string, dgst v1.Hash) (*cache.Stream, error)
+	// BlobSize returns a blob's size without downloading it.
+	BlobSize(ctx context.Context, up, repo string, dgst v1.Hash) (int64, error)
+	// Tags lists a page of a repository's tags.
+	Tags(ctx context.Context, up, repo string, q url.Values) (*pull.TagList, error)
+	// Referrers lists the descriptors of the manifests that refer to dgst.
+	Referrers(ctx context.Context, up, repo string, dgst v1.Hash, artifactType string) ([]json.RawMessage, error)
 }
 
-var _ Upstream = (*upstream.Client)(nil)
+var _ Content = (*pull.Content)(nil)
 
 // Gate is what the proxy asks before it serves a manifest or a blob. The
 // gate package behind it owns the scanners; the proxy never imports them.
@@ -44,25 +52,23 @@ var _ Gate = (*gate.Gate)(nil)
 
 // Handler serves /v2/.
 type Handler struct {
-	cfg       *config.Config
-	store     *cache.Store
-	upstreams map[string]Upstream // by upstream name
-	log       *slog.Logger
-	now       func() time.Time
-	gate      Gate // nil: everything is served
-
-	flight singleflight.Group // manifest fetches and tag revalidations
+	cfg     *config.Config
+	content Content
+	gate    Gate // nil: everything is served
+	log     *slog.Logger
 }
 
-// New returns the handler. upstreams maps every configured upstream's name
-// to its client.
-func New(cfg *config.Config, store *cache.Store, upstreams map[string]Upstream, log *slog.Logger) (*Handler, error) {
-	for _, u := range cfg.Upstreams {
-		if upstreams[u.Name] == nil {
-			return nil, fmt.Errorf("proxy: no client for upstream %s", u.Name)
-		}
+// New returns the handler. A nil gate serves everything (tests, and the
+// proxy's own benchmarks).
+func New(cfg *config.Config, content Content, g Gate, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.Default()
 	}
-	return &Handler{cfg: cfg, store: store, upstreams: upstreams, log: log, now: time.Now}, nil
+	h := &Handler{cfg: cfg, content: content, log: log}
+	if g != nil {
+		h.gate = g
+	}
+	return h
 }
 
 // ServeHTTP routes a /v2/ request and writes the response or an OCI error.
@@ -113,9 +119,3 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rt *Route) *Erro
 	}
 	return errorf(CodeUnsupported, "unsupported request")
 }
-
-func (h *Handler) client(rt *Route) Upstream { return h.upstreams[rt.Upstream.Name] }
-
-// SetGate installs the gate; call it before serving. The gate reads blobs
-// through the handler (OpenBlob), hence the separate step.
-func (h *Handler) SetGate(g Gate) { h.gate = g }

@@ -36,7 +36,9 @@ import (
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/internal/faultreg"
 	"github.com/gatehouse/gatehouse/proxy"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/pull"
+	"github.com/gatehouse/gatehouse/pull/transport"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
 // counting wraps the in-process upstream registry: it counts requests by
@@ -96,6 +98,8 @@ type env struct {
 	dataDir  string
 	upstream *httptest.Server
 	handler  *proxy.Handler
+	content  *pull.Content
+	gate     proxy.Gate // installed by withGate
 }
 
 func newEnv(t testing.TB, mod func(*config.Config)) *env {
@@ -127,7 +131,7 @@ func (e *env) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ups := map[string]proxy.Upstream{}
+	ups := map[string]pull.Upstream{}
 	for i := range e.cfg.Upstreams {
 		c, err := upstream.New(&e.cfg.Upstreams[i], log)
 		if err != nil {
@@ -135,11 +139,12 @@ func (e *env) start() {
 		}
 		ups[e.cfg.Upstreams[i].Name] = c
 	}
-	h, err := proxy.New(e.cfg, store, ups, log)
+	content, err := pull.New(e.cfg, store, ups, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.store = store
+	h := proxy.New(e.cfg, content, e.gate, log)
+	e.store, e.content = store, content
 	e.handler = h
 	e.gh = httptest.NewServer(h)
 	e.ghHost = strings.TrimPrefix(e.gh.URL, "http://")
@@ -771,7 +776,7 @@ func TestManifestDigestMismatchRefused(t *testing.T) {
 // reading) or not (chunked: refused once the cap is passed).
 func TestManifestSizeCap(t *testing.T) {
 	big := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"annotations":{"x":"` +
-		strings.Repeat("a", proxy.MaxManifestSize) + `"}}`)
+		strings.Repeat("a", pull.MaxManifestSize) + `"}}`)
 	sum := sha256.Sum256(big)
 	d := "sha256:" + hex.EncodeToString(sum[:])
 	for _, announce := range []bool{true, false} {
@@ -852,13 +857,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// The in-process transport serves a go-containerregistry client through
-// the handler: the bytes are upstream's, and they land in the cache.
+// The in-process transport serves a go-containerregistry client from the
+// content layer: the bytes are upstream's, and they land in the cache.
 func TestInProcessTransport(t *testing.T) {
 	e := newEnv(t, nil)
 	img := e.push("team/sig", "v1", 1, 1000)
 	ref, _ := name.ParseReference("registry.invalid/team/sig:v1") // the host is ignored
-	got, err := remote.Image(ref, remote.WithTransport(e.handler.Transport(e.upHost)))
+	got, err := remote.Image(ref, remote.WithTransport(transport.New(e.content, e.upHost)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func TestFetchQueueTimeoutIs503(t *testing.T) {
 		return true
 	}
 	done := make(chan outcome)
-	go func() { done <- pull(e.gh.URL + "/v2/team/app/blobs/" + first.String()) }()
+	go func() { done <- fetchURL(e.gh.URL + "/v2/team/app/blobs/" + first.String()) }()
 	<-started // the one slot is taken
 	resp := e.get("GET", "/v2/team/app/blobs/"+second.String())
 	body := readAll(t, resp)

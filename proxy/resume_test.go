@@ -122,7 +122,7 @@ func TestStalledBlobResumeDoesNotHelp(t *testing.T) {
 	resumesBefore, getsBefore := resumeCount(e.upHost), e.faults.Gets(faultreg.Blob)
 
 	e.faults.Set(faultreg.Blob, faultreg.Stall)
-	o := pull(e.gh.URL + "/v2/team/app/blobs/" + dgst.String())
+	o := fetchURL(e.gh.URL + "/v2/team/app/blobs/" + dgst.String())
 	if err := o.failedCleanly(); err != nil {
 		t.Fatal(err)
 	}

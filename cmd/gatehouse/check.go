@@ -14,7 +14,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
@@ -86,12 +85,12 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer st.Close()
 
-	m, err := st.handler.Resolve(ctx, up, repo, ref)
+	m, err := st.content.Manifest(ctx, up, repo, ref)
 	if err != nil {
 		return err
 	}
 	res := checkResult{Image: fs.Arg(0), Digest: m.Digest.String()}
-	if types.MediaType(m.MediaType).IsIndex() {
+	if m.MediaType.IsIndex() {
 		idx, err := v1.ParseIndexManifest(strings.NewReader(string(m.Data)))
 		if err != nil {
 			return fmt.Errorf("index %s: %w", m.Digest, err)
@@ -107,7 +106,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Errorf("index %s has no manifest for %s", m.Digest, platform)
 		}
 		res.Platform = found.Platform.String()
-		if m, err = st.handler.Resolve(ctx, up, repo, found.Digest.String()); err != nil {
+		if m, err = st.content.Manifest(ctx, up, repo, found.Digest.String()); err != nil {
 			return err
 		}
 	}
@@ -115,7 +114,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if !strings.Contains(ref, ":") {
 		tag = ref
 	}
-	v, err := st.gate.Check(ctx, gate.Subject{Upstream: up, Repo: repo, Tag: tag, Digest: m.Digest, MediaType: m.MediaType, Manifest: m.Data, Client: "gatehouse check"})
+	v, err := st.gate.Check(ctx, gate.Subject{Upstream: up, Repo: repo, Tag: tag, Digest: m.Digest, MediaType: string(m.MediaType), Manifest: m.Data, Client: "gatehouse check"})
 	if err != nil {
 		return err
 	}

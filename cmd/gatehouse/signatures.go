@@ -10,7 +10,8 @@ import (
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/sign"
-	"github.com/gatehouse/gatehouse/proxy"
+	"github.com/gatehouse/gatehouse/pull"
+	"github.com/gatehouse/gatehouse/pull/transport"
 )
 
 // signaturePolicies maps every rule with a signatures section to its
@@ -48,7 +49,7 @@ func signaturePolicies(cfg *config.Config) (map[string]*sign.Policy, error) {
 }
 
 // signatureVerifier verifies signatures for the gate, fetching them through
-// the proxy handler in process (so through the upstream client and cache).
+// the content layer in process (so through the upstream client and cache).
 type signatureVerifier struct {
 	policies  map[string]*sign.Policy
 	verifiers map[string]*sign.Verifier // by upstream
@@ -56,7 +57,7 @@ type signatureVerifier struct {
 
 var _ gate.SignatureVerifier = (*signatureVerifier)(nil)
 
-func newSignatureVerifier(cfg *config.Config, h *proxy.Handler) (*signatureVerifier, error) {
+func newSignatureVerifier(cfg *config.Config, content *pull.Content) (*signatureVerifier, error) {
 	policies, err := signaturePolicies(cfg)
 	if err != nil {
 		return nil, err
@@ -66,7 +67,7 @@ func newSignatureVerifier(cfg *config.Config, h *proxy.Handler) (*signatureVerif
 	}
 	sv := &signatureVerifier{policies: policies, verifiers: map[string]*sign.Verifier{}}
 	for _, u := range cfg.Upstreams {
-		sv.verifiers[u.Name] = sign.New(sign.Options{Transport: h.Transport(u.Name)})
+		sv.verifiers[u.Name] = sign.New(sign.Options{Transport: transport.New(content, u.Name)})
 	}
 	return sv, nil
 }

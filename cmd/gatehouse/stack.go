@@ -14,16 +14,21 @@ import (
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/scan"
 	"github.com/gatehouse/gatehouse/proxy"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/pull"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
-// stack is gatehouse wired together: the cache, the upstream clients, the
-// proxy handler, the scanner and the gate.
+// stack is gatehouse wired together, in the one direction the data flows:
+// the stores, the upstream clients, the content layer on both, the
+// scanner and signature verifier reading through the content layer, the
+// gate deciding with them, and the proxy asking the gate and serving the
+// content.
 type stack struct {
 	cfg     *config.Config
 	log     *slog.Logger
 	store   *cache.Store
 	clients map[string]*upstream.Client
+	content *pull.Content
 	handler *proxy.Handler
 	scanner *scan.Scanner
 	gate    *gate.Gate
@@ -64,7 +69,7 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	ups := map[string]proxy.Upstream{}
+	ups := map[string]pull.Upstream{}
 	for i := range cfg.Upstreams {
 		u := &cfg.Upstreams[i]
 		c, err := upstream.New(u, log)
@@ -73,7 +78,7 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 		}
 		s.clients[u.Name], ups[u.Name] = c, c
 	}
-	s.handler, err = proxy.New(cfg, s.store, ups, log)
+	s.content, err = pull.New(cfg, s.store, ups, log)
 	if err != nil {
 		return nil, err
 	}
@@ -81,8 +86,8 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	opts := gate.Options{Config: &cfg.Gate, DataDir: stateDir, Scanner: s.scanner.ForGate(), Blobs: s.handler, Log: log}
-	sv, err := newSignatureVerifier(cfg, s.handler)
+	opts := gate.Options{Config: &cfg.Gate, DataDir: stateDir, Scanner: s.scanner.ForGate(), Blobs: s.content, Log: log}
+	sv, err := newSignatureVerifier(cfg, s.content)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +98,7 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	s.handler.SetGate(s.gate)
+	s.handler = proxy.New(cfg, s.content, s.gate, log)
 	return s, nil
 }
 

@@ -20,7 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/gatehouse/gatehouse/config"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
 // tokenRegistry is an upstream that demands a Bearer token, issued by its

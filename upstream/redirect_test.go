@@ -14,7 +14,7 @@ import (
 	"testing"
 
 	"github.com/gatehouse/gatehouse/config"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
 // target is a server a redirect may lead to: it counts the connections

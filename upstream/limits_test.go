@@ -14,7 +14,7 @@ import (
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
 // throttled answers blob requests with status and Retry-After (when set)

@@ -19,7 +19,7 @@ import (
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
-	"github.com/gatehouse/gatehouse/proxy/upstream"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
 // echoingRegistry refuses everything and echoes what it was sent (the
