@@ -154,28 +154,41 @@ func route(cfg *config.Config, r *http.Request) (*Route, *Error) {
 	if kind == KindBase {
 		return rt, nil
 	}
-	if vs, ok := q["ns"]; ok {
+	if err := resolveUpstream(cfg, rt); err != nil {
+		return nil, err
+	}
+	if err := rt.setRef(ref); err != nil {
+		return nil, err
+	}
+	return rt, nil
+}
+
+// resolveUpstream sets rt's upstream and repository at the upstream: the
+// ns parameter, else a first path element naming a configured upstream,
+// else the default upstream.
+func resolveUpstream(cfg *config.Config, rt *Route) *Error {
+	if vs, ok := rt.Query["ns"]; ok {
 		if len(vs) != 1 {
-			return nil, errorf(CodeNameInvalid, "ns must be given once")
+			return errorf(CodeNameInvalid, "ns must be given once")
 		}
 		rt.NS = vs[0]
 		if err := config.ValidHost(rt.NS); err != nil {
-			return nil, errorf(CodeNameInvalid, "invalid ns %q: %v", truncate(rt.NS, 100), err)
+			return errorf(CodeNameInvalid, "invalid ns %q: %v", truncate(rt.NS, 100), err)
 		}
 		rt.Upstream = cfg.Upstream(rt.NS)
 		if rt.Upstream == nil {
-			return nil, errorf(CodeDenied, "registry %q is not an upstream of this gatehouse", rt.NS)
+			return errorf(CodeDenied, "registry %q is not an upstream of this gatehouse", rt.NS)
 		}
 	}
-	repo := name
-	if first, rest, ok := strings.Cut(name, "/"); ok {
+	repo := rt.Name
+	if first, rest, ok := strings.Cut(rt.Name, "/"); ok {
 		if u := cfg.Upstream(first); u != nil && (rt.Upstream == nil || rt.Upstream == u) {
 			rt.Upstream, repo = u, rest
 		}
 	}
 	if rt.Upstream == nil {
 		if cfg.DefaultUpstream == "" {
-			return nil, errorf(CodeNameUnknown, "no upstream named in the request (ns or path prefix) and no default upstream configured")
+			return errorf(CodeNameUnknown, "no upstream named in the request (ns or path prefix) and no default upstream configured")
 		}
 		rt.Upstream = cfg.Upstream(cfg.DefaultUpstream)
 	}
@@ -183,29 +196,35 @@ func route(cfg *config.Config, r *http.Request) (*Route, *Error) {
 		repo = "library/" + repo
 	}
 	if err := validRepo(repo); err != nil {
-		return nil, err
+		return err
 	}
 	rt.Repo = repo
-	switch kind {
+	return nil
+}
+
+// setRef checks and sets the reference: a tag or sha256 digest for a
+// manifest, a sha256 digest for a blob or referrers.
+func (rt *Route) setRef(ref string) *Error {
+	switch rt.Kind {
 	case KindManifest:
 		if strings.Contains(ref, ":") {
 			d, err := parseDigest(ref)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			rt.Digest, rt.ByDigest = d, true
 		} else if !tagRE.MatchString(ref) {
-			return nil, errorf(CodeManifestInvalid, "invalid tag %q", truncate(ref, 200))
+			return errorf(CodeManifestInvalid, "invalid tag %q", truncate(ref, 200))
 		}
 		rt.Ref = ref
 	case KindBlob, KindReferrers:
 		d, err := parseDigest(ref)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		rt.Digest, rt.ByDigest, rt.Ref = d, true, ref
 	}
-	return rt, nil
+	return nil
 }
 
 // RoutePattern names the route of a request path for logs and metrics:

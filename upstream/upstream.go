@@ -29,6 +29,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
@@ -37,10 +38,8 @@ import (
 // ManifestAccept lists every manifest media type gatehouse handles, sent as
 // the Accept header of manifest requests so that upstream returns indexes
 // and OCI manifests as they are (never a converted schema1).
-const ManifestAccept = "application/vnd.oci.image.index.v1+json, " +
-	"application/vnd.docker.distribution.manifest.list.v2+json, " +
-	"application/vnd.oci.image.manifest.v1+json, " +
-	"application/vnd.docker.distribution.manifest.v2+json"
+const ManifestAccept = string(types.OCIImageIndex) + ", " + string(types.DockerManifestList) + ", " +
+	string(types.OCIManifestSchema1) + ", " + string(types.DockerManifestSchema2)
 
 // maxErrorBody caps how much of an upstream error body is read.
 const maxErrorBody = 64 << 10

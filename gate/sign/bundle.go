@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	sgbundle "github.com/sigstore/sigstore-go/pkg/bundle"
@@ -73,7 +74,7 @@ func (v *Verifier) verifyBundles(ctx context.Context, opts []ociremote.Option, r
 
 // emptyConfigType is the config media type of artifacts without config,
 // bundle referrers included.
-const emptyConfigType = "application/vnd.oci.empty.v1+json"
+const emptyConfigType = string(types.OCIEmptyJSON)
 
 // errNotSignature is a verified bundle of another predicate type.
 var errNotSignature = errors.New("not a cosign signature")
