@@ -4,22 +4,27 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate/records"
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
 )
+
+// The denial log itself (batches, trimming, loading) is tested in
+// gate/records; these tests are of the gate's refusals going into it.
 
 func parseConfig(t *testing.T, yml string) *config.Config {
 	t.Helper()
@@ -40,7 +45,7 @@ func (f *fixture) denyN(n int) {
 }
 
 // repos lists the repositories of the denials, newest first.
-func repos(ds []Denial) string {
+func repos(ds []records.Denial) string {
 	var rs []string
 	for _, d := range ds {
 		rs = append(rs, d.Repo)
@@ -49,10 +54,13 @@ func repos(ds []Denial) string {
 }
 
 // storedDenials counts the records in the database.
-func storedDenials(t *testing.T, g *Gate) int {
+func storedDenials(t *testing.T, f *fixture) int {
 	t.Helper()
 	n := 0
-	if err := g.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketDenials).Stats().KeyN; return nil }); err != nil {
+	err := f.meta.View(context.Background(), func(tx storage.Tx) error {
+		return tx.Scan("denials", nil, false, func(_, _ []byte) (bool, error) { n++; return true, nil })
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -61,17 +69,17 @@ func storedDenials(t *testing.T, g *Gate) int {
 // flushDenials writes the queued denials and checks how many are stored.
 func (f *fixture) flushDenials(t *testing.T, want int) {
 	t.Helper()
-	if err := f.g.FlushDenials(); err != nil {
+	if err := f.g.records.FlushDenials(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n := storedDenials(t, f.g); n != want {
+	if n := storedDenials(t, f); n != want {
 		t.Fatalf("%d denials stored, want %d", n, want)
 	}
 }
 
-func apiDenials(t *testing.T, g *Gate) []byte {
+func apiDenials(t *testing.T, f *fixture) []byte {
 	t.Helper()
-	srv := httptest.NewServer(g.APIHandler())
+	srv := httptest.NewServer(f.api())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/api/v1/denials")
 	if err != nil {
@@ -99,8 +107,8 @@ func TestDenialsSurviveRestart(t *testing.T) {
 			t.Fatalf("%+v %v", v, err)
 		}
 	}
-	before := apiDenials(t, f.g)
-	var list struct{ Denials []Denial }
+	before := apiDenials(t, f)
+	var list struct{ Denials []records.Denial }
 	if err := json.Unmarshal(before, &list); err != nil || len(list.Denials) != 2 || list.Denials[0].Tag != "v2" ||
 		list.Denials[0].Client != "10.0.0.7:5123" || !strings.Contains(list.Denials[0].Message, "CVE-2026-1111") {
 		t.Fatalf("before restart: %s %v", before, err)
@@ -109,7 +117,7 @@ func TestDenialsSurviveRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.open(t, parseConfig(t, policyYAML))
-	if after := apiDenials(t, f.g); !bytes.Equal(before, after) {
+	if after := apiDenials(t, f); !bytes.Equal(before, after) {
 		t.Fatalf("after restart:\n%s\nbefore:\n%s", after, before)
 	}
 	// New denials go on top of the loaded ones.
@@ -119,153 +127,48 @@ func TestDenialsSurviveRestart(t *testing.T) {
 	}
 }
 
-// Only gate.denials.keep are kept, in memory and on disk; a smaller keep
-// at the next start trims the record.
-func TestDenialsTrimmedToKeep(t *testing.T) {
-	f := newFixture(t, policyYAML+"  denials: {keep: 5}\n")
-	f.denyN(3)
-	f.flushDenials(t, 3)
-	f.denyN(9)
-	if got := repos(f.g.Denials()); got != "r8,r7,r6,r5,r4" {
-		t.Fatalf("in memory: %s", got)
-	}
-	f.flushDenials(t, 5)
-	f.g.Close()
-	f.open(t, parseConfig(t, policyYAML+"  denials: {keep: 3}\n"))
-	if got := repos(f.g.Denials()); got != "r8,r7,r6" {
-		t.Fatalf("after restart with keep 3: %s", got)
-	}
-	if n := storedDenials(t, f.g); n != 3 {
-		t.Fatalf("%d stored after restart with keep 3, want 3", n)
-	}
-	f.g.Close()
-	f.open(t, parseConfig(t, policyYAML))
-	if got := repos(f.g.Denials()); got != "r8,r7,r6" {
-		t.Fatalf("after restart with the default keep: %s", got)
-	}
+// failingMeta is a MetaStore whose transactions fail while fail is set, as
+// on a full or broken disk.
+type failingMeta struct {
+	storage.MetaStore
+	fail atomic.Bool
 }
 
-// gate.denials.maxAge hides older denials at once and deletes them at the
-// next flush, even when no denial is queued.
-func TestDenialsMaxAge(t *testing.T) {
-	f := newFixture(t, policyYAML+"  denials: {maxAge: 1h}\n")
-	f.denyN(2)
-	f.now = f.now.Add(50 * time.Minute)
-	f.denyN(1)
-	f.flushDenials(t, 3)
-	f.now = f.now.Add(15 * time.Minute) // the first two are now over an hour old
-	if got := repos(f.g.Denials()); got != "r0" {
-		t.Fatalf("denials %s, want only the one younger than an hour", got)
+var errDisk = errors.New("disk broken")
+
+func (m *failingMeta) View(ctx context.Context, fn func(storage.Tx) error) error {
+	if m.fail.Load() {
+		return errDisk
 	}
-	f.flushDenials(t, 1)
-	f.g.Close()
-	f.now = f.now.Add(time.Hour)
-	f.open(t, parseConfig(t, policyYAML+"  denials: {maxAge: 1h}\n"))
-	if got, n := f.g.Denials(), storedDenials(t, f.g); len(got) != 0 || n != 0 {
-		t.Fatalf("after restart two hours later: %d shown, %d stored", len(got), n)
-	}
+	return m.MetaStore.View(ctx, fn)
 }
 
-// Denials are written in batches: nothing per denial on the refusal path,
-// everything queued in one transaction, and what is still queued at Close.
-func TestDenialsBatchedAndFlushedOnClose(t *testing.T) {
-	f := newFixture(t, policyYAML)
-	f.denyN(250)
-	if n := storedDenials(t, f.g); n != 0 {
-		t.Fatalf("%d written on the refusal path, want 0", n)
+func (m *failingMeta) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	if m.fail.Load() {
+		return errDisk
 	}
-	writes := func() int64 { s := f.g.db.Stats(); return s.TxStats.GetWrite() }
-	before := writes()
-	f.flushDenials(t, 250)
-	// One transaction writes its dirty pages and the meta page: far fewer
-	// writes than denials.
-	if w := writes() - before; w >= 50 {
-		t.Fatalf("%d page writes for 250 denials", w)
-	}
-	f.denyN(2) // r0, r1 again, never flushed
-	f.g.Close()
-	f.open(t, parseConfig(t, policyYAML))
-	ds := f.g.Denials()
-	if len(ds) != 252 || ds[0].Repo != "r1" || ds[1].Repo != "r0" || ds[2].Repo != "r249" || ds[251].Repo != "r0" {
-		t.Fatalf("after Close and restart: %d denials, newest %s", len(ds), repos(ds[:min(3, len(ds))]))
-	}
-	for i := 1; i < len(ds); i++ {
-		if ds[i].Time.After(ds[i-1].Time) {
-			t.Fatalf("not newest first at %d: %v after %v", i, ds[i].Time, ds[i-1].Time)
-		}
-	}
-}
-
-// RunDenials writes a full batch at once, without waiting for its ticker,
-// and stops with its context.
-func TestRunDenialsWritesFullBatch(t *testing.T) {
-	f := newFixture(t, policyYAML+"  denials: {flushInterval: 1m}\n")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { f.g.RunDenials(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	f.denyN(denialBatch - 1)
-	f.denyN(1)
-	deadline := time.Now().Add(30 * time.Second)
-	for storedDenials(t, f.g) < denialBatch {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of a full batch written after 30s; the ticker is a minute", storedDenials(t, f.g))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// A record that does not decode is skipped with a log line at start-up;
-// the others load.
-func TestUndecodableDenialSkipped(t *testing.T) {
-	f := newFixture(t, policyYAML)
-	f.denyN(2)
-	f.g.Close()
-	db, err := bolt.Open(filepath.Join(f.dir, "gate.db"), 0o640, &bolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketDenials)
-		if err := b.Put(denialKey(f.now.Add(time.Hour), 1<<40), []byte("{not json")); err != nil {
-			return err
-		}
-		return b.Put([]byte("short key"), []byte(`{"repository":"odd"}`))
-	})
-	db.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs bytes.Buffer
-	f.log = slog.New(slog.NewTextHandler(&logs, nil))
-	f.open(t, parseConfig(t, policyYAML))
-	if got := repos(f.g.Denials()); got != "r1,r0" {
-		t.Fatalf("denials %q", got)
-	}
-	if n := strings.Count(logs.String(), "skipping a denial record that does not decode"); n != 2 {
-		t.Fatalf("%d log lines for the two broken records: %s", n, logs.String())
-	}
+	return m.MetaStore.Update(ctx, fn)
 }
 
 // A failed write neither admits the image nor fails the request; the
 // denials stay queued, are counted, and are written by the next flush.
 func TestDenialStoreErrorFailsClosed(t *testing.T) {
 	f := newFixture(t, policyYAML)
+	f.g.Close()
+	disk := &failingMeta{}
+	f.openOn(t, parseConfig(t, policyYAML), func(m storage.MetaStore) storage.MetaStore { disk.MetaStore = m; return disk })
 	f.scanner.vulns["up.example/team/bad"] = []Vuln{critical}
 	bad := f.image(t, "team/bad")
 	if v, err := f.g.Check(context.Background(), bad); err != nil || v.Admitted {
 		t.Fatalf("%+v %v", v, err)
 	}
-	path := filepath.Join(f.dir, "gate.db")
-	if err := f.g.db.Close(); err != nil { // every write now fails
-		t.Fatal(err)
-	}
+	disk.fail.Store(true) // every read and write now fails
 	errs := metricValue(t, metrics.DenialStoreErrors, "")
 	if v, err := f.g.Check(context.Background(), bad); err != nil || v.Admitted {
 		t.Fatalf("with the denial store failing: %+v %v", v, err)
 	}
-	if err := f.g.FlushDenials(); err == nil {
-		t.Fatal("flush into a closed database succeeded")
+	if err := f.g.records.FlushDenials(context.Background()); err == nil {
+		t.Fatal("flush into a failing database succeeded")
 	}
 	if n := metricValue(t, metrics.DenialStoreErrors, "") - errs; n != 1 {
 		t.Fatalf("denial store errors +%v, want +1", n)
@@ -273,11 +176,7 @@ func TestDenialStoreErrorFailsClosed(t *testing.T) {
 	if len(f.g.Denials()) != 2 {
 		t.Fatalf("denials %+v", f.g.Denials())
 	}
-	db, err := bolt.Open(path, 0o640, &bolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.g.db = db
+	disk.fail.Store(false)
 	f.flushDenials(t, 2)
 }
 
@@ -288,7 +187,7 @@ func BenchmarkDenyStorm(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	g, err := New(Options{Config: &cfg.Gate, DataDir: b.TempDir(), Scanner: &fakeScanner{}, Log: slog.New(slog.DiscardHandler)})
+	g, err := New(Options{Config: &cfg.Gate, Meta: openMeta(b, b.TempDir()), Scanner: &fakeScanner{}, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,22 +2,21 @@ package gate
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/gate/records"
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // BlobOpener reads a blob of an upstream repository through gatehouse's
@@ -28,8 +27,11 @@ type BlobOpener interface {
 
 // Options configure a Gate.
 type Options struct {
-	Config  *config.Gate
-	DataDir string // the verdict database (and denial record) is DataDir/gate.db
+	Config *config.Gate
+	// Meta holds the gate's records (verdicts, reports, image records, the
+	// blob index, denials). Required. The caller owns it: the gate never
+	// closes it, and the caller closes it after Gate.Close.
+	Meta    storage.MetaStore
 	Scanner Scanner
 	// Signatures verifies signatures for rules that have a signatures
 	// section; required when any rule has one.
@@ -46,25 +48,21 @@ type Gate struct {
 	scanner Scanner
 	sigs    SignatureVerifier
 	blobs   BlobOpener
-	db      *bolt.DB
+	records *records.Store
 	log     *slog.Logger
 	now     func() time.Time
 	pass    map[string]bool
 
 	mu        sync.Mutex
 	jobs      map[string]*job
-	memo      map[string]*Verdict   // verdict key → verdict, the hot path
-	tags      map[string]struct{}   // digest+tag pairs already recorded
-	parents   map[string]v1.Hash    // upstream/repo/platform manifest → the index that listed it
-	platforms map[string]string     // upstream/repo/platform manifest → os/arch of its index entry
-	failures  *failureMemo          // failed scans, retried after a back-off
-	pulls     map[string]*pullCount // manifest → pulls not yet flushed
+	memo      map[string]*Verdict // verdict key → verdict, the hot path
+	parents   map[string]v1.Hash  // upstream/repo/platform manifest → the index that listed it
+	platforms map[string]string   // upstream/repo/platform manifest → os/arch of its index entry
+	failures  *failureMemo        // failed scans, retried after a back-off
 	closed    bool
 	closing   chan struct{}
 	wg        sync.WaitGroup
 	sem       chan struct{}
-
-	denials *denialLog
 }
 
 type job struct {
@@ -73,28 +71,8 @@ type job struct {
 	err     error
 }
 
-var (
-	bucketVerdicts = []byte("verdicts") // digest|upstream/repo|policyHash|dbVersion → Verdict
-	bucketReports  = []byte("reports")  // digest → storedReport
-	bucketImages   = []byte("images")   // digest → ImageRecord
-	// bucketSignatures holds signature results, each bound to the image,
-	// the repository its signatures were fetched from and the rule (by
-	// hash: its identities, key bytes and trusted root) they were verified
-	// against: digest|upstream/repo|rule hash → SignatureResult. A result
-	// is reused only under the same key; another rule or a rotated key
-	// verifies again.
-	bucketSignatures = []byte("signatures")
-)
-
-// storedReport is a scan report with the time it was made. (Reports of
-// earlier versions also held one signature result per digest, bound to
-// nothing; it is ignored.)
-type storedReport struct {
-	Report
-	ScannedAt time.Time `json:"scannedAt"`
-}
-
-// New opens the verdict database and returns the gate.
+// New opens the gate's records in opts.Meta (migrating those of earlier
+// versions, loading the denial log) and returns the gate.
 func New(opts Options) (*Gate, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -102,67 +80,44 @@ func New(opts Options) (*Gate, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	db, err := bolt.Open(filepath.Join(opts.DataDir, "gate.db"), 0o640, &bolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("gate: %w", err)
+	if opts.Meta == nil {
+		return nil, errors.New("gate: no metadata store")
 	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketVerdicts, bucketReports, bucketImages, bucketBlobRefs, bucketDenials, bucketSignatures} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
+	for _, r := range opts.Config.Policy.Rules {
+		if r.Signatures != nil && opts.Signatures == nil {
+			return nil, fmt.Errorf("gate: rule %q verifies signatures but no signature verifier is configured", r.Name)
 		}
-		for _, b := range oldBlobBuckets {
-			if tx.Bucket(b) != nil {
-				if err := tx.DeleteBucket(b); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}); err != nil {
-		db.Close()
+	}
+	recs, err := records.Open(context.Background(), opts.Meta, records.Options{Denials: opts.Config.Denials, Log: opts.Log, Now: opts.Now})
+	if err != nil {
 		return nil, fmt.Errorf("gate: %w", err)
 	}
 	g := &Gate{
 		cfg:       opts.Config,
 		policy:    policy.New(opts.Config.Policy.Rules, opts.Config.PassArtifactTypes...),
 		scanner:   opts.Scanner,
+		sigs:      opts.Signatures,
 		blobs:     opts.Blobs,
-		db:        db,
+		records:   recs,
 		log:       opts.Log,
 		now:       opts.Now,
 		pass:      map[string]bool{},
 		jobs:      map[string]*job{},
 		memo:      map[string]*Verdict{},
-		tags:      map[string]struct{}{},
 		parents:   map[string]v1.Hash{},
 		platforms: map[string]string{},
 		failures:  newFailureMemo(),
-		pulls:     map[string]*pullCount{},
-		sigs:      opts.Signatures,
 		closing:   make(chan struct{}),
 		sem:       make(chan struct{}, opts.Config.ScanConcurrency),
-		denials:   newDenialLog(opts.Config.Denials.Keep),
 	}
 	for _, t := range opts.Config.PassArtifactTypes {
 		g.pass[t] = true
 	}
-	for _, r := range opts.Config.Policy.Rules {
-		if r.Signatures != nil && g.sigs == nil {
-			db.Close()
-			return nil, fmt.Errorf("gate: rule %q verifies signatures but no signature verifier is configured", r.Name)
-		}
-	}
-	if err := g.loadDenials(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("gate: %w", err)
-	}
 	return g, nil
 }
 
-// Close stops running scans, writes the pulls and denials not yet
-// written, and closes the verdict database.
+// Close stops running scans and writes the pulls and denials not yet
+// written. It does not close Options.Meta: its owner does, afterwards.
 func (g *Gate) Close() error {
 	g.mu.Lock()
 	if !g.closed {
@@ -171,17 +126,8 @@ func (g *Gate) Close() error {
 	}
 	g.mu.Unlock()
 	g.wg.Wait()
-	if err := g.FlushPulls(); err != nil {
-		g.log.Error("recording pulls", "err", err)
-	}
-	if err := g.FlushDenials(); err != nil {
-		g.log.Error("recording denials; the queued ones are lost", "err", err)
-	}
-	return g.db.Close()
+	return g.records.Close()
 }
-
-// Policy returns the loaded policy.
-func (g *Gate) Policy() *policy.Policy { return g.policy }
 
 // Check judges a manifest before it is served. It returns the verdict
 // (admitted or not), a *Pending when the verdict is not ready within
@@ -205,8 +151,8 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	}
 	key := verdictKey(&s, rule.Hash, dbv)
 	// The hot path: a manifest judged before costs a map lookup.
-	if v := g.cached(key); v != nil {
-		g.noteTag(&s)
+	if v := g.cached(ctx, key); v != nil {
+		g.records.NoteTag(ctx, s.Digest.String(), s.Tag)
 		g.notePull(&s)
 		return g.deny(v, &s), nil
 	}
@@ -224,16 +170,16 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name,
 			Reason: ReasonOff, Message: fmt.Sprintf("rule %q is off", rule.Name), PolicyHash: rule.Hash, JudgedAt: g.now()}
 	case dbv == "":
-		return g.failed(&s, info, rule, dbv, ErrNoDB)
+		return g.failed(ctx, &s, info, rule, dbv, ErrNoDB)
 	}
 	if v == nil {
 		if err := g.failures.check(s.Upstream, s.Digest, g.now()); err != nil {
 			metrics.ScanBackoffRefusals.Inc()
-			return g.failed(&s, info, rule, dbv, err)
+			return g.failed(ctx, &s, info, rule, dbv, err)
 		}
 		return g.await(ctx, s, info, rule, dbv, key)
 	}
-	if err := g.store(key, &s, info, v); err != nil {
+	if err := g.store(context.WithoutCancel(ctx), key, &s, info, v); err != nil {
 		g.log.Error("storing verdict", "err", err)
 	}
 	g.notePull(&s)
@@ -276,7 +222,7 @@ func (g *Gate) await(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		return nil, ctx.Err()
 	}
 	if j.err != nil {
-		return g.failed(&s, info, rule, dbv, j.err)
+		return g.failed(ctx, &s, info, rule, dbv, j.err)
 	}
 	g.notePull(&s)
 	return g.deny(j.verdict, &s), nil
@@ -285,7 +231,7 @@ func (g *Gate) await(ctx context.Context, s Subject, info *manifestInfo, rule *p
 // deny records a refused pull in the denial log and passes v through.
 func (g *Gate) deny(v *Verdict, s *Subject) *Verdict {
 	if !v.Admitted {
-		g.denials.add(Denial{Time: g.now(), Client: s.Client, Upstream: s.Upstream, Repo: s.Repo, Tag: s.Tag,
+		g.records.AddDenial(records.Denial{Time: g.now(), Client: s.Client, Upstream: s.Upstream, Repo: s.Repo, Tag: s.Tag,
 			Digest: s.Digest.String(), Rule: ruleName(v), Message: v.Message})
 	}
 	return v
@@ -300,7 +246,7 @@ func ruleName(v *Verdict) string {
 
 // failed handles a scan that could not be made: an error (fail closed),
 // or, under a rule in audit mode, an admitted verdict that says why.
-func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, dbv string, err error) (*Verdict, error) {
+func (g *Gate) failed(ctx context.Context, s *Subject, info *manifestInfo, rule *policy.Rule, dbv string, err error) (*Verdict, error) {
 	var p *Pending
 	if errors.As(err, &p) {
 		return nil, err
@@ -310,7 +256,7 @@ func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, dbv str
 		v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name, Reason: ReasonScanError,
 			Message:    fmt.Sprintf("not scanned (%v); admitted because rule %q is in audit mode", err, rule.Name),
 			PolicyHash: rule.Hash, DBVersion: dbv, JudgedAt: g.now()}
-		g.record(s, info, v)
+		g.record(context.WithoutCancel(ctx), s, info, v)
 		g.notePull(s)
 		return v, nil
 	}
@@ -323,30 +269,19 @@ func (g *Gate) failed(s *Subject, info *manifestInfo, rule *policy.Rule, dbv str
 	return nil, se
 }
 
-// verdictKey binds a verdict to what produced it: the manifest, the
-// repository it was judged in (its signatures and its blob index entries
-// are that repository's), the rule and the DB.
+// verdictKey binds a verdict to what produced it (see records.VerdictKey).
 func verdictKey(s *Subject, policyHash, dbv string) string {
-	return s.Digest.String() + "|" + s.Upstream + "/" + s.Repo + "|" + policyHash + "|" + dbv
+	return records.VerdictKey(s.Digest.String(), s.Upstream, s.Repo, policyHash, dbv)
 }
 
 // cached returns a stored verdict that is still valid (an allowlist entry
 // it relied on has not expired).
-func (g *Gate) cached(key string) *Verdict {
+func (g *Gate) cached(ctx context.Context, key string) *Verdict {
 	g.mu.Lock()
 	v := g.memo[key]
 	g.mu.Unlock()
 	if v == nil {
-		_ = g.db.View(func(tx *bolt.Tx) error {
-			if b := tx.Bucket(bucketVerdicts).Get([]byte(key)); b != nil {
-				var dv Verdict
-				if json.Unmarshal(b, &dv) == nil {
-					v = &dv
-				}
-			}
-			return nil
-		})
-		if v == nil {
+		if v, _ = g.records.Verdict(ctx, key); v == nil {
 			return nil
 		}
 		g.remember(key, v)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,8 +22,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gatehouse/gatehouse/api"
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate/records"
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
+	"github.com/gatehouse/gatehouse/storage/boltmeta"
 )
 
 // fakeScanner stands in for Trivy in these unit tests of the gate's own
@@ -151,6 +156,7 @@ type fixture struct {
 	blobs   *memBlobs
 	now     time.Time
 	dir     string // the data directory, kept across open
+	meta    storage.MetaStore
 	sigs    SignatureVerifier
 	log     *slog.Logger // default: discard
 }
@@ -162,7 +168,19 @@ func newGateErr(t *testing.T, yml string) (*Gate, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return New(Options{Config: &cfg.Gate, DataDir: t.TempDir(), Scanner: &fakeScanner{}, Log: slog.New(slog.DiscardHandler)})
+	meta := openMeta(t, t.TempDir())
+	return New(Options{Config: &cfg.Gate, Meta: meta, Scanner: &fakeScanner{}, Log: slog.New(slog.DiscardHandler)})
+}
+
+// openMeta opens the records database in dir, closed when the test ends.
+func openMeta(t testing.TB, dir string) *boltmeta.Store {
+	t.Helper()
+	meta, err := boltmeta.Open(filepath.Join(dir, "gate.db"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { meta.Close() })
+	return meta
 }
 
 func newFixtureWith(t testing.TB, yml string, sigs SignatureVerifier) *fixture {
@@ -183,14 +201,30 @@ func newFixtureWith(t testing.TB, yml string, sigs SignatureVerifier) *fixture {
 }
 
 // open starts a gate on the fixture's data directory, as gatehouse does
-// when it starts (again).
+// when it starts (again): a gate closed before is restarted on a newly
+// opened database.
 func (f *fixture) open(t testing.TB, cfg *config.Config) {
+	t.Helper()
+	f.openOn(t, cfg, nil)
+}
+
+// openOn is open with the database wrapped (nil: as it is).
+func (f *fixture) openOn(t testing.TB, cfg *config.Config, wrap func(storage.MetaStore) storage.MetaStore) {
 	t.Helper()
 	log := f.log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g, err := New(Options{Config: &cfg.Gate, DataDir: f.dir, Scanner: f.scanner, Blobs: f.blobs, Signatures: f.sigs,
+	if f.meta != nil {
+		// The caller closed the gate; gatehouse closes its database after.
+		f.meta.Close()
+	}
+	f.meta = openMeta(t, f.dir)
+	meta := f.meta
+	if wrap != nil {
+		meta = wrap(meta)
+	}
+	g, err := New(Options{Config: &cfg.Gate, Meta: meta, Scanner: f.scanner, Blobs: f.blobs, Signatures: f.sigs,
 		Log: log, Now: func() time.Time { return f.now }})
 	if err != nil {
 		t.Fatal(err)
@@ -198,6 +232,9 @@ func (f *fixture) open(t testing.TB, cfg *config.Config) {
 	f.g = g
 	t.Cleanup(func() { g.Close() })
 }
+
+// api is the JSON API over the fixture's gate.
+func (f *fixture) api() http.Handler { return api.New(api.Options{Model: f.g, Config: f.g.cfg}) }
 
 func (f *fixture) image(t testing.TB, repo string) Subject {
 	t.Helper()
@@ -438,12 +475,12 @@ func TestAPI(t *testing.T) {
 	bad := f.image(t, "team/bad")
 	f.g.Check(context.Background(), bad)
 	f.g.Check(context.Background(), f.image(t, "team/good"))
-	srv := httptest.NewServer(f.g.APIHandler())
+	srv := httptest.NewServer(f.api())
 	defer srv.Close()
 
 	var list struct {
 		Total  int
-		Images []ImageSummary
+		Images []records.ImageSummary
 	}
 	getJSON(t, srv.URL+"/api/v1/images", 200, &list)
 	if list.Total != 2 {
@@ -454,7 +491,7 @@ func TestAPI(t *testing.T) {
 		list.Images[0].Rule != "strict" || list.Images[0].DBVersion != "db-1" || list.Images[0].Tags[0] != "v1" {
 		t.Fatalf("%+v", list)
 	}
-	var d ImageDetail
+	var d records.ImageDetail
 	getJSON(t, srv.URL+"/api/v1/images/"+bad.Digest.String(), 200, &d)
 	if len(d.Vulns) != 1 || d.Vulns[0].ID != critical.ID || d.Latest.Admitted || d.Latest.Decision.Blocking[0].Fixed != "3.0.9" {
 		t.Fatalf("%+v", d)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/gate/records"
 	"github.com/gatehouse/gatehouse/metrics"
 )
 
@@ -23,11 +24,11 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		metrics.ScanBackoffRefusals.Inc()
 		var le *LimitError
 		if errors.As(err, &le) {
-			return g.overLimit(&s, info, rule, key, dbv, le), nil
+			return g.overLimit(ctx, &s, info, rule, key, dbv, le), nil
 		}
 		return nil, err
 	}
-	rep, err := g.report(s.Digest.String(), dbv)
+	rep, err := g.report(ctx, s.Digest.String(), dbv)
 	sigc := make(chan sigOutcome, 1)
 	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
 	if err != nil {
@@ -40,17 +41,19 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			return nil, errShutdown
 		}
 		metrics.ScansInFlight.Inc()
-		ctx, cancel := context.WithCancel(ctx)
+		// The scan's context: closing gatehouse cancels it (and its reads);
+		// what is recorded after it uses ctx.
+		sctx, cancel := context.WithCancel(ctx)
 		go func() {
 			select {
 			case <-g.closing:
 				cancel()
-			case <-ctx.Done():
+			case <-sctx.Done():
 			}
 		}()
 		start := time.Now()
 		// A new image on the scan's context: closing gatehouse cancels its reads.
-		r, serr := g.scanner.Scan(ctx, newImage(ctx, g.blobs, &s, info), s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
+		r, serr := g.scanner.Scan(sctx, newImage(sctx, g.blobs, &s, info), s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
 		cancel()
 		<-g.sem
 		metrics.ScansInFlight.Dec()
@@ -62,16 +65,16 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			var le *LimitError
 			if errors.As(serr, &le) {
 				metrics.ScanLimitsExceeded.WithLabelValues(le.Limit).Inc()
-				return g.overLimit(&s, info, rule, key, dbv, le), nil
+				return g.overLimit(ctx, &s, info, rule, key, dbv, le), nil
 			}
 			return nil, serr
 		}
-		rep = &storedReport{Report: *r, ScannedAt: g.now()}
+		rep = &records.StoredReport{Report: *r, ScannedAt: g.now()}
 		g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
 			"layers", r.Layers, "layersAnalysed", r.LayersAnalysed, "duration", time.Since(start), "db", r.DBVersion)
 	}
 	sig := <-sigc
-	if err := g.putReport(s.Digest.String(), rep); err != nil {
+	if err := g.records.PutReport(ctx, s.Digest.String(), rep); err != nil {
 		g.log.Error("storing scan report", "err", err)
 	}
 	v := g.decide(&s, info, rule, rep, sig.res)
@@ -79,15 +82,15 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		// Refuse this request, but judge again next time: an upstream
 		// outage, or an index not seen (yet), must not become a lasting
 		// denial. The image record shows the refusal meanwhile.
-		g.recordImage(&s, info, v)
+		g.recordImage(ctx, &s, info, v)
 		return v, nil
 	}
 	if sig.lasting() {
-		if err := g.putSignature(&s, rule, sig.res); err != nil {
+		if err := g.putSignature(ctx, &s, rule, sig.res); err != nil {
 			g.log.Error("storing signature result", "err", err)
 		}
 	}
-	if err := g.store(key, &s, info, v); err != nil {
+	if err := g.store(ctx, key, &s, info, v); err != nil {
 		g.log.Error("storing verdict", "err", err)
 	}
 	return v, nil
@@ -99,7 +102,7 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 // the verdict is remembered in memory and a client retrying does not make
 // gatehouse read the bomb again; it is not stored on disk, so raising a
 // limit and restarting judges the image again.
-func (g *Gate) overLimit(s *Subject, info *manifestInfo, rule *policy.Rule, key, dbv string, le *LimitError) *Verdict {
+func (g *Gate) overLimit(ctx context.Context, s *Subject, info *manifestInfo, rule *policy.Rule, key, dbv string, le *LimitError) *Verdict {
 	why := "scan failed: " + le.Error()
 	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Kind: info.kind, Rule: rule.Name,
 		Reason: ReasonScanLimit, PolicyHash: rule.Hash, DBVersion: dbv, JudgedAt: g.now()}
@@ -112,13 +115,13 @@ func (g *Gate) overLimit(s *Subject, info *manifestInfo, rule *policy.Rule, key,
 		g.log.Error("scan stopped by a scan limit; image refused (fail closed)", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "rule", rule.Name, "err", le)
 	}
 	g.remember(key, v)
-	g.record(s, info, v)
+	g.record(ctx, s, info, v)
 	return v
 }
 
 // decide applies rule to a scan report and a signature result (nil: not
 // checked).
-func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *storedReport, sig *SignatureResult) *Verdict {
+func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *records.StoredReport, sig *SignatureResult) *Verdict {
 	findings := make([]policy.Finding, len(rep.Vulns))
 	for i, v := range rep.Vulns {
 		findings[i] = policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed}

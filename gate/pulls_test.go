@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -11,6 +12,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/gatehouse/gatehouse/gate/records"
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // Pulls are counted in memory on the hot path, visible at once through the
@@ -40,7 +44,7 @@ func TestPullsCountedAndFlushed(t *testing.T) {
 	}
 	check := func(when string, pulls int64) {
 		t.Helper()
-		d, err := f.g.Image(img.Digest.String())
+		d, err := f.g.Image(context.Background(), img.Digest.String())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +54,7 @@ func TestPullsCountedAndFlushed(t *testing.T) {
 		if d.Platform != "linux/arm64/v8" || d.ArtifactType != string(types.DockerConfigJSON) {
 			t.Errorf("%s: platform %q, artifact type %q", when, d.Platform, d.ArtifactType)
 		}
-		imgs, err := f.g.Images()
+		imgs, err := f.g.Images(context.Background())
 		if err != nil || len(imgs) != 1 || imgs[0].Pulls != pulls || imgs[0].Platform != "linux/arm64/v8" {
 			t.Errorf("%s: Images() = %+v, %v", when, imgs, err)
 		}
@@ -59,8 +63,8 @@ func TestPullsCountedAndFlushed(t *testing.T) {
 	if err := f.g.FlushPulls(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(f.g.unflushed()); n != 0 {
-		t.Fatalf("%d counts left after flush", n)
+	if n := storedPulls(t, f, img.Digest.String()); n != 3 {
+		t.Fatalf("%d pulls in the database after flush, want 3", n)
 	}
 	check("after flush", 3)
 	if _, err := f.g.Check(context.Background(), get); err != nil {
@@ -93,7 +97,7 @@ func TestPlatformFromConfigAndArtifactType(t *testing.T) {
 	if _, err := f.g.Check(context.Background(), Subject{Upstream: "up.example", Repo: "team/app", Digest: d, MediaType: string(mt), Manifest: raw}); err != nil {
 		t.Fatal(err)
 	}
-	rec, err := f.g.Image(d.String())
+	rec, err := f.g.Image(context.Background(), d.String())
 	if err != nil || rec.Platform != "linux/riscv64" {
 		t.Fatalf("platform %q, %v; want linux/riscv64", rec.Platform, err)
 	}
@@ -105,7 +109,24 @@ func TestPlatformFromConfigAndArtifactType(t *testing.T) {
 		MediaType: string(types.OCIManifestSchema1), Manifest: []byte(manifest)}); err != nil {
 		t.Fatal(err)
 	}
-	if rec, err = f.g.Image(chart.String()); err != nil || rec.ArtifactType != "application/vnd.cncf.helm.config.v1+json" || rec.Kind != "artifact" {
+	if rec, err = f.g.Image(context.Background(), chart.String()); err != nil || rec.ArtifactType != "application/vnd.cncf.helm.config.v1+json" || rec.Kind != "artifact" {
 		t.Fatalf("chart record %+v, %v", rec, err)
 	}
+}
+
+// storedPulls reads the pull count of a manifest's record in the database.
+func storedPulls(t *testing.T, f *fixture, dgst string) int64 {
+	t.Helper()
+	var rec records.ImageRecord
+	err := f.meta.View(context.Background(), func(tx storage.Tx) error {
+		b, err := tx.Get("images", []byte(dgst))
+		if err != nil || b == nil {
+			return err
+		}
+		return json.Unmarshal(b, &rec)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec.Pulls
 }

@@ -2,13 +2,10 @@ package gate
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate/records"
 )
 
 // Reevaluation summarises a Reevaluate run.
@@ -27,20 +24,7 @@ func (g *Gate) Reevaluate(ctx context.Context) (Reevaluation, error) {
 	if dbv == "" {
 		return res, ErrNoDB
 	}
-	var recs []ImageRecord
-	err := g.db.View(func(tx *bolt.Tx) error {
-		reports := tx.Bucket(bucketReports)
-		return tx.Bucket(bucketImages).ForEach(func(k, v []byte) error {
-			if reports.Get(k) == nil {
-				return nil
-			}
-			var rec ImageRecord
-			if json.Unmarshal(v, &rec) == nil {
-				recs = append(recs, rec)
-			}
-			return nil
-		})
-	})
+	recs, err := g.records.Scanned(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -63,55 +47,34 @@ func (g *Gate) Reevaluate(ctx context.Context) (Reevaluation, error) {
 	return res, nil
 }
 
-func (g *Gate) reevaluate(ctx context.Context, rec *ImageRecord, dbv string) (bool, error) {
-	var old storedReport
-	err := g.db.View(func(tx *bolt.Tx) error {
-		return json.Unmarshal(tx.Bucket(bucketReports).Get([]byte(rec.Digest)), &old)
-	})
+func (g *Gate) reevaluate(ctx context.Context, rec *records.ImageRecord, dbv string) (bool, error) {
+	rep, err := g.records.Report(ctx, rec.Digest)
 	if err != nil {
 		return false, err
 	}
-	rep := &old
-	if old.DBVersion != dbv {
-		r, err := g.scanner.Rescan(ctx, old.Inventory)
+	if rep.DBVersion != dbv {
+		r, err := g.scanner.Rescan(ctx, rep.Inventory)
 		if err != nil {
 			return false, err
 		}
 		// The layers were scanned then; only detection ran again.
-		rep = &storedReport{Report: *r, ScannedAt: old.ScannedAt}
-		if err := g.putReport(rec.Digest, rep); err != nil {
+		rep = &records.StoredReport{Report: *r, ScannedAt: rep.ScannedAt}
+		if err := g.records.PutReport(ctx, rec.Digest, rep); err != nil {
 			return false, err
 		}
 	}
-	dgst, err := v1.NewHash(rec.Digest)
+	m, err := rec.Manifest()
 	if err != nil {
 		return false, err
 	}
-	s := &Subject{Upstream: rec.Upstream, Repo: rec.Repo, Digest: dgst, MediaType: rec.MediaType}
-	info := &manifestInfo{kind: rec.Kind}
-	if rec.Config != "" {
-		info.config.Digest, _ = v1.NewHash(rec.Config)
-	}
-	for _, l := range rec.Layers {
-		h, err := v1.NewHash(l.Digest)
-		if err != nil {
-			return false, fmt.Errorf("stored layer digest: %w", err)
-		}
-		info.layers = append(info.layers, v1.Descriptor{Digest: h, Size: l.Size})
-		if d, err := v1.NewHash(l.DiffID); err == nil {
-			info.diffIDs = append(info.diffIDs, d)
-		}
-	}
-	if len(info.diffIDs) != len(info.layers) {
-		info.diffIDs = nil // a record of an earlier version
-	}
+	s, info := fromRecord(m)
 	rule := g.policy.Match(rec.Upstream, rec.Repo)
 	var sig *SignatureResult
 	if rule.Signatures != nil {
 		// Only a result verified in this repository against this rule's
 		// identities (its hash) counts; another rule's, or one verified
 		// before a key was rotated, is verified again.
-		if sig = g.signature(s, rule); sig == nil {
+		if sig = g.signature(ctx, s, rule); sig == nil {
 			out := g.verifySignature(ctx, s, rule)
 			if out.failed {
 				// No verdict: the next pull judges it again.
@@ -123,14 +86,14 @@ func (g *Gate) reevaluate(ctx context.Context, rec *ImageRecord, dbv string) (bo
 				return false, nil
 			}
 			sig = out.res
-			if err := g.putSignature(s, rule, sig); err != nil {
+			if err := g.putSignature(ctx, s, rule, sig); err != nil {
 				return false, err
 			}
 		}
 	}
 	v := g.decide(s, info, rule, rep, sig)
 	wasAdmitted := rec.Latest == nil || rec.Latest.Admitted
-	if err := g.store(verdictKey(s, rule.Hash, rep.DBVersion), s, info, v); err != nil {
+	if err := g.store(ctx, verdictKey(s, rule.Hash, rep.DBVersion), s, info, v); err != nil {
 		return false, err
 	}
 	if wasAdmitted != v.Admitted {

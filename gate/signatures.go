@@ -2,16 +2,14 @@ package gate
 
 import (
 	"context"
-	"encoding/json"
-
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/gate/records"
 	"github.com/gatehouse/gatehouse/metrics"
 )
 
-func sigKey(s *Subject, rule *policy.Rule) []byte {
-	return []byte(s.Digest.String() + "|" + s.Upstream + "/" + s.Repo + "|" + rule.Hash)
+func sigKey(s *Subject, rule *policy.Rule) string {
+	return records.SignatureKey(s.Digest.String(), s.Upstream, s.Repo, rule.Hash)
 }
 
 // sigOutcome is a signature check's result. failed marks a check that
@@ -59,28 +57,11 @@ func allowIndexSignature(rule *policy.Rule) bool {
 }
 
 // signature returns the stored signature result of s under rule, or nil.
-func (g *Gate) signature(s *Subject, rule *policy.Rule) *SignatureResult {
-	var res *SignatureResult
-	_ = g.db.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketSignatures).Get(sigKey(s, rule)); b != nil {
-			var r SignatureResult
-			if json.Unmarshal(b, &r) == nil {
-				res = &r
-			}
-		}
-		return nil
-	})
-	return res
+func (g *Gate) signature(ctx context.Context, s *Subject, rule *policy.Rule) *SignatureResult {
+	return g.records.Signature(ctx, sigKey(s, rule))
 }
 
 // putSignature stores a signature result of s under rule (nil: none).
-func (g *Gate) putSignature(s *Subject, rule *policy.Rule, res *SignatureResult) error {
-	if res == nil {
-		return nil
-	}
-	b, err := json.Marshal(res)
-	if err != nil {
-		return err
-	}
-	return g.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSignatures).Put(sigKey(s, rule), b) })
+func (g *Gate) putSignature(ctx context.Context, s *Subject, rule *policy.Rule, res *SignatureResult) error {
+	return g.records.PutSignature(ctx, sigKey(s, rule), res)
 }

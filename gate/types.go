@@ -1,8 +1,14 @@
 // Package gate decides whether an image may be served: it scans each newly
-// seen image manifest (through a Scanner, Trivy in production), applies the
-// policy rule of its repository, and stores the verdict keyed by manifest
-// digest, policy hash and vulnerability DB version. It does not import
-// Trivy itself, so that the proxy can depend on it without doing so.
+// seen image manifest (through a Scanner, Trivy in production), verifies its
+// signatures (through a SignatureVerifier), applies the policy rule of its
+// repository and answers a verdict. It owns the decision and what lives in
+// memory around it: single-flight scan jobs, the hot verdict memo, the
+// back-off after failed scans, which index lists which platform manifest,
+// and Reevaluate's run over stored inventories. What it writes down
+// (verdicts keyed by manifest digest, repository, policy hash and DB
+// version; reports; image records; the blob index; denials; pulls) lives
+// in gate/records, on a storage.MetaStore the caller opens. It does not
+// import Trivy itself, so that the proxy can depend on it without doing so.
 package gate
 
 import (
@@ -14,56 +20,22 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/gate/records"
 )
 
-// Vuln is one vulnerability of one installed package.
-type Vuln struct {
-	ID string `json:"id"`
-	// Severity is CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN.
-	Severity string `json:"severity"`
-	// SeveritySource is the data source the severity was taken from, e.g.
-	// "nvd", "debian", "ghsa"; empty when there was none.
-	SeveritySource string `json:"severitySource,omitempty"`
-	PkgName        string `json:"pkgName"`
-	// PkgType is the package ecosystem: an OS family ("alpine", "debian",
-	// ...) or a language type ("npm", "gobinary", "pip", ...).
-	PkgType string `json:"pkgType"`
-	// PkgPath is the file a language package was found in, when it has its
-	// own (a Go binary, a jar, a node_modules package.json).
-	PkgPath   string `json:"pkgPath,omitempty"`
-	Installed string `json:"installed"`
-	// Fixed lists the versions that fix it, comma-separated; empty when no
-	// fix exists.
-	Fixed string `json:"fixed,omitempty"`
-	// Status is fixed, affected, will_not_fix, fix_deferred, end_of_life,
-	// under_investigation, not_affected or unknown.
-	Status      string   `json:"status"`
-	Title       string   `json:"title,omitempty"`
-	Description string   `json:"description,omitempty"`
-	PrimaryURL  string   `json:"primaryURL,omitempty"`
-	References  []string `json:"references,omitempty"`
-	// Target is where the package was found: "<image> (alpine 3.22.1)" for
-	// OS packages, the lock file path, or a language name.
-	Target string `json:"target"`
-}
-
-// Report is a scan's result.
-type Report struct {
-	// Inventory is the scanner's package inventory, opaque to the gate and
-	// kept so that a new DB can be applied without the layers.
-	Inventory json.RawMessage `json:"inventory"`
-	// Vulns are sorted by severity, worst first.
-	Vulns     []Vuln `json:"vulns"`
-	DBVersion string `json:"dbVersion"`
-	// Warnings say where detection was necessarily partial (an OS without
-	// advisories, or past its end of support).
-	Warnings []string `json:"warnings,omitempty"`
-	// Layers and LayersAnalysed count the image's layers and those this
-	// scan analysed (the others came from the layer cache).
-	Layers         int `json:"layers,omitempty"`
-	LayersAnalysed int `json:"layersAnalysed,omitempty"`
-}
+// The records the gate's contracts speak of, defined with the rest of what
+// is persisted in gate/records and named here so that a Scanner or a
+// SignatureVerifier needs only this package.
+type (
+	// Vuln is one vulnerability of one installed package.
+	Vuln = records.Vuln
+	// Report is a scan's result.
+	Report = records.Report
+	// SignatureResult is the outcome of a signature check.
+	SignatureResult = records.SignatureResult
+	// Verdict is the gate's judgement of one manifest.
+	Verdict = records.Verdict
+)
 
 // Scanner finds vulnerabilities.
 type Scanner interface {
@@ -74,24 +46,6 @@ type Scanner interface {
 	Rescan(ctx context.Context, inventory json.RawMessage) (*Report, error)
 	// DBVersion identifies the current DB release; "" when none is loaded.
 	DBVersion() string
-}
-
-// SignatureResult is the outcome of a signature check.
-type SignatureResult struct {
-	Verified bool `json:"verified"`
-	// Format is "legacy-tag" (sha256-<hex>.sig) or "bundle" (an OCI 1.1
-	// referrer carrying a sigstore bundle) when verified.
-	Format string `json:"format,omitempty"`
-	// Identity names the signer: a key fingerprint or issuer and subject.
-	Identity string `json:"identity,omitempty"`
-	// Digest is the manifest the accepted signature covers (the image's
-	// own, or its index's).
-	Digest string `json:"digest,omitempty"`
-	// Reason says why not verified: no signature found, signed by an
-	// untrusted identity, signature does not match the image digest, ...
-	Reason     string    `json:"reason,omitempty"`
-	Detail     string    `json:"detail,omitempty"`
-	VerifiedAt time.Time `json:"verifiedAt"`
 }
 
 // SignatureVerifier checks cosign signatures (gate/sign in production).
@@ -119,24 +73,6 @@ type Subject struct {
 	// Pull marks a GET (the manifest body is served): counted as a pull
 	// of the image. A HEAD resolves a tag and is not counted.
 	Pull bool
-}
-
-// Verdict is the gate's judgement of one manifest.
-type Verdict struct {
-	Digest     string           `json:"digest"`
-	Upstream   string           `json:"upstream"`
-	Repo       string           `json:"repository"`
-	Admitted   bool             `json:"admitted"`
-	Kind       string           `json:"kind"` // image, index, artifact
-	Rule       string           `json:"rule,omitempty"`
-	Reason     string           `json:"reason"`
-	Message    string           `json:"message"`
-	Decision   *policy.Decision `json:"decision,omitempty"`
-	Signature  *SignatureResult `json:"signature,omitempty"`
-	PolicyHash string           `json:"policyHash,omitempty"`
-	DBVersion  string           `json:"dbVersion,omitempty"`
-	ScannedAt  time.Time        `json:"scannedAt,omitzero"`
-	JudgedAt   time.Time        `json:"judgedAt"`
 }
 
 // Reasons of a verdict, used as a low-cardinality label too.

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/gatehouse/gatehouse/config"
-	"github.com/gatehouse/gatehouse/gate"
+	"github.com/gatehouse/gatehouse/gate/records"
 )
 
 // Page sizes of the images list.
@@ -117,7 +117,7 @@ func sevRank(s string) int {
 	return len(config.Severities)
 }
 
-func (iq imageQuery) match(im *gate.ImageSummary) bool {
+func (iq imageQuery) match(im *records.ImageSummary) bool {
 	if iq.Upstream != "" && im.Upstream != iq.Upstream {
 		return false
 	}
@@ -140,7 +140,7 @@ func (iq imageQuery) match(im *gate.ImageSummary) bool {
 }
 
 // severityCmp orders by the worst findings: more CRITICAL first, then HIGH...
-func severityCmp(a, b *gate.ImageSummary) int {
+func severityCmp(a, b *records.ImageSummary) int {
 	for _, s := range config.Severities {
 		if c := cmp.Compare(a.Counts[s], b.Counts[s]); c != 0 {
 			return c
@@ -149,7 +149,7 @@ func severityCmp(a, b *gate.ImageSummary) int {
 	return 0
 }
 
-func (iq imageQuery) compare(a, b *gate.ImageSummary) int {
+func (iq imageQuery) compare(a, b *records.ImageSummary) int {
 	var c int
 	switch iq.Sort {
 	case "upstream":
@@ -176,7 +176,7 @@ func (iq imageQuery) compare(a, b *gate.ImageSummary) int {
 
 // lastPulled is the last GET, or the first judgement of a manifest only
 // ever resolved by HEAD.
-func lastPulled(im *gate.ImageSummary) time.Time {
+func lastPulled(im *records.ImageSummary) time.Time {
 	if !im.LastPulled.IsZero() {
 		return im.LastPulled
 	}
@@ -185,7 +185,7 @@ func lastPulled(im *gate.ImageSummary) time.Time {
 
 // imageRow is one row of the list with what the template shows.
 type imageRow struct {
-	gate.ImageSummary
+	records.ImageSummary
 	Type   string
 	Total  int
 	Sevs   []sevCount
@@ -197,7 +197,7 @@ type sevCount struct {
 	N        int
 }
 
-func newRow(im gate.ImageSummary) imageRow {
+func newRow(im records.ImageSummary) imageRow {
 	r := imageRow{ImageSummary: im, Type: artifactLabel(im.Kind, im.ArtifactType, im.Tags)}
 	for _, s := range config.Severities {
 		if n := im.Counts[s]; n > 0 {
@@ -240,7 +240,7 @@ func (h *Handler) images(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusBadRequest, "Bad query parameter "+err.Error()+".")
 		return
 	}
-	all, err := h.imageList()
+	all, err := h.imageList(r.Context())
 	if err != nil {
 		h.opts.Log.Error("listing images for the web console", "err", err)
 		h.fail(w, http.StatusInternalServerError, "The image records could not be read; see gatehouse's log.")
@@ -248,7 +248,7 @@ func (h *Handler) images(w http.ResponseWriter, r *http.Request) {
 	}
 	d := imagesData{Query: iq, All: len(all), Columns: map[string]column{}, Severs: config.Severities}
 	ups := map[string]bool{}
-	var matched []*gate.ImageSummary
+	var matched []*records.ImageSummary
 	for i := range all {
 		ups[all[i].Upstream] = true
 		if iq.match(&all[i]) {

@@ -11,15 +11,15 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/gatehouse/gatehouse/config"
-	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/gate/records"
 )
 
 type imageData struct {
-	gate.ImageDetail
+	records.ImageDetail
 	Type      string
-	Vulns     []gate.Vuln // after the filter
-	Sevs      []sevCount  // all findings by severity
+	Vulns     []records.Vuln // after the filter
+	Sevs      []sevCount     // all findings by severity
 	Severity  string
 	Search    string
 	Severs    []string
@@ -38,8 +38,8 @@ func (h *Handler) image(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, http.StatusBadRequest, fmt.Sprintf("Bad query parameter severity: %q is not one of %s.", sev, strings.Join(config.Severities, ", ")))
 		return
 	}
-	d, err := h.opts.Source.Image(dgst)
-	if errors.Is(err, gate.ErrNotFound) {
+	d, err := h.opts.Source.Image(r.Context(), dgst)
+	if errors.Is(err, records.ErrNotFound) {
 		h.fail(w, http.StatusNotFound, "gatehouse has not judged a manifest "+dgst+".")
 		return
 	} else if err != nil {
@@ -112,12 +112,12 @@ func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
 // record (and so an image page) — a pull refused before judging, e.g. for
 // a failed signature check, has none.
 type denialRow struct {
-	gate.Denial
+	records.Denial
 	Judged bool
 }
 
 func (h *Handler) denials(w http.ResponseWriter, r *http.Request) {
-	list, err := h.imageList()
+	list, err := h.imageList(r.Context())
 	if err != nil {
 		h.opts.Log.Error("web console: reading image records", "err", err)
 		h.fail(w, http.StatusInternalServerError, "cannot read the image records")

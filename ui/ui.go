@@ -2,12 +2,14 @@
 // /ui/ that show what was pulled, what was scanned, what was refused and
 // why, and the policy in force. Templates and CSS are embedded in the
 // binary (nothing is loaded from elsewhere, so it works offline). It reads
-// the gate's records through a small interface and, like the proxy, never
-// links the scanners.
+// the gate's records through a small interface (the read model it shares
+// with the JSON API, package api) and, like the proxy, never links the
+// scanners.
 package ui
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"fmt"
 	"html/template"
@@ -20,17 +22,20 @@ import (
 
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/gate/records"
 )
 
-// Source is what the console reads: the gate's records.
+// Source is what the console reads: the gate's records and its policy, the
+// read model it shares with the JSON API (package api); *gate.Gate in
+// production.
 type Source interface {
 	// Images lists every judged manifest.
-	Images() ([]gate.ImageSummary, error)
+	Images(ctx context.Context) ([]records.ImageSummary, error)
 	// Image returns one judged manifest with its vulnerabilities, or
-	// gate.ErrNotFound.
-	Image(dgst string) (*gate.ImageDetail, error)
+	// records.ErrNotFound.
+	Image(ctx context.Context, dgst string) (*records.ImageDetail, error)
 	// Denials returns recent refused pulls, newest first.
-	Denials() []gate.Denial
+	Denials() []records.Denial
 	// Policy returns the rules as loaded.
 	Policy() *policy.Policy
 }
@@ -74,7 +79,7 @@ type Handler struct {
 	// records a read costs a good part of a second.
 	listMu sync.Mutex
 	listAt time.Time
-	list   []gate.ImageSummary
+	list   []records.ImageSummary
 }
 
 // listTTL is how stale the images page may be.
@@ -82,18 +87,18 @@ const listTTL = 2 * time.Second
 
 // imageList returns the judged images, read at most listTTL ago. The slice
 // is shared: callers must not modify it.
-func (h *Handler) imageList() ([]gate.ImageSummary, error) {
+func (h *Handler) imageList(ctx context.Context) ([]records.ImageSummary, error) {
 	h.listMu.Lock()
 	defer h.listMu.Unlock()
 	if h.list != nil && time.Since(h.listAt) < listTTL {
 		return h.list, nil
 	}
-	list, err := h.opts.Source.Images()
+	list, err := h.opts.Source.Images(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if list == nil {
-		list = []gate.ImageSummary{}
+		list = []records.ImageSummary{}
 	}
 	h.list, h.listAt = list, time.Now()
 	return list, nil

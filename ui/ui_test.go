@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,28 +13,28 @@ import (
 	"time"
 
 	"github.com/gatehouse/gatehouse/config"
-	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/policy"
+	"github.com/gatehouse/gatehouse/gate/records"
 )
 
 var now = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
 // fakeSource serves fixed records.
 type fakeSource struct {
-	images  []gate.ImageSummary
-	details map[string]*gate.ImageDetail
-	denials []gate.Denial
+	images  []records.ImageSummary
+	details map[string]*records.ImageDetail
+	denials []records.Denial
 	policy  *policy.Policy
 }
 
-func (f *fakeSource) Images() ([]gate.ImageSummary, error) { return f.images, nil }
-func (f *fakeSource) Denials() []gate.Denial               { return f.denials }
-func (f *fakeSource) Policy() *policy.Policy               { return f.policy }
-func (f *fakeSource) Image(d string) (*gate.ImageDetail, error) {
+func (f *fakeSource) Images(context.Context) ([]records.ImageSummary, error) { return f.images, nil }
+func (f *fakeSource) Denials() []records.Denial                              { return f.denials }
+func (f *fakeSource) Policy() *policy.Policy                                 { return f.policy }
+func (f *fakeSource) Image(_ context.Context, d string) (*records.ImageDetail, error) {
 	if im, ok := f.details[d]; ok {
 		return im, nil
 	}
-	return nil, gate.ErrNotFound
+	return nil, records.ErrNotFound
 }
 
 func digest(i int) string { return fmt.Sprintf("sha256:%064x", i) }
@@ -41,7 +42,7 @@ func digest(i int) string { return fmt.Sprintf("sha256:%064x", i) }
 const hostile = `<script>alert("x")</script>`
 
 func newSource() *fakeSource {
-	f := &fakeSource{details: map[string]*gate.ImageDetail{}, policy: policy.New([]config.Rule{{
+	f := &fakeSource{details: map[string]*records.ImageDetail{}, policy: policy.New([]config.Rule{{
 		Name: "strict", Repositories: []string{"team/**"}, Mode: config.ModeEnforce, Block: []string{"CRITICAL", "HIGH"},
 		Allowlist: []config.Allow{
 			{ID: "CVE-2026-0001", Reason: "not reachable " + hostile, Expires: config.Date{Time: now.AddDate(0, 1, 0)}},
@@ -50,7 +51,7 @@ func newSource() *fakeSource {
 		Signatures: &config.Signatures{Required: true, Identities: []config.Signer{{PublicKey: "/etc/gatehouse/team.pub"},
 			{Issuer: "https://token.actions.githubusercontent.com", SubjectRegexp: "^https://github.com/team/"}}},
 	}})}
-	f.images = []gate.ImageSummary{{
+	f.images = []records.ImageSummary{{
 		Digest: digest(1), Upstream: "docker.io", Repo: "library/nginx", Tags: []string{"1.27"}, Kind: "image",
 		ArtifactType: "application/vnd.oci.image.config.v1+json", Platform: "linux/amd64", Verdict: "admitted", Reason: "clean",
 		Counts: map[string]int{"MEDIUM": 2, "LOW": 1}, ScannedAt: now, FirstSeen: now.Add(-48 * time.Hour), LastPulled: now.Add(-time.Hour), Pulls: 7,
@@ -58,27 +59,27 @@ func newSource() *fakeSource {
 		Digest: digest(2), Upstream: "ghcr.io", Repo: "team/" + hostile, Tags: []string{"v1"}, Kind: "image", Platform: "linux/arm64",
 		Verdict: "denied", Reason: "vulnerable", Rule: "strict", Counts: map[string]int{"CRITICAL": 1, "HIGH": 3}, ScannedAt: now,
 		FirstSeen: now.Add(-24 * time.Hour), LastPulled: now.Add(-2 * time.Hour), Pulls: 2,
-		Signature: &gate.SignatureResult{Reason: "no signature found"},
+		Signature: &records.SignatureResult{Reason: "no signature found"},
 	}, {
 		Digest: digest(3), Upstream: "ghcr.io", Repo: "charts/podinfo", Tags: []string{"6.0.0"}, Kind: "artifact",
 		ArtifactType: "application/vnd.cncf.helm.config.v1+json", Verdict: "admitted", Reason: "artifact", Counts: map[string]int{},
 		FirstSeen: now.Add(-3 * time.Hour), Pulls: 0,
 	}}
-	f.details[digest(2)] = &gate.ImageDetail{
-		ImageRecord: gate.ImageRecord{Digest: digest(2), Upstream: "ghcr.io", Repo: "team/" + hostile, Tags: []string{"v1"},
+	f.details[digest(2)] = &records.ImageDetail{
+		ImageRecord: records.ImageRecord{Digest: digest(2), Upstream: "ghcr.io", Repo: "team/" + hostile, Tags: []string{"v1"},
 			MediaType: "application/vnd.oci.image.manifest.v1+json", Kind: "image", Platform: "linux/arm64", FirstSeen: now.Add(-24 * time.Hour),
-			Layers: []gate.LayerRef{{Digest: digest(10), Size: 3 << 20, MediaType: "application/vnd.oci.image.layer.v1.tar+gzip"}, {Digest: digest(11), Size: 1024, MediaType: "application/vnd.oci.image.layer.v1.tar+gzip"}},
-			Latest: &gate.Verdict{Admitted: false, Rule: "strict", Reason: "vulnerable", Message: `denied by rule "strict": CVE-2026-1111 (CRITICAL)`,
+			Layers: []records.LayerRef{{Digest: digest(10), Size: 3 << 20, MediaType: "application/vnd.oci.image.layer.v1.tar+gzip"}, {Digest: digest(11), Size: 1024, MediaType: "application/vnd.oci.image.layer.v1.tar+gzip"}},
+			Latest: &records.Verdict{Admitted: false, Rule: "strict", Reason: "vulnerable", Message: `denied by rule "strict": CVE-2026-1111 (CRITICAL)`,
 				Decision:  &policy.Decision{Blocking: []policy.Finding{{ID: "CVE-2026-1111", Severity: "CRITICAL", PkgName: "openssl", Installed: "3.0.1", Fixed: "3.0.9"}}},
-				Signature: &gate.SignatureResult{Reason: "no signature found", VerifiedAt: now}, JudgedAt: now}},
-		Vulns: []gate.Vuln{
+				Signature: &records.SignatureResult{Reason: "no signature found", VerifiedAt: now}, JudgedAt: now}},
+		Vulns: []records.Vuln{
 			{ID: "CVE-2026-1111", Severity: "CRITICAL", PkgName: "openssl", Installed: "3.0.1", Fixed: "3.0.9", Status: "fixed",
 				Title: "heap overflow " + hostile, Description: "A crafted handshake overflows a buffer.",
 				References: []string{"https://advisories.example/CVE-2026-1111", "javascript:alert(1)"}},
 			{ID: "CVE-2026-2222", Severity: "HIGH", PkgName: "zlib", Installed: "1.2", Status: "affected", Title: "zlib inflate"},
 		},
 	}
-	f.denials = []gate.Denial{
+	f.denials = []records.Denial{
 		{Time: now, Client: "10.0.0.7:5123", Upstream: "ghcr.io", Repo: "team/" + hostile, Tag: "v1", Digest: digest(2), Rule: "strict", Message: "denied: CVE-2026-1111"},
 		{Time: now.Add(-time.Hour), Client: "10.0.0.8:4000", Upstream: "ghcr.io", Repo: "team/old", Digest: digest(4), Rule: "strict", Message: "denied: CVE-2026-2222"},
 	}
@@ -211,12 +212,12 @@ func TestImagesPageSize(t *testing.T) {
 	long := strings.Repeat("x", 60)
 	src.images = nil
 	for i := range 20000 {
-		src.images = append(src.images, gate.ImageSummary{
+		src.images = append(src.images, records.ImageSummary{
 			Digest: digest(100 + i), Upstream: "registry-" + fmt.Sprint(i%7) + ".example.com", Repo: "team-" + fmt.Sprint(i%50) + "/service-" + long,
 			Tags: []string{"v1.2.3-" + long, "latest"}, Kind: "image", ArtifactType: "application/vnd.oci.image.config.v1+json",
 			Platform: "linux/arm64/v8", Verdict: "denied", Reason: "vulnerable", Rule: "strict",
 			Counts:    map[string]int{"CRITICAL": 12, "HIGH": 40, "MEDIUM": 100, "LOW": 300, "UNKNOWN": 4},
-			Signature: &gate.SignatureResult{Reason: "signed by an untrusted identity"}, ScannedAt: now,
+			Signature: &records.SignatureResult{Reason: "signed by an untrusted identity"}, ScannedAt: now,
 			FirstSeen: now.Add(-time.Duration(i) * time.Minute), LastPulled: now.Add(-time.Duration(i) * time.Second), Pulls: int64(i),
 		})
 	}
@@ -255,7 +256,7 @@ func TestImagePage(t *testing.T) {
 	src := newSource()
 	signed := *src.details[digest(2)]
 	latest := *signed.Latest
-	latest.Admitted, latest.Signature = true, &gate.SignatureResult{Verified: true, Format: "bundle", Identity: "https://github.com/team/app/.github/workflows/release.yml@refs/tags/v1",
+	latest.Admitted, latest.Signature = true, &records.SignatureResult{Verified: true, Format: "bundle", Identity: "https://github.com/team/app/.github/workflows/release.yml@refs/tags/v1",
 		Digest: digest(5), VerifiedAt: now.Add(-time.Minute)}
 	signed.Latest, signed.Digest = &latest, digest(6)
 	src.details[digest(6)] = &signed

@@ -120,7 +120,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	res.Verdict = v
 	res.Vulns = []gate.Vuln{}
-	if d, err := st.gate.Image(m.Digest.String()); err == nil {
+	if d, err := st.gate.Image(ctx, m.Digest.String()); err == nil {
 		res.Vulns = d.Vulns
 	}
 	res.Counts = map[string]int{}

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gatehouse/gatehouse/access"
+	"github.com/gatehouse/gatehouse/api"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
 	"github.com/gatehouse/gatehouse/proxy"
@@ -137,7 +138,7 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	pulls := guard.Pulls(handler)
 	mux.Handle("/v2/", pulls)
 	mux.Handle("/v2", pulls)
-	mux.Handle("/api/", guard.API(st.gate.APIHandler()))
+	mux.Handle("/api/", guard.API(api.New(api.Options{Model: st.gate, Config: &cfg.Gate})))
 	console, err := ui.New(ui.Options{Source: st.gate, Log: log,
 		DB: func() (ui.DBStatus, error) {
 			s, err := st.scanner.DBStatus()

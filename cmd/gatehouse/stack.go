@@ -15,6 +15,7 @@ import (
 	"github.com/gatehouse/gatehouse/gate/scan"
 	"github.com/gatehouse/gatehouse/proxy"
 	"github.com/gatehouse/gatehouse/pull"
+	"github.com/gatehouse/gatehouse/storage/boltmeta"
 	"github.com/gatehouse/gatehouse/upstream"
 )
 
@@ -32,6 +33,7 @@ type stack struct {
 	handler *proxy.Handler
 	scanner *scan.Scanner
 	gate    *gate.Gate
+	meta    *boltmeta.Store // the gate's records
 }
 
 // dbDir is where the vulnerability DB lives: shared by serve, check and db.
@@ -86,7 +88,11 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	opts := gate.Options{Config: &cfg.Gate, DataDir: stateDir, Scanner: s.scanner.ForGate(), Blobs: s.content, Log: log}
+	// The stack owns the gate's records database and closes it after the gate.
+	if s.meta, err = boltmeta.Open(filepath.Join(stateDir, "gate.db"), 0); err != nil {
+		return nil, fmt.Errorf("gate: %w", err)
+	}
+	opts := gate.Options{Config: &cfg.Gate, Meta: s.meta, Scanner: s.scanner.ForGate(), Blobs: s.content, Log: log}
 	sv, err := newSignatureVerifier(cfg, s.content)
 	if err != nil {
 		return nil, err
@@ -108,6 +114,9 @@ func (s *stack) Close() error {
 	if s.gate != nil {
 		errs = append(errs, s.gate.Close())
 	}
+	if s.meta != nil {
+		errs = append(errs, s.meta.Close())
+	}
 	if s.scanner != nil {
 		errs = append(errs, s.scanner.Close())
 	}
@@ -122,7 +131,7 @@ func (s *stack) Close() error {
 // and the artifact's manifest digest is the one last imported (a HEAD
 // tells), unless force is set.
 func updateDB(ctx context.Context, cfg *config.Config, clients map[string]*upstream.Client, sc *scan.Scanner, force bool) (bool, error) {
-	host, repo, tag, err := gate.SplitRepository(cfg.Gate.DB.Repository)
+	host, repo, tag, err := scan.SplitRepository(cfg.Gate.DB.Repository)
 	if err != nil {
 		return false, fmt.Errorf("gate.db.repository: %w", err)
 	}
@@ -139,7 +148,7 @@ func updateDB(ctx context.Context, cfg *config.Config, clients map[string]*upstr
 	marker := filepath.Join(cfg.DataDir, "trivy", "db-artifact-digest")
 	if _, err := sc.DBStatus(); err == nil && !force {
 		last, _ := os.ReadFile(marker)
-		current, err := gate.DBDigest(ctx, c, repo, tag)
+		current, err := scan.DBDigest(ctx, c, repo, tag)
 		if err != nil {
 			return false, err
 		}
@@ -147,7 +156,7 @@ func updateDB(ctx context.Context, cfg *config.Config, clients map[string]*upstr
 			return false, nil
 		}
 	}
-	rc, dgst, err := gate.FetchDB(ctx, c, repo, tag)
+	rc, dgst, err := scan.FetchDB(ctx, c, repo, tag)
 	if err != nil {
 		return false, err
 	}

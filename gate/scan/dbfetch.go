@@ -1,12 +1,9 @@
-package gate
+package scan
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"net/url"
@@ -14,13 +11,24 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/gatehouse/gatehouse/internal/verify"
 )
+
+// The vulnerability DB is an OCI artifact (ghcr.io/aquasecurity/trivy-db:2
+// by default) downloaded through one of gatehouse's upstreams, then
+// imported with Scanner.Import.
 
 // DBLayerMediaType is the media type of the Trivy DB artifact's layer.
 const DBLayerMediaType = "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip"
 
-// Doer sends a registry request to an upstream (proxy/upstream.Client).
+// maxDBManifestSize caps the DB artifact's manifest read.
+const maxDBManifestSize = 1 << 20
+
+// Doer sends a registry request to an upstream (the upstream client).
 type Doer interface {
+	// Do sends method to /v2/<repo>/<suffix> with query q and headers
+	// hdr; the caller closes the response body.
 	Do(ctx context.Context, method, repo, suffix string, q url.Values, hdr http.Header) (*http.Response, error)
 }
 
@@ -38,11 +46,13 @@ func SplitRepository(ref string) (host, repo, tag string, err error) {
 	return host, repo, tag, nil
 }
 
+// manifestAccept is the Accept header of DB manifest requests.
+var manifestAccept = http.Header{"Accept": {string(types.OCIManifestSchema1) + ", " + string(types.DockerManifestSchema2)}}
+
 // DBDigest asks upstream for the manifest digest of the DB artifact with a
 // HEAD, so that an unchanged DB is not downloaded again.
 func DBDigest(ctx context.Context, up Doer, repo, tag string) (string, error) {
-	hdr := http.Header{"Accept": {string(types.OCIManifestSchema1) + ", " + string(types.DockerManifestSchema2)}}
-	resp, err := up.Do(ctx, http.MethodHead, repo, "manifests/"+tag, nil, hdr)
+	resp, err := up.Do(ctx, http.MethodHead, repo, "manifests/"+tag, nil, manifestAccept.Clone())
 	if err != nil {
 		return "", fmt.Errorf("checking DB manifest %s:%s: %w", repo, tag, err)
 	}
@@ -56,14 +66,14 @@ func DBDigest(ctx context.Context, up Doer, repo, tag string) (string, error) {
 
 // FetchDB downloads the vulnerability DB artifact repo:tag through an
 // upstream client and returns a stream of its db.tar.gz layer whose
-// digest and size are verified at EOF, and the manifest digest.
+// digest and size are verified at EOF (a DB that does not match is never
+// imported), and the manifest digest.
 func FetchDB(ctx context.Context, up Doer, repo, tag string) (io.ReadCloser, string, error) {
-	hdr := http.Header{"Accept": {string(types.OCIManifestSchema1) + ", " + string(types.DockerManifestSchema2)}}
-	resp, err := up.Do(ctx, http.MethodGet, repo, "manifests/"+tag, nil, hdr)
+	resp, err := up.Do(ctx, http.MethodGet, repo, "manifests/"+tag, nil, manifestAccept.Clone())
 	if err != nil {
 		return nil, "", fmt.Errorf("fetching DB manifest %s:%s: %w", repo, tag, err)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDBManifestSize))
 	resp.Body.Close()
 	if err != nil {
 		return nil, "", err
@@ -81,38 +91,8 @@ func FetchDB(ctx context.Context, up Doer, repo, tag string) (io.ReadCloser, str
 		if err != nil {
 			return nil, "", fmt.Errorf("fetching DB layer %s: %w", l.Digest, err)
 		}
-		return &verified{rc: resp.Body, want: l.Digest, size: l.Size, h: sha256.New()}, digest.String(), nil
+		return verify.ReadCloser(resp.Body, l.Size, l.Digest), digest.String(), nil
 	}
 	raw, _ := json.Marshal(m.Layers)
 	return nil, "", fmt.Errorf("DB artifact %s:%s has no %s layer (layers: %s)", repo, tag, DBLayerMediaType, raw)
 }
-
-// verified hashes what it reads and fails at EOF when the size or digest
-// is not the one announced: a DB that does not match is never imported.
-type verified struct {
-	rc   io.ReadCloser
-	want v1.Hash
-	size int64
-	n    int64
-	h    hash.Hash
-}
-
-func (v *verified) Read(p []byte) (int, error) {
-	n, err := v.rc.Read(p)
-	v.n += int64(n)
-	v.h.Write(p[:n])
-	if v.n > v.size {
-		return n, fmt.Errorf("DB layer longer than its %d bytes", v.size)
-	}
-	if err == io.EOF {
-		if v.n != v.size {
-			return n, fmt.Errorf("DB layer: got %d bytes, want %d", v.n, v.size)
-		}
-		if got := hex.EncodeToString(v.h.Sum(nil)); got != v.want.Hex {
-			return n, fmt.Errorf("DB layer digest sha256:%s, want %s", got, v.want)
-		}
-	}
-	return n, err
-}
-
-func (v *verified) Close() error { return v.rc.Close() }

@@ -1,16 +1,14 @@
-package gate
+package records
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate/policy"
-	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // The blob index says which judged manifests list a blob, so that a blob is
@@ -26,10 +24,10 @@ import (
 // replaces it (fail closed: a policy or DB change does not reopen a denied
 // image's layers). Lookups read the request's repository's entries and the
 // blob's denials, never the whole index.
-var bucketBlobRefs = []byte("blobrefs2")
+const tableBlobRefs = "blobrefs2"
 
-// Index buckets of earlier versions, deleted at start.
-var oldBlobBuckets = [][]byte{[]byte("allowed"), []byte("blobrefs")}
+// Index tables of earlier versions, dropped at start.
+var oldBlobTables = []string{"allowed", "blobrefs"}
 
 // Kinds of blob references.
 const (
@@ -71,31 +69,31 @@ func refKind(v *Verdict) string {
 	}
 }
 
-// setBlobRefs records what manifest s, judged with verdict v under the rule
-// of hash ruleHash and DB dbv, says of the blobs it lists, replacing what
-// an earlier judgement of it in the same repository said.
-func setBlobRefs(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict, ruleHash, dbv string) error {
-	b := tx.Bucket(bucketBlobRefs)
+// setBlobRefs records what manifest m, judged with verdict v (under the
+// rule of hash v.PolicyHash and DB v.DBVersion), says of the blobs it
+// lists, replacing what an earlier judgement of it in the same repository
+// said.
+func setBlobRefs(tx storage.Tx, m *Manifest, v *Verdict) error {
 	kind := refKind(v)
-	for i, d := range append([]v1.Descriptor{info.config}, info.layers...) {
+	for i, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
 		if d.Digest.Hex == "" {
 			continue
 		}
-		ref := blobRef{Kind: kind, Rule: ruleHash, DB: dbv}
-		if i > 0 && i-1 < len(info.diffIDs) {
-			ref.DiffID = info.diffIDs[i-1].String()
+		ref := blobRef{Kind: kind, Rule: v.PolicyHash, DB: v.DBVersion}
+		if i > 0 && i-1 < len(m.DiffIDs) {
+			ref.DiffID = m.DiffIDs[i-1].String()
 		}
 		val, err := json.Marshal(ref)
 		if err != nil {
 			return err
 		}
-		open := append(openKey(s.Upstream, d.Digest, s.Repo), s.Digest.String()...)
-		deny := append(denyPrefix(s.Upstream, d.Digest), s.Repo+"\x00"+s.Digest.String()...)
+		open := append(openKey(m.Upstream, d.Digest, m.Repo), m.Digest.String()...)
+		deny := append(denyPrefix(m.Upstream, d.Digest), m.Repo+"\x00"+m.Digest.String()...)
 		put, del := open, deny
 		if kind == refDenied {
 			put, del = deny, open
 		}
-		if err := b.Delete(del); err != nil {
+		if err := tx.Delete(tableBlobRefs, del); err != nil {
 			return err
 		}
 		if kind == refDenied && (i == 0 || d.Digest == emptyJSON) {
@@ -104,89 +102,79 @@ func setBlobRefs(tx *bolt.Tx, s *Subject, info *manifestInfo, v *Verdict, ruleHa
 			// close it for other manifests.
 			continue
 		}
-		if err := b.Put(put, val); err != nil {
+		if err := tx.Put(tableBlobRefs, put, val); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// BlobAllowed reports whether a blob may be served to a client of
-// upstream/repo. With gate.blobs "any", always. Otherwise, in this order:
-//
-//  1. an admitted image of the same repository lists it, and no denied
-//     image of the upstream lists it as another layer (another diffID):
-//     yes (the client pulls that image, which was judged with this blob);
-//  2. a denied image of the same upstream lists it: no (deny wins over
-//     artifacts and over images of other repositories);
-//  3. a pass-through artifact of the same repository lists it: yes;
-//  4. otherwise no.
-func (g *Gate) BlobAllowed(ctx context.Context, upstream, repo string, dgst v1.Hash) (bool, error) {
-	if g.cfg.Blobs == "any" {
-		return true, nil
-	}
-	var image, artifact bool
-	var diffIDs []string // claimed by the admitted images of repo
-	var denials []string // claimed by the denied images of the upstream
-	rule := g.policy.Match(upstream, repo)
-	dbv := g.scanner.DBVersion()
-	err := g.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketBlobRefs).Cursor()
-		prefix := openKey(upstream, dgst, repo)
-		for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
-			var ref blobRef
-			if json.Unmarshal(val, &ref) != nil || !ref.current(rule, dbv) {
-				continue
-			}
-			switch ref.Kind {
-			case refImage:
-				image = true
-				diffIDs = append(diffIDs, ref.DiffID)
-			case refArtifact:
-				artifact = true
-			}
-		}
-		prefix = denyPrefix(upstream, dgst)
-		for k, val := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, val = c.Next() {
-			var ref blobRef
-			if json.Unmarshal(val, &ref) == nil {
-				denials = append(denials, ref.DiffID)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return false, err
-	}
-	switch {
-	case image && consistent(diffIDs, denials):
-		return true, nil
-	case len(denials) > 0:
-		metrics.BlobsRefused.WithLabelValues("denied_image").Inc()
-		return false, nil
-	case artifact:
-		return true, nil
-	}
-	metrics.BlobsRefused.WithLabelValues("not_admitted").Inc()
-	return false, nil
+// BlobClaims is what the judged manifests say of one blob for a client of
+// one repository.
+type BlobClaims struct {
+	// Image: an admitted image of the repository, judged under the rule
+	// and DB now in force, lists the blob; Opened are the diffIDs those
+	// images declare for it.
+	Image  bool
+	Opened []string
+	// Artifact: a pass-through artifact of the repository lists it.
+	Artifact bool
+	// Denied are the diffIDs the denied images of the upstream declare for
+	// it (one entry per denied image; "" for a config or a record of an
+	// earlier version).
+	Denied []string
 }
 
-// consistent reports whether the images that opened a blob and those that
+// Consistent reports whether the images that opened a blob and those that
 // were denied with it say the same of it. A scan does not read a layer
 // whose declared diffID it has analysed before, so an image could list a
 // denied image's layer under a clean layer's diffID and be admitted
 // without that layer being read; such a blob is claimed with two diffIDs,
 // and stays refused. An empty claim (a record of an earlier version) is
 // unknown, not a conflict.
-func consistent(opened, denied []string) bool {
-	for _, o := range opened {
-		for _, d := range denied {
+func (c *BlobClaims) Consistent() bool {
+	for _, o := range c.Opened {
+		for _, d := range c.Denied {
 			if o != "" && d != "" && o != d {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// BlobClaims reads the blob index for blob dgst as served to a client of
+// upstream/repo, whose rule is rule, with DB dbv loaded: the repository's
+// opening entries still current, and the upstream's denials.
+func (s *Store) BlobClaims(ctx context.Context, upstream, repo string, dgst v1.Hash, rule *policy.Rule, dbv string) (BlobClaims, error) {
+	var c BlobClaims
+	err := s.meta.View(ctx, func(tx storage.Tx) error {
+		err := tx.Scan(tableBlobRefs, openKey(upstream, dgst, repo), false, func(_, val []byte) (bool, error) {
+			var ref blobRef
+			if json.Unmarshal(val, &ref) != nil || !ref.current(rule, dbv) {
+				return true, nil
+			}
+			switch ref.Kind {
+			case refImage:
+				c.Image = true
+				c.Opened = append(c.Opened, ref.DiffID)
+			case refArtifact:
+				c.Artifact = true
+			}
+			return true, nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Scan(tableBlobRefs, denyPrefix(upstream, dgst), false, func(_, val []byte) (bool, error) {
+			var ref blobRef
+			if json.Unmarshal(val, &ref) == nil {
+				c.Denied = append(c.Denied, ref.DiffID)
+			}
+			return true, nil
+		})
+	})
+	return c, err
 }
 
 // current reports whether an opening reference was made under rule, the

@@ -1,13 +1,15 @@
-package gate
+package scan
 
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -19,11 +21,33 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/gatehouse/gatehouse/config"
-	"github.com/gatehouse/gatehouse/upstream"
+	"github.com/gatehouse/gatehouse/internal/verify"
 )
 
-func TestFetchDBThroughUpstreamClient(t *testing.T) {
+// registryDoer sends registry requests to base, as the upstream client
+// does (an error for a status other than 2xx).
+type registryDoer struct{ base string }
+
+func (d registryDoer) Do(ctx context.Context, method, repo, suffix string, q url.Values, hdr http.Header) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, d.base+"/v2/"+repo+"/"+suffix, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%s %s: %s", method, req.URL, resp.Status)
+	}
+	return resp, nil
+}
+
+func TestFetchDB(t *testing.T) {
 	var corrupt bool
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -45,14 +69,7 @@ func TestFetchDBThroughUpstreamClient(t *testing.T) {
 	if err := remote.Write(ref, mutate.MediaType(img, types.OCIManifestSchema1)); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Parse([]byte("upstreams: [{name: '" + host + "', url: '" + srv.URL + "'}]"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := upstream.New(&cfg.Upstreams[0], slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := registryDoer{base: srv.URL}
 	h, repo, tag, err := SplitRepository(host + "/aquasecurity/trivy-db:2")
 	if err != nil || h != host || repo != "aquasecurity/trivy-db" || tag != "2" {
 		t.Fatalf("split: %s %s %s %v", h, repo, tag, err)
@@ -76,7 +93,25 @@ func TestFetchDBThroughUpstreamClient(t *testing.T) {
 		_, err = io.ReadAll(rc)
 		rc.Close()
 	}
-	if err == nil {
-		t.Fatal("corrupt DB layer accepted")
+	if !errors.Is(err, verify.ErrSizeMismatch) && !errors.Is(err, verify.ErrDigestMismatch) {
+		t.Fatalf("corrupt DB layer: %v, want a size or digest mismatch", err)
+	}
+}
+
+func TestSplitRepository(t *testing.T) {
+	for _, tc := range []struct{ ref, host, repo, tag string }{
+		{"ghcr.io/aquasecurity/trivy-db:2", "ghcr.io", "aquasecurity/trivy-db", "2"},
+		{"ghcr.io/aquasecurity/trivy-db", "ghcr.io", "aquasecurity/trivy-db", "latest"},
+		{"localhost:5000/db", "localhost:5000", "db", "latest"},
+	} {
+		h, r, tg, err := SplitRepository(tc.ref)
+		if err != nil || h != tc.host || r != tc.repo || tg != tc.tag {
+			t.Errorf("SplitRepository(%q) = %q %q %q %v", tc.ref, h, r, tg, err)
+		}
+	}
+	for _, bad := range []string{"trivy-db", "ghcr.io/"} {
+		if _, _, _, err := SplitRepository(bad); err == nil {
+			t.Errorf("SplitRepository(%q) succeeded", bad)
+		}
 	}
 }

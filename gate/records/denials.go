@@ -1,4 +1,4 @@
-package gate
+package records
 
 import (
 	"bytes"
@@ -12,36 +12,23 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
 )
 
-// Denial is one refused pull.
-type Denial struct {
-	Time     time.Time `json:"time"`
-	Client   string    `json:"client,omitempty"`
-	Upstream string    `json:"upstream"`
-	Repo     string    `json:"repository"`
-	Tag      string    `json:"tag,omitempty"`
-	Digest   string    `json:"digest"`
-	Rule     string    `json:"rule"`
-	Message  string    `json:"message"`
-}
-
-// bucketDenials holds the denial record: key = the denial's time in Unix
-// nanoseconds (8 bytes, big-endian) + the bucket's sequence (8 bytes), so
+// tableDenials holds the denial record: key = the denial's time in Unix
+// nanoseconds (8 bytes, big-endian) + the table's sequence (8 bytes), so
 // that keys sort oldest first, the newest are read from the end, and
 // trimming (by count or age) deletes a prefix.
-var bucketDenials = []byte("denials")
+const tableDenials = "denials"
 
 const denialKeyLen = 16
 
-// denialBatch is the queue length at which RunDenials writes at once
+// DenialBatch is the queue length at which RunDenials writes at once
 // instead of waiting for its ticker: a denial storm costs one write per
 // batch, never one per denial.
-const denialBatch = 100
+const DenialBatch = 100
 
 func denialKey(t time.Time, seq uint64) []byte {
 	k := make([]byte, denialKeyLen)
@@ -72,7 +59,7 @@ type denialLog struct {
 	kick  chan struct{}
 
 	flushMu sync.Mutex // one write at a time, so that batches land in order
-	stored  int        // keys in the bucket after the last write; under flushMu
+	stored  int        // keys in the table after the last write; under flushMu
 }
 
 func newDenialLog(keep int) *denialLog {
@@ -102,7 +89,7 @@ func (l *denialLog) add(d Denial) {
 		// trimmed as soon as it was written, so let it go.
 		l.queue = slices.Clone(l.queue[len(l.queue)-l.keep:])
 	}
-	if len(l.queue) >= denialBatch {
+	if len(l.queue) >= DenialBatch {
 		select {
 		case l.kick <- struct{}{}:
 		default:
@@ -148,16 +135,20 @@ func (l *denialLog) recent(cutoff time.Time) []Denial {
 	return out
 }
 
+// AddDenial records a refused pull: in memory at once, in the database by
+// the next flush. It never blocks on the database.
+func (s *Store) AddDenial(d Denial) { s.denials.add(d) }
+
 // Denials returns recent refused pulls, newest first: the latest
 // gate.denials.keep, younger than gate.denials.maxAge when it is set,
 // including those recorded before gatehouse last started.
-func (g *Gate) Denials() []Denial { return g.denials.recent(g.denialCutoff()) }
+func (s *Store) Denials() []Denial { return s.denials.recent(s.denialCutoff()) }
 
 // denialCutoff is the time before which denials are too old to keep; zero
 // when gate.denials.maxAge is not set.
-func (g *Gate) denialCutoff() time.Time {
-	if age := g.cfg.Denials.MaxAge.D(); age > 0 {
-		return g.now().Add(-age)
+func (s *Store) denialCutoff() time.Time {
+	if s.maxAge > 0 {
+		return s.now().Add(-s.maxAge)
 	}
 	return time.Time{}
 }
@@ -165,18 +156,16 @@ func (g *Gate) denialCutoff() time.Time {
 // loadDenials reads the denial record into memory at start-up, newest
 // first, and trims it to the configured bounds (which may have shrunk
 // since it was written). A record that does not decode is skipped.
-func (g *Gate) loadDenials() error {
-	l := g.denials
-	cutoff := g.denialCutoff()
+func (s *Store) loadDenials(ctx context.Context) error {
+	l := s.denials
+	cutoff := s.denialCutoff()
 	var loaded []Denial // newest first
-	err := g.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketDenials)
+	err := s.meta.Update(ctx, func(tx storage.Tx) error {
 		n := 0
-		c := b.Cursor()
-		for k, v := c.Last(); k != nil; k, v = c.Prev() {
+		err := tx.Scan(tableDenials, nil, true, func(k, v []byte) (bool, error) {
 			n++
 			if n > l.keep || denialTime(k).Before(cutoff) {
-				continue
+				return true, nil
 			}
 			var d Denial
 			err := fmt.Errorf("key of %d bytes, not %d", len(k), denialKeyLen)
@@ -184,12 +173,16 @@ func (g *Gate) loadDenials() error {
 				err = json.Unmarshal(v, &d)
 			}
 			if err != nil {
-				g.log.Warn("skipping a denial record that does not decode", "key", hex.EncodeToString(k), "err", err)
-				continue
+				s.log.Warn("skipping a denial record that does not decode", "key", hex.EncodeToString(k), "err", err)
+				return true, nil
 			}
 			loaded = append(loaded, d)
+			return true, nil
+		})
+		if err != nil {
+			return err
 		}
-		stored, err := trimDenials(b, n, l.keep, cutoff)
+		stored, err := trimDenials(tx, n, l.keep, cutoff)
 		l.stored = stored
 		return err
 	})
@@ -205,16 +198,22 @@ func (g *Gate) loadDenials() error {
 }
 
 // trimDenials deletes the oldest records until at most keep of the n in
-// the bucket are left and none is older than cutoff (when set). It
-// returns how many are left.
-func trimDenials(b *bolt.Bucket, n, keep int, cutoff time.Time) (int, error) {
+// the table are left and none is older than cutoff (when set). It returns
+// how many are left.
+func trimDenials(tx storage.Tx, n, keep int, cutoff time.Time) (int, error) {
 	var old [][]byte
-	c := b.Cursor()
-	for k, _ := c.First(); k != nil && (n-len(old) > keep || denialTime(k).Before(cutoff)); k, _ = c.Next() {
+	err := tx.Scan(tableDenials, nil, false, func(k, _ []byte) (bool, error) {
+		if n-len(old) <= keep && !denialTime(k).Before(cutoff) {
+			return false, nil
+		}
 		old = append(old, bytes.Clone(k))
+		return true, nil
+	})
+	if err != nil {
+		return n, err
 	}
 	for _, k := range old {
-		if err := b.Delete(k); err != nil {
+		if err := tx.Delete(tableDenials, k); err != nil {
 			return n, err
 		}
 	}
@@ -227,35 +226,34 @@ func trimDenials(b *bolt.Bucket, n, keep int, cutoff time.Time) (int, error) {
 // denials stay queued for the next call and
 // gatehouse_denial_store_errors_total counts it; the pulls stay refused
 // whatever happens here.
-func (g *Gate) FlushDenials() error {
-	l := g.denials
+func (s *Store) FlushDenials(ctx context.Context) error {
+	l := s.denials
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
 	batch := l.take()
-	cutoff := g.denialCutoff()
-	if len(batch) == 0 && !g.denialsOlderThan(cutoff) {
+	cutoff := s.denialCutoff()
+	if len(batch) == 0 && !s.denialsOlderThan(ctx, cutoff) {
 		return nil
 	}
 	stored := l.stored
-	err := g.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketDenials)
+	err := s.meta.Update(ctx, func(tx storage.Tx) error {
 		n := l.stored
 		for i := range batch {
 			v, err := json.Marshal(&batch[i])
 			if err != nil {
 				return err
 			}
-			seq, err := b.NextSequence()
+			seq, err := tx.NextSequence(tableDenials)
 			if err != nil {
 				return err
 			}
-			if err := b.Put(denialKey(batch[i].Time, seq), v); err != nil {
+			if err := tx.Put(tableDenials, denialKey(batch[i].Time, seq), v); err != nil {
 				return err
 			}
 			n++
 		}
 		var err error
-		stored, err = trimDenials(b, n, l.keep, cutoff)
+		stored, err = trimDenials(tx, n, l.keep, cutoff)
 		return err
 	})
 	if err != nil {
@@ -269,15 +267,16 @@ func (g *Gate) FlushDenials() error {
 
 // denialsOlderThan reports whether the oldest record is older than cutoff
 // (never when cutoff is zero): an idle gatehouse still ages its record out.
-func (g *Gate) denialsOlderThan(cutoff time.Time) bool {
+func (s *Store) denialsOlderThan(ctx context.Context, cutoff time.Time) bool {
 	if cutoff.IsZero() {
 		return false
 	}
 	var old bool
-	_ = g.db.View(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(bucketDenials).Cursor().First()
-		old = k != nil && denialTime(k).Before(cutoff)
-		return nil
+	_ = s.meta.View(ctx, func(tx storage.Tx) error {
+		return tx.Scan(tableDenials, nil, false, func(k, _ []byte) (bool, error) {
+			old = denialTime(k).Before(cutoff)
+			return false, nil
+		})
 	})
 	return old
 }
@@ -287,18 +286,20 @@ func (g *Gate) denialsOlderThan(cutoff time.Time) bool {
 // ctx ends; Close writes what is left. Without it denials are written
 // only by Close (and FlushDenials), at most gate.denials.keep of them
 // waiting.
-func (g *Gate) RunDenials(ctx context.Context) {
-	t := time.NewTicker(cmp.Or(g.cfg.Denials.FlushInterval.D(), config.DefaultDenialsFlushInterval))
+func (s *Store) RunDenials(ctx context.Context) {
+	t := time.NewTicker(s.flushIv)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-g.denials.kick:
+		case <-s.denials.kick:
 		}
-		if err := g.FlushDenials(); err != nil {
-			g.log.Error("recording denials; they stay queued", "err", err)
+		// The flush is not cut short by the end of ctx: what is taken
+		// from the queue is written or put back.
+		if err := s.FlushDenials(context.WithoutCancel(ctx)); err != nil {
+			s.log.Error("recording denials; they stay queued", "err", err)
 		}
 	}
 }

@@ -1,10 +1,10 @@
-package gate
+package records
 
 import (
-	"encoding/json"
+	"context"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // pullCount is the pulls of one manifest not yet written to the database.
@@ -13,23 +13,20 @@ type pullCount struct {
 	last time.Time
 }
 
-// notePull counts a GET of a judged manifest in memory: the hot path
+// NotePull counts a GET of a judged manifest in memory: the hot path
 // never writes to the database; FlushPulls does, in one transaction.
-func (g *Gate) notePull(s *Subject) {
-	if !s.Pull {
-		return
-	}
-	now := g.now()
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	p := g.pulls[s.Digest.String()]
+func (s *Store) NotePull(dgst string) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pulls[dgst]
 	if p == nil {
-		if len(g.pulls) >= maxMemo {
+		if len(s.pulls) >= maxMemo {
 			// A flush is overdue; counting more would grow without bound.
 			return
 		}
 		p = &pullCount{}
-		g.pulls[s.Digest.String()] = p
+		s.pulls[dgst] = p
 	}
 	p.n++
 	p.last = now
@@ -37,27 +34,22 @@ func (g *Gate) notePull(s *Subject) {
 
 // FlushPulls adds the pulls counted since the last flush to the image
 // records. serve calls it periodically and Close calls it once more.
-func (g *Gate) FlushPulls() error {
-	g.mu.Lock()
-	pending := g.pulls
-	g.pulls = map[string]*pullCount{}
-	g.mu.Unlock()
+func (s *Store) FlushPulls(ctx context.Context) error {
+	s.mu.Lock()
+	pending := s.pulls
+	s.pulls = map[string]*pullCount{}
+	s.mu.Unlock()
 	if len(pending) == 0 {
 		return nil
 	}
-	return g.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketImages)
+	return s.meta.Update(ctx, func(tx storage.Tx) error {
 		for dgst, p := range pending {
 			var rec ImageRecord
-			if v := b.Get([]byte(dgst)); v == nil || json.Unmarshal(v, &rec) != nil {
+			if found, err := get(tx, tableImages, dgst, &rec); !found || err != nil {
 				continue // not recorded (never judged): nothing to count on
 			}
 			addPulls(&rec, p)
-			rb, err := json.Marshal(&rec)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(dgst), rb); err != nil {
+			if err := put(tx, tableImages, dgst, &rec); err != nil {
 				return err
 			}
 		}
@@ -74,11 +66,11 @@ func addPulls(rec *ImageRecord, p *pullCount) {
 
 // unflushed returns a copy of the counts not yet written, so that readers
 // see every pull without waiting for a flush.
-func (g *Gate) unflushed() map[string]pullCount {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	out := make(map[string]pullCount, len(g.pulls))
-	for k, p := range g.pulls {
+func (s *Store) unflushed() map[string]pullCount {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]pullCount, len(s.pulls))
+	for k, p := range s.pulls {
 		out[k] = *p
 	}
 	return out
