@@ -252,7 +252,7 @@ func (f *fixture) subject(repo string, img v1.Image) Subject {
 	raw, _ := img.RawManifest()
 	d, _ := img.Digest()
 	mt, _ := img.MediaType()
-	return Subject{Upstream: "up.example", Repo: repo, Tag: "v1", Digest: d, MediaType: string(mt), Manifest: raw}
+	return Subject{Upstream: "up.example", Repo: repo, Tag: "v1", Digest: d, MediaType: mt, Manifest: raw}
 }
 
 var critical = Vuln{ID: "CVE-2026-1111", Severity: "CRITICAL", PkgName: "openssl", Installed: "3.0.1", Fixed: "3.0.9", Title: "bad"}
@@ -400,11 +400,11 @@ func TestAuditOffIndexArtifact(t *testing.T) {
 	if err != nil || !v.Admitted || v.Reason != ReasonOff {
 		t.Fatalf("off: %+v %v", v, err)
 	}
-	idx := Subject{Upstream: "up.example", Repo: "team/app", MediaType: string(types.OCIImageIndex), Manifest: []byte(`{"schemaVersion":2,"manifests":[]}`)}
+	idx := Subject{Upstream: "up.example", Repo: "team/app", MediaType: types.OCIImageIndex, Manifest: []byte(`{"schemaVersion":2,"manifests":[]}`)}
 	if v, err := f.g.Check(context.Background(), idx); err != nil || !v.Admitted || v.Reason != ReasonIndex {
 		t.Fatalf("index: %+v %v", v, err)
 	}
-	sig := Subject{Upstream: "up.example", Repo: "team/app", MediaType: string(types.OCIManifestSchema1), Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("a", 64)},
+	sig := Subject{Upstream: "up.example", Repo: "team/app", MediaType: types.OCIManifestSchema1, Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("a", 64)},
 		Manifest: []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"sha256:` + strings.Repeat("b", 64) + `","size":1},"layers":[]}`)}
 	if v, err := f.g.Check(context.Background(), sig); err != nil || !v.Admitted || v.Reason != ReasonArtifact {
 		t.Fatalf("signature: %+v %v", v, err)

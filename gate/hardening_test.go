@@ -571,22 +571,6 @@ func TestPolicyChangeClosesOldBlobs(t *testing.T) {
 	}
 }
 
-// An index that also carries image fields is refused, not served unjudged.
-func TestAmbiguousIndexRefused(t *testing.T) {
-	f := newFixture(t, policyYAML)
-	s := f.image(t, "team/app")
-	var m map[string]any
-	json.Unmarshal(s.Manifest, &m)
-	m["manifests"] = []any{}
-	m["mediaType"] = "application/vnd.oci.image.index.v1+json"
-	raw, _ := json.Marshal(m)
-	idx := Subject{Upstream: "up.example", Repo: "team/app", MediaType: "application/vnd.oci.image.index.v1+json", Manifest: raw,
-		Digest: v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("9", 64)}}
-	if v, err := f.g.Check(context.Background(), idx); err == nil {
-		t.Fatalf("index with layers: %+v", v)
-	}
-}
-
 // An image whose signature is on an index not seen yet (a restart, a pull
 // by platform digest first) is not denied for good: the signed index,
 // once seen, admits it.

@@ -1,9 +1,6 @@
 package gate
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -38,21 +35,6 @@ func (g *Gate) noteIndex(s *Subject) {
 			g.platforms[k] = platformString(m.Platform.OS, m.Platform.Architecture, m.Platform.Variant)
 		}
 	}
-}
-
-// checkIndex refuses an index document that also has image fields.
-func checkIndex(b []byte) error {
-	var doc struct {
-		Config json.RawMessage `json:"config"`
-		Layers json.RawMessage `json:"layers"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return fmt.Errorf("parsing index: %w", err)
-	}
-	if doc.Config != nil || doc.Layers != nil {
-		return errors.New("parsing index: an index must not have a config or layers")
-	}
-	return nil
 }
 
 // platformString writes a platform as os/architecture[/variant].

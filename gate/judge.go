@@ -32,35 +32,8 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 	sigc := make(chan sigOutcome, 1)
 	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
 	if err != nil {
-		metrics.ScansQueued.Inc()
-		select {
-		case g.sem <- struct{}{}:
-			metrics.ScansQueued.Dec()
-		case <-g.closing:
-			metrics.ScansQueued.Dec()
-			return nil, errShutdown
-		}
-		metrics.ScansInFlight.Inc()
-		// The scan's context: closing gatehouse cancels it (and its reads);
-		// what is recorded after it uses ctx.
-		sctx, cancel := context.WithCancel(ctx)
-		go func() {
-			select {
-			case <-g.closing:
-				cancel()
-			case <-sctx.Done():
-			}
-		}()
-		start := time.Now()
-		// A new image on the scan's context: closing gatehouse cancels its reads.
-		r, serr := g.scanner.Scan(sctx, newImage(sctx, g.blobs, &s, info), s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
-		cancel()
-		<-g.sem
-		metrics.ScansInFlight.Dec()
-		metrics.ScanDuration.Observe(time.Since(start).Seconds())
-		if serr != nil {
-			metrics.ScanErrors.Inc()
-			g.failures.learn(s.Upstream, info, serr)
+		var serr error
+		if rep, serr = g.scan(ctx, &s, info); serr != nil {
 			<-sigc
 			var le *LimitError
 			if errors.As(serr, &le) {
@@ -69,9 +42,6 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			}
 			return nil, serr
 		}
-		rep = &records.StoredReport{Report: *r, ScannedAt: g.now()}
-		g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
-			"layers", r.Layers, "layersAnalysed", r.LayersAnalysed, "duration", time.Since(start), "db", r.DBVersion)
 	}
 	sig := <-sigc
 	if err := g.records.PutReport(ctx, s.Digest.String(), rep); err != nil {
@@ -94,6 +64,44 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		g.log.Error("storing verdict", "err", err)
 	}
 	return v, nil
+}
+
+// scan scans the image, one of at most gate.scanConcurrency at a time.
+// Closing gatehouse cancels it (and its reads); what is recorded after it
+// uses ctx, not the scan's context.
+func (g *Gate) scan(ctx context.Context, s *Subject, info *manifestInfo) (*records.StoredReport, error) {
+	metrics.ScansQueued.Inc()
+	select {
+	case g.sem <- struct{}{}:
+		metrics.ScansQueued.Dec()
+	case <-g.closing:
+		metrics.ScansQueued.Dec()
+		return nil, errShutdown
+	}
+	metrics.ScansInFlight.Inc()
+	sctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-g.closing:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	start := time.Now()
+	// A new image on the scan's context: closing gatehouse cancels its reads.
+	r, err := g.scanner.Scan(sctx, newImage(sctx, g.blobs, s, info), s.Upstream+"/"+s.Repo+"@"+s.Digest.String())
+	cancel()
+	<-g.sem
+	metrics.ScansInFlight.Dec()
+	metrics.ScanDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		metrics.ScanErrors.Inc()
+		g.failures.learn(s.Upstream, info, err)
+		return nil, err
+	}
+	g.log.Info("image scanned", "upstream", s.Upstream, "repo", s.Repo, "digest", s.Digest, "vulns", len(r.Vulns),
+		"layers", r.Layers, "layersAnalysed", r.LayersAnalysed, "duration", time.Since(start), "db", r.DBVersion)
+	return &records.StoredReport{Report: *r, ScannedAt: g.now()}, nil
 }
 
 // overLimit judges an image whose scan stopped at a layer past one of

@@ -25,7 +25,7 @@ func TestPullsCountedAndFlushed(t *testing.T) {
 	get := img
 	get.Pull = true
 	// Listed by an index with a platform: the record carries it.
-	idx := Subject{Upstream: "up.example", Repo: "team/app", MediaType: string(types.OCIImageIndex),
+	idx := Subject{Upstream: "up.example", Repo: "team/app", MediaType: types.OCIImageIndex,
 		Manifest: fmt.Appendf(nil, `{"schemaVersion":2,"manifests":[{"mediaType":%q,"digest":%q,"size":1,"platform":{"os":"linux","architecture":"arm64","variant":"v8"}}]}`,
 			img.MediaType, img.Digest)}
 	if _, err := f.g.Check(context.Background(), idx); err != nil {
@@ -94,7 +94,7 @@ func TestPlatformFromConfigAndArtifactType(t *testing.T) {
 	raw, _ := img.RawManifest()
 	d, _ := img.Digest()
 	mt, _ := img.MediaType()
-	if _, err := f.g.Check(context.Background(), Subject{Upstream: "up.example", Repo: "team/app", Digest: d, MediaType: string(mt), Manifest: raw}); err != nil {
+	if _, err := f.g.Check(context.Background(), Subject{Upstream: "up.example", Repo: "team/app", Digest: d, MediaType: mt, Manifest: raw}); err != nil {
 		t.Fatal(err)
 	}
 	rec, err := f.g.Image(context.Background(), d.String())
@@ -106,7 +106,7 @@ func TestPlatformFromConfigAndArtifactType(t *testing.T) {
 	manifest := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.cncf.helm.config.v1+json",` +
 		`"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`
 	if _, err := f.g.Check(context.Background(), Subject{Upstream: "up.example", Repo: "charts/app", Digest: chart,
-		MediaType: string(types.OCIManifestSchema1), Manifest: []byte(manifest)}); err != nil {
+		MediaType: types.OCIManifestSchema1, Manifest: []byte(manifest)}); err != nil {
 		t.Fatal(err)
 	}
 	if rec, err = f.g.Image(context.Background(), chart.String()); err != nil || rec.ArtifactType != "application/vnd.cncf.helm.config.v1+json" || rec.Kind != "artifact" {

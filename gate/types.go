@@ -19,6 +19,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/gatehouse/gatehouse/gate/records"
 )
@@ -61,13 +62,16 @@ type SignatureVerifier interface {
 // ErrNoDB is returned (fail closed) when no vulnerability DB is loaded.
 var ErrNoDB = errors.New("no vulnerability database loaded: run `gatehouse db update` or `gatehouse db import`")
 
-// Subject is a manifest about to be served.
+// Subject is a manifest about to be served, as the content layer (package
+// pull) returned it: verified against its digest and validated (a known
+// media type, no ambiguous index/image document, descriptors that point
+// somewhere). The gate judges what it is given and does not validate again.
 type Subject struct {
 	Upstream  string
 	Repo      string
 	Tag       string // when requested by tag
 	Digest    v1.Hash
-	MediaType string
+	MediaType types.MediaType
 	Manifest  []byte
 	Client    string // remote address, for the denial log
 	// Pull marks a GET (the manifest body is served): counted as a pull

@@ -15,7 +15,7 @@ func TestProxyDoesNotImportScanners(t *testing.T) {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}
 	for _, dep := range strings.Fields(string(out)) {
-		for _, banned := range []string{"github.com/aquasecurity/", "github.com/sigstore/", "github.com/gatehouse/gatehouse/gate/scan"} {
+		for _, banned := range []string{"github.com/aquasecurity/", "github.com/sigstore/", "github.com/gatehouse/gatehouse/gate/scan", "github.com/gatehouse/gatehouse/gate/sign"} {
 			if strings.HasPrefix(dep, banned) {
 				t.Errorf("proxy depends on %s", dep)
 			}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/proxy"
+	"github.com/gatehouse/gatehouse/storage/boltmeta"
 )
 
 // repoScanner reports one CRITICAL CVE for images of repositories under
@@ -52,7 +54,12 @@ func (repoScanner) Rescan(ctx context.Context, inv json.RawMessage) (*gate.Repor
 func (repoScanner) DBVersion() string { return "test-db" }
 
 func (e *env) withGate() *gate.Gate {
-	g, err := gate.New(gate.Options{Config: &e.cfg.Gate, DataDir: e.t.TempDir(), Scanner: repoScanner{}, Blobs: e.content, Log: slog.New(slog.DiscardHandler)})
+	meta, err := boltmeta.Open(filepath.Join(e.t.TempDir(), "gate.db"), 0)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { meta.Close() })
+	g, err := gate.New(gate.Options{Config: &e.cfg.Gate, Meta: meta, Scanner: repoScanner{}, Blobs: e.content, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -78,7 +85,7 @@ func TestManifestGETsCountAsPulls(t *testing.T) {
 			t.Fatalf("%s %s: %d", req.method, req.ref, resp.StatusCode)
 		}
 	}
-	d, err := g.Image(dgst)
+	d, err := g.Image(context.Background(), dgst)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func (h *Handler) judge(r *http.Request, rt *Route, m *pull.Manifest) *Error {
 		tag = rt.Ref
 	}
 	v, err := h.gate.Check(r.Context(), gate.Subject{Upstream: rt.Upstream.Name, Repo: rt.Repo, Tag: tag,
-		Digest: m.Digest, MediaType: string(m.MediaType), Manifest: m.Data, Client: r.RemoteAddr, Pull: r.Method == http.MethodGet})
+		Digest: m.Digest, MediaType: m.MediaType, Manifest: m.Data, Client: r.RemoteAddr, Pull: r.Method == http.MethodGet})
 	if err != nil {
 		result := "error"
 		var p *gate.Pending

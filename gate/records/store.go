@@ -248,7 +248,7 @@ func (s *Store) putImage(tx storage.Tx, m *Manifest, v *Verdict) error {
 		rec = ImageRecord{Digest: m.Digest.String(), Upstream: m.Upstream, Repo: m.Repo, MediaType: m.MediaType, Kind: kind,
 			Config: m.Config.Digest.String(), FirstSeen: s.now(), Tags: []string{}}
 		for _, l := range m.Layers {
-			rec.Layers = append(rec.Layers, LayerRef{Digest: l.Digest.String(), Size: l.Size, MediaType: string(l.MediaType)})
+			rec.Layers = append(rec.Layers, LayerRef{Digest: l.Digest.String(), Size: l.Size, MediaType: l.MediaType})
 		}
 	}
 	for i := range rec.Layers {

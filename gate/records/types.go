@@ -7,6 +7,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/gatehouse/gatehouse/gate/policy"
 )
@@ -108,12 +109,12 @@ type Verdict struct {
 
 // ImageRecord describes a judged manifest.
 type ImageRecord struct {
-	Digest    string   `json:"digest"`
-	Upstream  string   `json:"upstream"`
-	Repo      string   `json:"repository"`
-	Tags      []string `json:"tags"`
-	MediaType string   `json:"mediaType"`
-	Kind      string   `json:"kind"`
+	Digest    string          `json:"digest"`
+	Upstream  string          `json:"upstream"`
+	Repo      string          `json:"repository"`
+	Tags      []string        `json:"tags"`
+	MediaType types.MediaType `json:"mediaType"`
+	Kind      string          `json:"kind"`
 	// ArtifactType is the manifest's artifactType, else its config media
 	// type: what kind of artifact it is (image, Helm chart, signature, ...).
 	ArtifactType string `json:"artifactType,omitempty"`
@@ -133,9 +134,9 @@ type ImageRecord struct {
 
 // LayerRef is a layer of an image.
 type LayerRef struct {
-	Digest    string `json:"digest"`
-	Size      int64  `json:"size"`
-	MediaType string `json:"mediaType"`
+	Digest    string          `json:"digest"`
+	Size      int64           `json:"size"`
+	MediaType types.MediaType `json:"mediaType"`
 	// DiffID is the digest of the uncompressed layer the config declares.
 	DiffID string `json:"diffID,omitempty"`
 }
@@ -159,7 +160,7 @@ type Manifest struct {
 	Repo      string
 	Tag       string // when requested by tag
 	Digest    v1.Hash
-	MediaType string
+	MediaType types.MediaType
 	Kind      string // image, artifact (a verdict's kind wins)
 	// ArtifactType is the artifactType, else the config media type.
 	ArtifactType string
