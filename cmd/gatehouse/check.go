@@ -114,7 +114,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if !strings.Contains(ref, ":") {
 		tag = ref
 	}
-	v, err := st.gate.Check(ctx, gate.Subject{Upstream: up, Repo: repo, Tag: tag, Digest: m.Digest, MediaType: string(m.MediaType), Manifest: m.Data, Client: "gatehouse check"})
+	v, err := st.gate.Check(ctx, gate.Subject{Upstream: up, Repo: repo, Tag: tag, Digest: m.Digest, MediaType: m.MediaType, Manifest: m.Data, Client: "gatehouse check"})
 	if err != nil {
 		return err
 	}
