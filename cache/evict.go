@@ -2,17 +2,14 @@ package cache
 
 import (
 	"encoding/json"
-	"errors"
-	"io/fs"
-	"os"
 	"sort"
 	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // Usage returns the bytes and number of committed blobs.
@@ -58,7 +55,7 @@ func (s *Store) Evict(limit int64) (int, int64) {
 		if s.size <= limit {
 			break
 		}
-		if err := os.Remove(s.blobPath(c.d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := s.blobStore.Delete(bg, c.d); err != nil {
 			s.log.Error("evicting blob", "digest", c.d, "err", err)
 			continue
 		}
@@ -75,9 +72,9 @@ func (s *Store) Evict(limit int64) (int, int64) {
 	return n, freed
 }
 
-// FlushAccess writes the access times recorded in memory to the database.
+// FlushAccess writes the access times recorded in memory to the blob records.
 // They are kept in memory between flushes so that serving a cached blob
-// costs no database write.
+// costs no write of the MetaStore.
 func (s *Store) FlushAccess() error {
 	s.mu.Lock()
 	type upd struct {
@@ -95,16 +92,19 @@ func (s *Store) FlushAccess() error {
 	if len(ups) == 0 {
 		return nil
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBlobs)
+	return s.meta.Update(bg, func(tx storage.Tx) error {
 		for _, u := range ups {
 			var rec blobRecord
-			if v := b.Get([]byte(u.k)); v == nil || json.Unmarshal(v, &rec) != nil {
+			v, err := tx.Get(tableBlobs, []byte(u.k))
+			if err != nil {
+				return err
+			}
+			if v == nil || json.Unmarshal(v, &rec) != nil {
 				continue
 			}
 			rec.Accessed = u.t
-			v, _ := json.Marshal(rec)
-			if err := b.Put([]byte(u.k), v); err != nil {
+			v, _ = json.Marshal(rec)
+			if err := tx.Put(tableBlobs, []byte(u.k), v); err != nil {
 				return err
 			}
 		}
@@ -124,18 +124,18 @@ type BlobInfo struct {
 // Blobs lists the committed blobs.
 func (s *Store) Blobs() ([]BlobInfo, error) {
 	var out []BlobInfo
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+	err := s.meta.View(bg, func(tx storage.Tx) error {
+		return tx.Scan(tableBlobs, nil, false, func(k, v []byte) (bool, error) {
 			h, err := v1.NewHash(string(k))
 			if err != nil {
-				return nil
+				return true, nil
 			}
 			var rec blobRecord
 			if json.Unmarshal(v, &rec) != nil {
-				return nil
+				return true, nil
 			}
 			out = append(out, BlobInfo{Digest: h, Size: rec.Size, Upstream: rec.Upstream, Created: rec.Created, Accessed: rec.Accessed})
-			return nil
+			return true, nil
 		})
 	})
 	s.mu.Lock()
@@ -149,15 +149,14 @@ func (s *Store) Blobs() ([]BlobInfo, error) {
 	return out, err
 }
 
-// RemoveBlob deletes a committed blob (used by cache verify for a file that
+// RemoveBlob deletes a committed blob (used by cache verify for a blob that
 // no longer matches its digest). A blob being read is removed all the same:
-// readers keep their open file.
+// readers of a local store keep their open file.
 func (s *Store) RemoveBlob(dgst v1.Hash) error {
 	s.mu.Lock()
-	err := os.Remove(s.blobPath(dgst))
-	if err == nil || errors.Is(err, fs.ErrNotExist) {
+	err := s.blobStore.Delete(bg, dgst)
+	if err == nil {
 		s.forgetLocked(dgst)
-		err = nil
 	}
 	s.mu.Unlock()
 	if err != nil {

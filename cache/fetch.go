@@ -7,14 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/gatehouse/gatehouse/internal/verify"
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // Source opens the upstream body of a blob from byte off on: 0 for a
@@ -28,11 +29,13 @@ import (
 type Source func(ctx context.Context, off int64) (body io.ReadCloser, start, size int64, err error)
 
 // ErrDigestMismatch and ErrSizeMismatch are the verification failures of a
-// fetch, ErrStalled the end of one whose upstream went silent and stayed
-// silent however often it was resumed; the blob is never kept.
+// fetch or a transfer (those of internal/verify, which passthrough
+// transfers read through), ErrStalled the end of one whose upstream went
+// silent and stayed silent however often it was resumed; the blob is never
+// kept.
 var (
-	ErrDigestMismatch = errors.New("upstream sent content that does not match the digest")
-	ErrSizeMismatch   = errors.New("upstream sent a different number of bytes than it announced")
+	ErrDigestMismatch = verify.ErrDigestMismatch
+	ErrSizeMismatch   = verify.ErrSizeMismatch
 	ErrStalled        = errors.New("upstream sent no data for too long")
 	errClosing        = errors.New("gatehouse is shutting down")
 )
@@ -51,19 +54,19 @@ type FetchStats struct {
 	Bytes    int64 // bytes read from upstream
 }
 
-// fetch is one upstream download of a blob. The bytes go to a partial file
+// fetch is one upstream download of a blob. The bytes go to a BlobWriter
 // while they are hashed; every reader of the blob (the first included)
-// streams from that growing file.
+// streams from the writer's Partial reader of them.
 type fetch struct {
 	dgst     v1.Hash
-	path     string
+	w        storage.BlobWriter
 	upstream string
 
 	ready chan struct{} // closed once size is known or the fetch failed
 	size  int64         // set before ready is closed; -1 unknown
 
-	// broken is set when the partial file could not be written; the
-	// download stops and readers go on from upstream directly.
+	// broken is set when the blob could not be written; the download
+	// stops and readers go on from upstream directly.
 	broken atomic.Bool
 
 	mu      sync.Mutex
@@ -124,7 +127,7 @@ func (f *fetch) wakeLocked() {
 	}
 }
 
-// Fetch returns a stream of the blob: the committed file when cached, else
+// Fetch returns a stream of the blob: the committed blob when cached, else
 // a reader of the one upstream download of it, starting that download if
 // nobody else has. The download belongs to the store, not to ctx: a client
 // that hangs up does not cancel a fetch that others (or the cache) need.
@@ -132,16 +135,18 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if b, err := s.openLocked(dgst); err == nil {
-		return &Stream{file: b.File, blob: b}, nil
+		return &Stream{file: b.BlobReader, blob: b}, nil
 	}
 	if f, ok := s.fetches[dgst]; ok {
-		file, err := os.Open(f.path)
+		// A fetch stays here until its blob is committed and indexed;
+		// Partial reads the committed blob once the writer committed it.
+		r, err := f.w.Partial()
 		if err != nil {
 			return nil, fmt.Errorf("cache: joining fetch: %w", err)
 		}
 		s.stats.Joined++
 		metrics.FetchesJoined.Inc()
-		return &Stream{file: file, fetch: f, dgst: dgst, src: src, stall: s.stallFor(upstream)}, nil
+		return &Stream{file: r, fetch: f, dgst: dgst, src: src, stall: s.stallFor(upstream)}, nil
 	}
 	if s.closed {
 		return nil, errClosing
@@ -149,29 +154,29 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 	if s.bypassingLocked() {
 		return s.passStream(dgst, upstream, src), nil
 	}
-	tmp, err := os.CreateTemp(s.tmpDir(), dgst.Hex+".*")
+	ctx = context.WithoutCancel(ctx)
+	w, err := s.blobStore.Create(ctx, dgst)
 	if err != nil {
 		s.mu.Unlock()
 		s.noteWriteError(&WriteError{Err: err})
 		s.mu.Lock()
 		return s.passStream(dgst, upstream, src), nil
 	}
-	file, err := os.Open(tmp.Name())
+	r, err := w.Partial()
 	if err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
+		w.Abort()
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	f := &fetch{dgst: dgst, path: tmp.Name(), upstream: upstream, ready: make(chan struct{}), size: -1, wake: make(chan struct{})}
+	f := &fetch{dgst: dgst, w: w, upstream: upstream, ready: make(chan struct{}), size: -1, wake: make(chan struct{})}
 	s.fetches[dgst] = f
 	s.stats.Started++
 	metrics.FetchesStarted.Inc()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.run(context.WithoutCancel(ctx), f, tmp, src)
+		s.run(ctx, f, src)
 	}()
-	return &Stream{file: file, fetch: f, dgst: dgst, src: src, stall: s.stallFor(upstream)}, nil
+	return &Stream{file: r, fetch: f, dgst: dgst, src: src, stall: s.stallFor(upstream)}, nil
 }
 
 // Stats returns a snapshot of the fetch counters.
@@ -183,7 +188,8 @@ func (s *Store) Stats() FetchStats {
 	return st
 }
 
-func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) {
+// run downloads the blob of f and, once verified, commits it.
+func (s *Store) run(parent context.Context, f *fetch, src Source) {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	go func() {
@@ -197,40 +203,20 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 	stall := time.AfterFunc(stallAfter, func() { cancel(ErrStalled) })
 	defer stall.Stop()
 
-	err := s.download(ctx, f, tmp, src, stall, stallAfter)
+	err := s.download(ctx, f, src, stall, stallAfter)
 	if err != nil && context.Cause(ctx) != nil && !errors.Is(err, ErrDigestMismatch) && !errors.Is(err, ErrSizeMismatch) {
 		err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
 	}
 	if err != nil {
-		f.progress(0, true, err)
-		select {
-		case <-f.ready:
-		default:
-			close(f.ready)
-		}
-		tmp.Close()
-		s.mu.Lock()
-		delete(s.fetches, f.dgst)
-		s.stats.Failed++
-		s.mu.Unlock()
-		metrics.FetchesFailed.Inc()
-		os.Remove(f.path)
-		if werr := (*WriteError)(nil); errors.As(err, &werr) {
-			s.noteWriteError(err)
-			return
-		}
-		s.log.Warn("blob fetch failed; nothing cached", "digest", f.dgst, "upstream", f.upstream, "err", err)
+		s.fail(f, err)
 		return
 	}
 	// Readers have everything and it is verified; now make it durable.
 	f.progress(0, true, nil)
-	err = tmp.Sync()
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+	err = f.w.Commit(parent)
 	s.mu.Lock()
 	if err == nil {
-		err = s.commitLocked(f.dgst, f.path, f.written)
+		s.addLocked(f.dgst, f.written)
 	}
 	delete(s.fetches, f.dgst)
 	s.mu.Unlock()
@@ -238,12 +224,36 @@ func (s *Store) run(parent context.Context, f *fetch, tmp *os.File, src Source) 
 		err = s.putRecord(f.dgst, f.written, f.upstream)
 	}
 	if err != nil {
-		os.Remove(f.path)
+		f.w.Abort() // nothing, when Commit succeeded
 		s.noteWriteError(err)
 		s.log.Error("caching blob failed; it was served but not kept", "digest", f.dgst, "err", err)
 		return
 	}
 	s.Evict(0)
+}
+
+// fail ends a fetch that did not get its blob: readers get err, and what
+// was written is discarded once no new reader can join.
+func (s *Store) fail(f *fetch, err error) {
+	f.progress(0, true, err)
+	select {
+	case <-f.ready:
+	default:
+		close(f.ready)
+	}
+	s.mu.Lock()
+	delete(s.fetches, f.dgst)
+	s.stats.Failed++
+	s.mu.Unlock()
+	metrics.FetchesFailed.Inc()
+	if aerr := f.w.Abort(); aerr != nil {
+		s.log.Warn("discarding a failed blob fetch", "digest", f.dgst, "err", aerr)
+	}
+	if werr := (*WriteError)(nil); errors.As(err, &werr) {
+		s.noteWriteError(err)
+		return
+	}
+	s.log.Warn("blob fetch failed; nothing cached", "digest", f.dgst, "upstream", f.upstream, "err", err)
 }
 
 // stallFor is how long a download from upstream may receive no byte,
@@ -268,7 +278,7 @@ func (s *Store) resumeFor(upstream string) time.Duration {
 	return d
 }
 
-// chunk is one read from upstream on its way to the file and the hash.
+// chunk is one read from upstream on its way to the blob writer and the hash.
 type chunk struct {
 	buf    *[]byte
 	n      int
@@ -315,25 +325,25 @@ func (c *chunk) release() {
 const DefaultMaxFetchChunks = 128
 
 // chunkSize is the size of one read from upstream, and so the unit in
-// which a fetch hands bytes to its file writer and its hasher. 1 MiB reads
+// which a fetch hands bytes to its blob writer and its hasher. 1 MiB reads
 // cost a cold GiB about a fifth less CPU than 256 KiB ones (fewer system
 // calls and goroutine hand-offs); 2 and 4 MiB cost more again, the chunk
 // no longer staying in the core's cache between the reader, the hasher and
 // the writer (measured by BenchmarkColdFetch and with `make bench`).
 const chunkSize = 1 << 20
 
-// pipelineDepth bounds the chunks between the upstream reader and the file
+// pipelineDepth bounds the chunks between the upstream reader and the blob
 // writer or the hasher: a fetch holds at most pipelineDepth+3 chunks (the
 // queue, and one each in the reader, the writer and the hasher).
 const pipelineDepth = 4
 
-// download copies upstream's body to the partial file and hashes it. The
+// download copies upstream's body to the blob writer and hashes it. The
 // three jobs run side by side, each on its own goroutine, so that a cold
 // blob moves as fast as the slowest of them rather than their sum; readers
-// see each chunk once it is in the file. A body that goes silent or breaks
+// see each chunk once it is written. A body that goes silent or breaks
 // off is resumed from the bytes received (see transfer); the hash runs over
 // every byte in order, so the digest is verified end to end all the same.
-func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source, stall *time.Timer, stallAfter time.Duration) error {
+func (s *Store) download(ctx context.Context, f *fetch, src Source, stall *time.Timer, stallAfter time.Duration) error {
 	t := &transfer{s: s, f: f, src: src, stall: stall, stallAfter: stallAfter, resumeAfter: s.resumeFor(f.upstream)}
 	size, err := t.open(ctx, 0, true)
 	if err != nil {
@@ -361,7 +371,7 @@ func (s *Store) download(ctx context.Context, f *fetch, tmp *os.File, src Source
 		defer wg.Done()
 		for c := range toFile {
 			if werr == nil {
-				if _, err := tmp.Write(c.bytes()); err != nil {
+				if _, err := f.w.Write(c.bytes()); err != nil {
 					werr = &WriteError{Err: err}
 					f.broken.Store(true)
 				} else {

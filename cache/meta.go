@@ -8,7 +8,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	bolt "go.etcd.io/bbolt"
+
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // Manifest is a verified manifest as upstream served it.
@@ -32,12 +33,14 @@ type Tag struct {
 // Manifest returns the cached manifest with digest dgst, or ErrNotFound.
 func (s *Store) Manifest(dgst v1.Hash) (*Manifest, error) {
 	var m *Manifest
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketManifests).Get([]byte(dgst.String()))
+	err := s.meta.View(bg, func(tx storage.Tx) error {
+		v, err := tx.Get(tableManifests, []byte(dgst.String()))
+		if err != nil {
+			return err
+		}
 		if v == nil {
 			return ErrNotFound
 		}
-		var err error
 		m, err = decodeManifest(v)
 		return err
 	})
@@ -49,6 +52,8 @@ func (s *Store) Manifest(dgst v1.Hash) (*Manifest, error) {
 }
 
 // PutManifest stores a manifest the caller has verified against its digest.
+// The record is the length of its JSON metadata (4 bytes, big-endian), the
+// metadata and the manifest's bytes.
 func (s *Store) PutManifest(m *Manifest) error {
 	meta, err := json.Marshal(m)
 	if err != nil {
@@ -57,8 +62,8 @@ func (s *Store) PutManifest(m *Manifest) error {
 	v := make([]byte, 4, 4+len(meta)+len(m.Data))
 	binary.BigEndian.PutUint32(v, uint32(len(meta)))
 	v = append(append(v, meta...), m.Data...)
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketManifests).Put([]byte(m.Digest.String()), v)
+	return s.meta.Update(bg, func(tx storage.Tx) error {
+		return tx.Put(tableManifests, []byte(m.Digest.String()), v)
 	})
 }
 
@@ -85,8 +90,11 @@ func tagKey(upstream, repo, tag string) []byte {
 // Tag returns the cached mapping of upstream/repo:tag, or ErrNotFound.
 func (s *Store) Tag(upstream, repo, tag string) (*Tag, error) {
 	var t Tag
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketTags).Get(tagKey(upstream, repo, tag))
+	err := s.meta.View(bg, func(tx storage.Tx) error {
+		v, err := tx.Get(tableTags, tagKey(upstream, repo, tag))
+		if err != nil {
+			return err
+		}
 		if v == nil {
 			return ErrNotFound
 		}
@@ -104,8 +112,8 @@ func (s *Store) PutTag(upstream, repo, tag string, t *Tag) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTags).Put(tagKey(upstream, repo, tag), v)
+	return s.meta.Update(bg, func(tx storage.Tx) error {
+		return tx.Put(tableTags, tagKey(upstream, repo, tag), v)
 	})
 }
 
@@ -118,13 +126,13 @@ type TagInfo struct {
 // Tags lists the cached tag mappings.
 func (s *Store) Tags() ([]TagInfo, error) {
 	var out []TagInfo
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTags).ForEach(func(k, v []byte) error {
+	err := s.meta.View(bg, func(tx storage.Tx) error {
+		return tx.Scan(tableTags, nil, false, func(k, v []byte) (bool, error) {
 			var t Tag
 			if json.Unmarshal(v, &t) == nil {
 				out = append(out, TagInfo{Name: string(k), Tag: t})
 			}
-			return nil
+			return true, nil
 		})
 	})
 	return out, err

@@ -1,19 +1,16 @@
 package cache
 
 import (
-	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/gatehouse/gatehouse/internal/verify"
 	"github.com/gatehouse/gatehouse/metrics"
 )
 
@@ -64,17 +61,17 @@ func (s *Store) passStream(dgst v1.Hash, upstream string, src Source) *Stream {
 	return &Stream{dgst: dgst, src: src, stall: s.stallFor(upstream)}
 }
 
-// passReader reads a blob straight from upstream, hashing it, and releases
-// its last byte only after the size and digest were verified, so that a
-// failed transfer never looks complete.
+// passReader reads a blob straight from upstream through a verify.Reader
+// that holds the last byte back until size and digest were verified, so
+// that a failed transfer never looks complete.
 type passReader struct {
-	dgst v1.Hash
-	body io.ReadCloser
-	br   *bufio.Reader
+	vr   *verify.Reader
 	size int64
-	h    hash.Hash
-	n    int64
-	err  error // sticky
+
+	// Reads of one byte go through spare: see readSmall.
+	spare   [2]byte
+	pend    []byte // of spare, still to hand out
+	pendErr error  // to return once pend is empty
 
 	// The transfer ends with ErrStalled when upstream sends nothing for
 	// stall: the watchdog cancels ctx, which the body's reads follow.
@@ -99,10 +96,10 @@ func openPass(ctx context.Context, dgst v1.Hash, src Source, skip int64, stall t
 		cancel(nil)
 		return nil, stalledOr(ctx, err)
 	}
-	p := &passReader{dgst: dgst, body: body, br: bufio.NewReaderSize(body, 256<<10), size: size, h: sha256.New(),
-		ctx: ctx, cancel: cancel, stall: stall, watchdog: watchdog}
+	p := &passReader{size: size, ctx: ctx, cancel: cancel, stall: stall, watchdog: watchdog}
+	p.vr = verify.ReadCloser(watchedBody{body, p}, size, dgst, verify.HoldLast())
 	if skip > 0 {
-		if _, err := io.CopyN(io.Discard, p, skip); err != nil {
+		if err := discard(p, skip); err != nil {
 			p.close()
 			return nil, err
 		}
@@ -110,11 +107,26 @@ func openPass(ctx context.Context, dgst v1.Hash, src Source, skip int64, stall t
 	return p, nil
 }
 
+// watchedBody resets its transfer's stall watchdog whenever upstream sent
+// bytes.
+type watchedBody struct {
+	io.ReadCloser
+	p *passReader
+}
+
+func (b watchedBody) Read(buf []byte) (int, error) {
+	n, err := b.ReadCloser.Read(buf)
+	if n > 0 {
+		b.p.watchdog.Reset(b.p.stall)
+	}
+	return n, err
+}
+
 // close ends the transfer.
 func (p *passReader) close() {
 	p.watchdog.Stop()
 	p.cancel(nil)
-	p.body.Close()
+	p.vr.Close()
 }
 
 // stalledOr returns ErrStalled (wrapping err) when ctx was ended by the
@@ -126,42 +138,44 @@ func stalledOr(ctx context.Context, err error) error {
 	return err
 }
 
+// Read reads verified bytes; a failed read of the body that the watchdog
+// caused is ErrStalled.
 func (p *passReader) Read(b []byte) (int, error) {
-	if p.err != nil {
-		return 0, p.err
+	var n int
+	var err error
+	if len(b) == 1 || len(p.pend) > 0 {
+		n, err = p.readSmall(b)
+	} else {
+		n, err = p.vr.Read(b)
 	}
-	n, err := p.br.Read(b)
-	if n > 0 {
-		p.watchdog.Reset(p.stall)
+	if err != nil && err != io.EOF && !errors.Is(err, ErrDigestMismatch) && !errors.Is(err, ErrSizeMismatch) {
+		err = stalledOr(p.ctx, err)
 	}
-	p.h.Write(b[:n])
-	p.n += int64(n)
-	if p.size >= 0 && p.n > p.size {
-		p.err = ErrSizeMismatch
-		return 0, p.err
+	return n, err
+}
+
+// readSmall serves a read of one byte (io.LimitedReader's last read) from
+// a read of two: a verify.Reader that holds a byte back makes no progress
+// with a buffer of one (it returns 0, nil for ever).
+func (p *passReader) readSmall(b []byte) (int, error) {
+	if len(p.pend) == 0 && p.pendErr == nil {
+		n, err := p.vr.Read(p.spare[:])
+		p.pend, p.pendErr = p.spare[:n], err
 	}
-	if err == nil {
-		// Hold these bytes back until more follow or the end verified.
-		if _, perr := p.br.Peek(1); perr == nil {
-			return n, nil
-		} else {
-			err = perr
-		}
+	n := copy(b, p.pend)
+	p.pend = p.pend[n:]
+	if len(p.pend) > 0 {
+		return n, nil
 	}
-	if err != io.EOF {
-		p.err = stalledOr(p.ctx, err)
-		return 0, p.err
-	}
-	switch got := hex.EncodeToString(p.h.Sum(nil)); {
-	case p.size >= 0 && p.n != p.size:
-		p.err = ErrSizeMismatch
-	case got != p.dgst.Hex:
-		p.err = fmt.Errorf("%w: got sha256:%s", ErrDigestMismatch, got)
-	default:
-		p.err = io.EOF
-		return n, io.EOF
-	}
-	return 0, p.err
+	err := p.pendErr
+	p.pendErr = nil // the verify.Reader's error is sticky: it returns it again
+	return n, err
+}
+
+// discard reads and drops n bytes of r, with a pooled buffer.
+func discard(r io.Reader, n int64) error {
+	_, err := copyExactly(io.Discard, r, n)
+	return err
 }
 
 // skipReader discards its first skip bytes.
@@ -172,7 +186,7 @@ type skipReader struct {
 
 func (s *skipReader) Read(b []byte) (int, error) {
 	if s.skip > 0 {
-		if _, err := io.CopyN(io.Discard, s.r, s.skip); err != nil {
+		if err := discard(s.r, s.skip); err != nil {
 			return 0, err
 		}
 		s.skip = 0

@@ -15,12 +15,14 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage/localblob"
 )
 
 // countingSource serves data and counts how often upstream was asked.
@@ -37,6 +39,11 @@ func randomBlob(t *testing.T, n int) ([]byte, v1.Hash) {
 	rand.Read(b)
 	sum := sha256.Sum256(b)
 	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+// tmpDir is the directory of partial downloads of a store OpenDir opened.
+func (s *Store) tmpDir() string {
+	return filepath.Join(s.blobStore.(*localblob.Store).Dir(), "tmp")
 }
 
 func tmpFiles(t *testing.T, s *Store) []os.DirEntry {
@@ -126,7 +133,7 @@ func TestUnwritableCacheStreamsThrough(t *testing.T) {
 // stops sending, as a cached fetch does: the client is not held forever.
 func TestPassthroughStalls(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(Options{Dir: dir, StallTimeouts: map[string]time.Duration{"up": 50 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)})
+	s, err := OpenDir(dir, Options{StallTimeouts: map[string]time.Duration{"up": 50 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,13 +194,41 @@ func TestPassthroughVerifies(t *testing.T) {
 	}
 }
 
+// A transfer that bypasses the cache can be read a byte at a time (the
+// last read of an io.LimitedReader is often a single byte), skipping bytes
+// or not.
+func TestPassthroughReadsOneByteAtATime(t *testing.T) {
+	data, d := randomBlob(t, 3000)
+	for _, off := range []int64{0, 1, 2999} {
+		st := &Stream{dgst: d, src: source(data)}
+		if err := st.Wait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(iotest.OneByteReader(st.Reader(context.Background(), off, nil)))
+		st.Close()
+		if err != nil || !bytes.Equal(got, data[off:]) {
+			t.Fatalf("from %d: read %d bytes, %v", off, len(got), err)
+		}
+	}
+	// A skip that ends one byte into the blob's last chunk, as Send's
+	// bypass after a write failure does.
+	p, err := openPass(context.Background(), d, source(data), int64(len(data)-1), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	if got, err := io.ReadAll(p); err != nil || !bytes.Equal(got, data[len(data)-1:]) {
+		t.Fatalf("after skipping all but one byte: %q, %v", got, err)
+	}
+}
+
 // When the cache file cannot be written part-way (here: the process's
 // file size limit, as a full disk would), every reader of the fetch goes
 // on from upstream where it was, gets the whole verified blob, and the
 // partial file is removed.
 func TestWriteFailureMidFetchStreamsThrough(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(Options{Dir: dir, Log: slog.New(slog.DiscardHandler)})
+	s, err := OpenDir(dir, Options{Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,42 +1,53 @@
-// Package cache is gatehouse's content store: blobs as files named by their
-// digest, metadata (manifests, tag mappings, blob sizes, access times) in a
-// bbolt database, one upstream fetch per uncached blob however many clients
-// wait for it, and least-recently-used eviction under a size limit.
+// Package cache is gatehouse's content store: one upstream fetch per
+// uncached blob however many clients wait for it, verified before it is
+// kept, metadata (manifests, tag mappings, blob records with access times)
+// and least-recently-used eviction under a size limit.
+//
+// It is built on the two stores of package storage and names no file or
+// database of its own: blob contents go to a storage.BlobStore (written
+// through a BlobWriter, committed once digest and size matched), records
+// to a storage.MetaStore in the tables "blobs", "manifests" and "tags".
+// OpenDir builds both for a data directory (storage/boltmeta in
+// <dir>/meta.db, storage/localblob under <dir>/blobs and <dir>/tmp), the
+// layout of every gatehouse so far.
 package cache
 
 import (
+	"bytes"
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // ErrNotFound is returned for an object the store does not hold.
 var ErrNotFound = errors.New("not in cache")
 
-var (
-	bucketBlobs     = []byte("blobs")
-	bucketManifests = []byte("manifests")
-	bucketTags      = []byte("tags")
+// The MetaStore tables of the cache. Their keys and values are those of
+// the bbolt buckets of earlier versions, so existing meta.db files work.
+const (
+	tableBlobs     = "blobs"     // digest → blobRecord (JSON)
+	tableManifests = "manifests" // digest → encoded Manifest (see PutManifest)
+	tableTags      = "tags"      // upstream/repo:tag → Tag (JSON)
 )
 
 // Options configure a Store.
 type Options struct {
-	// Dir is the data directory; blobs live in Dir/blobs, partial downloads
-	// in Dir/tmp and metadata in Dir/meta.db.
-	Dir string
+	// Blobs holds the blob contents and Meta the records; both are
+	// required (OpenDir sets them for a data directory). The Store does
+	// not close them, except what OpenDir opened.
+	Blobs storage.BlobStore
+	Meta  storage.MetaStore
 	// MaxSize bounds the bytes of cached blobs; 0 means no limit.
 	MaxSize int64
 	// StallTimeout aborts a blob download whose upstream sends nothing for
@@ -58,19 +69,20 @@ type Options struct {
 	// Log receives the store's own events.
 	Log *slog.Logger
 
-	lockTimeout time.Duration // how long Open waits for the directory; tests shorten it
+	lockTimeout time.Duration // how long OpenDir waits for the directory; tests shorten it
 	maxChunks   int           // DefaultMaxFetchChunks unless a test sets it
 }
 
 // Store is the content store. It is safe for concurrent use.
 type Store struct {
-	dir     string
-	db      *bolt.DB
-	log     *slog.Logger
-	maxSize int64
+	blobStore storage.BlobStore
+	meta      storage.MetaStore
+	ownMeta   bool // opened by OpenDir: Close closes it
+	log       *slog.Logger
+	maxSize   int64
 
 	mu      sync.Mutex
-	blobs   map[v1.Hash]*blobEntry
+	blobs   map[v1.Hash]*blobEntry // the committed blobs
 	fetches map[v1.Hash]*fetch
 	size    int64 // bytes of committed blobs
 	dirty   map[v1.Hash]struct{}
@@ -95,7 +107,7 @@ type blobEntry struct {
 	readers int // open readers; an entry in use is never evicted
 }
 
-// blobRecord is the bbolt value of a blob.
+// blobRecord is the record of a blob in tableBlobs.
 type blobRecord struct {
 	Size     int64     `json:"size"`
 	Upstream string    `json:"upstream,omitempty"`
@@ -103,21 +115,29 @@ type blobRecord struct {
 	Accessed time.Time `json:"accessed"`
 }
 
-// Open opens (creating if needed) the store in opts.Dir. Partial downloads
-// left by a crash are removed; blob files and database entries are
-// reconciled (a file in blobs/ was verified before it was renamed there).
+// The cache's API takes no context yet: its calls to the stores that are
+// not part of a request use this one.
+var bg = context.Background()
+
+// Open opens the store on opts.Blobs and opts.Meta, reconciling the two:
+// a committed blob without a record (committed just before a crash) gets
+// one, a record whose blob is gone is dropped.
 func Open(opts Options) (*Store, error) {
+	if opts.Blobs == nil || opts.Meta == nil {
+		return nil, errors.New("cache: Options.Blobs and Options.Meta are required")
+	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
 	s := &Store{
-		dir:     opts.Dir,
-		log:     opts.Log,
-		maxSize: opts.MaxSize,
-		blobs:   map[v1.Hash]*blobEntry{},
-		fetches: map[v1.Hash]*fetch{},
-		dirty:   map[v1.Hash]struct{}{},
-		closing: make(chan struct{}),
+		blobStore: opts.Blobs,
+		meta:      opts.Meta,
+		log:       opts.Log,
+		maxSize:   opts.MaxSize,
+		blobs:     map[v1.Hash]*blobEntry{},
+		fetches:   map[v1.Hash]*fetch{},
+		dirty:     map[v1.Hash]struct{}{},
+		closing:   make(chan struct{}),
 
 		stallTimeout:  opts.StallTimeout,
 		stallTimeouts: opts.StallTimeouts,
@@ -144,47 +164,14 @@ func Open(opts Options) (*Store, error) {
 			}
 		}
 	}
-	for _, d := range []string{s.dir, s.tmpDir(), filepath.Join(s.dir, "blobs", "sha256")} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
-			return nil, fmt.Errorf("cache: %w", err)
-		}
-	}
-	// The database's lock is the data directory's: only its holder may
-	// clear partial downloads, which a running gatehouse (or one being
-	// started by mistake on the same directory) may be writing.
-	lockWait := opts.lockTimeout
-	if lockWait <= 0 {
-		lockWait = 5 * time.Second
-	}
-	db, err := bolt.Open(filepath.Join(s.dir, "meta.db"), 0o640, &bolt.Options{Timeout: lockWait})
-	if err != nil {
-		return nil, fmt.Errorf("cache: open %s: %w (is another gatehouse using this data directory?)", filepath.Join(s.dir, "meta.db"), err)
-	}
-	s.db = db
-	if err := s.cleanTmp(); err != nil {
-		db.Close()
-		return nil, err
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketBlobs, bucketManifests, bucketTags} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("cache: %w", err)
-	}
 	if err := s.load(); err != nil {
-		db.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// Close stops running fetches (their readers fail), waits for them, flushes
-// access times and closes the database.
+// Close stops running fetches (their readers fail), waits for them and
+// flushes access times (and closes the MetaStore OpenDir opened).
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if !s.closed {
@@ -193,65 +180,33 @@ func (s *Store) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	return errors.Join(s.FlushAccess(), s.db.Close())
+	err := s.FlushAccess()
+	if s.ownMeta {
+		err = errors.Join(err, s.meta.Close())
+	}
+	return err
 }
 
-func (s *Store) tmpDir() string { return filepath.Join(s.dir, "tmp") }
-
-func (s *Store) blobPath(d v1.Hash) string {
-	return filepath.Join(s.dir, "blobs", d.Algorithm, d.Hex[:2], d.Hex)
-}
-
-func (s *Store) cleanTmp() error {
-	ents, err := os.ReadDir(s.tmpDir())
-	if err != nil {
-		return fmt.Errorf("cache: %w", err)
-	}
-	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(s.tmpDir(), e.Name())); err != nil {
-			return fmt.Errorf("cache: removing partial download: %w", err)
-		}
-	}
-	if len(ents) > 0 {
-		s.log.Info("removed partial downloads left by an earlier run", "count", len(ents))
-	}
-	return nil
-}
-
-// load builds the in-memory blob index from the files on disk and their
-// records, dropping records whose file is gone.
+// load builds the in-memory blob index from the committed blobs and their
+// records, dropping records whose blob is gone.
 func (s *Store) load() error {
 	files := map[v1.Hash]int64{}
-	root := filepath.Join(s.dir, "blobs", "sha256")
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		h, herr := v1.NewHash("sha256:" + d.Name())
-		if herr != nil || filepath.Base(filepath.Dir(p)) != h.Hex[:2] {
-			s.log.Warn("removing stray file from the blob store", "path", p)
-			return os.Remove(p)
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		files[h] = info.Size()
+	err := s.blobStore.Walk(bg, func(d v1.Hash, size int64) error {
+		files[d] = size
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("cache: scanning blobs: %w", err)
 	}
 	now := time.Now()
-	return s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBlobs)
+	err = s.meta.Update(bg, func(tx storage.Tx) error {
 		var gone [][]byte
-		err := b.ForEach(func(k, v []byte) error {
+		err := tx.Scan(tableBlobs, nil, false, func(k, v []byte) (bool, error) {
 			h, err := v1.NewHash(string(k))
 			size, ok := files[h]
 			if err != nil || !ok {
-				gone = append(gone, k)
-				return nil
+				gone = append(gone, bytes.Clone(k))
+				return true, nil
 			}
 			var rec blobRecord
 			if json.Unmarshal(v, &rec) != nil || rec.Size != size {
@@ -260,20 +215,20 @@ func (s *Store) load() error {
 			s.blobs[h] = &blobEntry{size: size, atime: rec.Accessed}
 			s.size += size
 			delete(files, h)
-			return nil
+			return true, nil
 		})
 		if err != nil {
 			return err
 		}
 		for _, k := range gone {
-			if err := b.Delete(k); err != nil {
+			if err := tx.Delete(tableBlobs, k); err != nil {
 				return err
 			}
 		}
-		// Files without a record: committed just before a crash.
+		// Blobs without a record: committed just before a crash.
 		for h, size := range files {
 			rec, _ := json.Marshal(blobRecord{Size: size, Created: now, Accessed: now})
-			if err := b.Put([]byte(h.String()), rec); err != nil {
+			if err := tx.Put(tableBlobs, []byte(h.String()), rec); err != nil {
 				return err
 			}
 			s.blobs[h] = &blobEntry{size: size, atime: now}
@@ -281,20 +236,25 @@ func (s *Store) load() error {
 		}
 		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	return nil
 }
 
 // Blob is an open, committed blob. Close it to let eviction consider it.
 type Blob struct {
-	*os.File
+	// BlobReader reads the blob: the *os.File of a local store.
+	storage.BlobReader
 	Size int64
 	s    *Store
 	dgst v1.Hash
 	once sync.Once
 }
 
-// Close closes the file and releases the blob.
+// Close closes the reader and releases the blob.
 func (b *Blob) Close() error {
-	err := b.File.Close()
+	err := b.BlobReader.Close()
 	b.once.Do(func() { b.s.release(b.dgst) })
 	return err
 }
@@ -312,17 +272,17 @@ func (s *Store) OpenBlob(dgst v1.Hash) (*Blob, error) {
 	return b, err
 }
 
-// errVanished: the index knew the blob but its file is gone.
-var errVanished = errors.New("blob file vanished")
+// errVanished: the index knew the blob but the blob store has it no more.
+var errVanished = errors.New("blob vanished")
 
 func (s *Store) openLocked(dgst v1.Hash) (*Blob, error) {
 	e, ok := s.blobs[dgst]
 	if !ok {
 		return nil, ErrNotFound
 	}
-	f, err := os.Open(s.blobPath(dgst))
+	r, _, err := s.blobStore.Open(bg, dgst)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, storage.ErrNotFound) {
 			// Removed behind our back (cache verify, an operator): forget it.
 			s.forgetLocked(dgst)
 			return nil, errVanished
@@ -332,7 +292,7 @@ func (s *Store) openLocked(dgst v1.Hash) (*Blob, error) {
 	e.readers++
 	e.atime = time.Now()
 	s.dirty[dgst] = struct{}{}
-	return &Blob{File: f, Size: e.size, s: s, dgst: dgst}, nil
+	return &Blob{BlobReader: r, Size: e.size, s: s, dgst: dgst}, nil
 }
 
 // StatBlob returns the size of a committed blob without opening it.
@@ -368,9 +328,9 @@ func (s *Store) deleteRecords(dgsts ...v1.Hash) {
 	if len(dgsts) == 0 {
 		return
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.meta.Update(bg, func(tx storage.Tx) error {
 		for _, d := range dgsts {
-			if err := tx.Bucket(bucketBlobs).Delete([]byte(d.String())); err != nil {
+			if err := tx.Delete(tableBlobs, []byte(d.String())); err != nil {
 				return err
 			}
 		}
@@ -381,27 +341,21 @@ func (s *Store) deleteRecords(dgsts ...v1.Hash) {
 	}
 }
 
-// commitLocked moves a verified, synced download into the store. Called
-// with s.mu held, so that a reader joining the fetch either opens the
-// partial file or finds the committed one. The record is written by
-// putRecord after s.mu is released (a crash in between is repaired by load).
-func (s *Store) commitLocked(dgst v1.Hash, tmp string, size int64) error {
-	if err := os.MkdirAll(filepath.Dir(s.blobPath(dgst)), 0o750); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, s.blobPath(dgst)); err != nil {
-		return err
-	}
+// addLocked enters a blob its writer committed into the index. Called
+// with s.mu held, in the same critical section that ends the fetch, so that
+// a reader either joins the fetch or finds the blob. The record is written
+// by putRecord after s.mu is released (a crash in between is repaired by
+// load).
+func (s *Store) addLocked(dgst v1.Hash, size int64) {
 	if old, ok := s.blobs[dgst]; ok {
 		s.size -= old.size
 	}
 	s.blobs[dgst] = &blobEntry{size: size, atime: time.Now()}
 	s.size += size
-	return nil
 }
 
 func (s *Store) putRecord(dgst v1.Hash, size int64, upstream string) error {
 	now := time.Now()
 	rec, _ := json.Marshal(blobRecord{Size: size, Upstream: upstream, Created: now, Accessed: now})
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketBlobs).Put([]byte(dgst.String()), rec) })
+	return s.meta.Update(bg, func(tx storage.Tx) error { return tx.Put(tableBlobs, []byte(dgst.String()), rec) })
 }

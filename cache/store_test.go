@@ -23,7 +23,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func open(t *testing.T, dir string, max int64) *Store {
 	t.Helper()
-	s, err := Open(Options{Dir: dir, MaxSize: max, Log: slog.New(slog.DiscardHandler)})
+	s, err := OpenDir(dir, Options{MaxSize: max, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestFailedFetchKeepsNothing(t *testing.T) {
 }
 
 func TestStalledUpstreamFailsFetch(t *testing.T) {
-	s, err := Open(Options{Dir: t.TempDir(), StallTimeout: 50 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	s, err := OpenDir(t.TempDir(), Options{StallTimeout: 50 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func stallingSource(head []byte, size int64) Source {
 // with a short stall timeout fails with ErrStalled although the store's
 // default would wait for an hour.
 func TestStallTimeoutPerUpstream(t *testing.T) {
-	s, err := Open(Options{Dir: t.TempDir(), StallTimeout: time.Hour,
+	s, err := OpenDir(t.TempDir(), Options{StallTimeout: time.Hour,
 		StallTimeouts: map[string]time.Duration{"slow.example": 50 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -311,7 +311,7 @@ func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
 		t.Fatalf("%d partial downloads, want 1", n)
 	}
 
-	_, err = Open(Options{Dir: dir, lockTimeout: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	_, err = OpenDir(dir, Options{lockTimeout: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
 	if err == nil || !strings.Contains(err.Error(), "another gatehouse") {
 		t.Fatalf("second Open: %v; want an error asking about another gatehouse", err)
 	}
@@ -339,7 +339,7 @@ func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
 // writer and the hasher are done with it), and afterwards every token is
 // back.
 func TestFetchesShareTheChunkBudget(t *testing.T) {
-	s, err := Open(Options{Dir: t.TempDir(), maxChunks: 1, Log: slog.New(slog.DiscardHandler)})
+	s, err := OpenDir(t.TempDir(), Options{maxChunks: 1, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,5 +373,31 @@ func TestFetchesShareTheChunkBudget(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d chunk tokens still taken after every fetch ended", len(s.chunks))
 		}
+	}
+}
+
+// A warm hit hands out the *os.File of the local blob store itself, which
+// http.ServeContent sends with sendfile; a fetch in progress has no File.
+func TestWarmHitIsTheFile(t *testing.T) {
+	s := open(t, t.TempDir(), 0)
+	defer s.Close()
+	data, d := blob(1000, 'w')
+	fetchAll(t, s, d, source(data))
+	st, err := s.Fetch(context.Background(), d, "up", source(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if f, ok := st.File().(*os.File); !ok || f == nil {
+		t.Fatalf("File() of a cached blob is a %T, want *os.File", st.File())
+	}
+	_, d2 := blob(10, 'x')
+	st2, err := s.Fetch(context.Background(), d2, "up", stallingSource(nil, 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	if st2.File() != nil {
+		t.Fatal("File() of a fetch in progress is not nil")
 	}
 }

@@ -4,17 +4,21 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/gatehouse/gatehouse/storage"
 )
 
-// Stream is a reader's handle on a blob: a committed file, a fetch in
+// Stream is a reader's handle on a blob: a committed blob, a fetch in
 // progress, or — when the cache cannot be written — a transfer straight
 // from upstream that is verified but not kept. Close it when done.
 type Stream struct {
-	file  *os.File
+	// file reads the committed blob, or the bytes a fetch wrote so far.
+	// Of a local store it is an *os.File, which net/http sends with
+	// sendfile: it is handed on as it is, never wrapped.
+	file  storage.BlobReader
 	blob  *Blob  // committed
 	fetch *fetch // in progress
 
@@ -40,9 +44,10 @@ func (st *Stream) Size() int64 {
 	return -1
 }
 
-// File returns the open file of a committed blob (for sendfile and
-// ranges), or nil while the blob is being fetched.
-func (st *Stream) File() *os.File {
+// File returns the reader of a committed blob (for http.ServeContent:
+// ranges, and sendfile when it is the *os.File of a local store), or nil
+// while the blob is being fetched.
+func (st *Stream) File() storage.BlobReader {
 	if st.blob != nil {
 		return st.file
 	}
@@ -191,8 +196,9 @@ func (f *fetch) await(ctx context.Context, pos int64, flush func()) (int64, erro
 }
 
 // Send writes the blob's bytes [off, end) to w as they arrive, straight
-// from the file (w's ReadFrom uses sendfile for a file, so a connection
-// gets the bytes without copying them through gatehouse). It returns the
+// from the blob's reader (w's ReadFrom uses sendfile for the *os.File of a
+// local store, so a connection gets the bytes without copying them through
+// gatehouse). It returns the
 // bytes written, and the fetch's error when the fetch failed.
 func (st *Stream) Send(ctx context.Context, w io.Writer, off, end int64, flush func()) (int64, error) {
 	if st.blob != nil {

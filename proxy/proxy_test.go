@@ -127,7 +127,7 @@ func newEnv(t testing.TB, mod func(*config.Config)) *env {
 func (e *env) start() {
 	t := e.t
 	log := slog.New(slog.DiscardHandler)
-	store, err := cache.Open(cache.Options{Dir: e.dataDir, MaxSize: int64(e.cfg.Cache.MaxSize), Log: log, StallTimeout: e.stall, ResumeAfter: e.resume})
+	store, err := cache.OpenDir(e.dataDir, cache.Options{MaxSize: int64(e.cfg.Cache.MaxSize), Log: log, StallTimeout: e.stall, ResumeAfter: e.resume})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/internal/verify"
 )
 
 func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
@@ -40,7 +39,7 @@ func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store, err := cache.Open(cache.Options{Dir: cfg.DataDir, MaxSize: int64(cfg.Cache.MaxSize), Log: slog.New(slog.DiscardHandler)})
+	store, err := cache.OpenDir(cfg.DataDir, cache.Options{MaxSize: int64(cfg.Cache.MaxSize), Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
 	}
@@ -108,15 +107,14 @@ func cacheVerify(ctx context.Context, store *cache.Store, remove bool, stdout io
 			bad++
 			continue
 		}
-		h := sha256.New()
-		n, err := io.Copy(h, f.File)
-		f.Close()
-		got := "sha256:" + hex.EncodeToString(h.Sum(nil))
-		if err == nil && got == b.Digest.String() && n == f.Size {
+		vr := verify.ReadCloser(f, f.Size, b.Digest)
+		_, err = io.Copy(io.Discard, vr)
+		vr.Close()
+		if err == nil {
 			continue
 		}
 		bad++
-		fmt.Fprintf(stdout, "BAD %s: content hashes to %s (%d bytes, expected %d)\n", b.Digest, got, n, f.Size)
+		fmt.Fprintf(stdout, "BAD %s: %v\n", b.Digest, err)
 		if remove {
 			if err := store.RemoveBlob(b.Digest); err != nil {
 				return err

@@ -66,7 +66,7 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 		stalls[u.Name] = u.StallTimeout.D()
 		resumes[u.Name] = u.ResumeAfter.D()
 	}
-	s.store, err = cache.Open(cache.Options{Dir: stateDir, MaxSize: int64(cfg.Cache.MaxSize), StallTimeouts: stalls,
+	s.store, err = cache.OpenDir(stateDir, cache.Options{MaxSize: int64(cfg.Cache.MaxSize), StallTimeouts: stalls,
 		ResumeAfters: resumes, Log: log})
 	if err != nil {
 		return nil, err
