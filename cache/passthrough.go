@@ -68,11 +68,6 @@ type passReader struct {
 	vr   *verify.Reader
 	size int64
 
-	// Reads of one byte go through spare: see readSmall.
-	spare   [2]byte
-	pend    []byte // of spare, still to hand out
-	pendErr error  // to return once pend is empty
-
 	// The transfer ends with ErrStalled when upstream sends nothing for
 	// stall: the watchdog cancels ctx, which the body's reads follow.
 	ctx      context.Context
@@ -141,34 +136,10 @@ func stalledOr(ctx context.Context, err error) error {
 // Read reads verified bytes; a failed read of the body that the watchdog
 // caused is ErrStalled.
 func (p *passReader) Read(b []byte) (int, error) {
-	var n int
-	var err error
-	if len(b) == 1 || len(p.pend) > 0 {
-		n, err = p.readSmall(b)
-	} else {
-		n, err = p.vr.Read(b)
-	}
+	n, err := p.vr.Read(b)
 	if err != nil && err != io.EOF && !errors.Is(err, ErrDigestMismatch) && !errors.Is(err, ErrSizeMismatch) {
 		err = stalledOr(p.ctx, err)
 	}
-	return n, err
-}
-
-// readSmall serves a read of one byte (io.LimitedReader's last read) from
-// a read of two: a verify.Reader that holds a byte back makes no progress
-// with a buffer of one (it returns 0, nil for ever).
-func (p *passReader) readSmall(b []byte) (int, error) {
-	if len(p.pend) == 0 && p.pendErr == nil {
-		n, err := p.vr.Read(p.spare[:])
-		p.pend, p.pendErr = p.spare[:n], err
-	}
-	n := copy(b, p.pend)
-	p.pend = p.pend[n:]
-	if len(p.pend) > 0 {
-		return n, nil
-	}
-	err := p.pendErr
-	p.pendErr = nil // the verify.Reader's error is sticky: it returns it again
 	return n, err
 }
 

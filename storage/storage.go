@@ -97,7 +97,9 @@ type BlobReader interface {
 type BlobWriter interface {
 	io.Writer
 	// Partial opens a reader of the bytes written so far; reading past
-	// them finds io.EOF, to be retried once more was written.
+	// them finds io.EOF, to be retried once more was written. After
+	// Commit it reads the committed blob (a reader may join a fetch
+	// between Commit and the moment the blob is known to be cached).
 	Partial() (BlobReader, error)
 	// Commit makes the bytes written durable and readable as the blob.
 	// Call it only after the digest and size were verified.

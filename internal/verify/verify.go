@@ -92,6 +92,13 @@ func (r *Reader) read(p []byte) (int, error) {
 // readHeld reads like read, handing on every byte but the last one read
 // until the check at the end passed.
 func (r *Reader) readHeld(p []byte) (int, error) {
+	if len(p) == 1 && r.held {
+		// No room for the held byte and a new one: read through two.
+		var two [2]byte
+		n, err := r.readHeld(two[:])
+		p[0] = two[0]
+		return n, err
+	}
 	off := 0
 	if r.held {
 		p[0] = r.pending[0]

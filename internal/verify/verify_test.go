@@ -68,3 +68,26 @@ func TestHoldLastOneByteReads(t *testing.T) {
 		t.Fatalf("got %q, %v; want 2 bytes and a digest mismatch", got, err)
 	}
 }
+
+// A consumer reading one byte at a time (io.LimitedReader at the end of a
+// limited copy does) gets every byte and the check, never (0, nil) forever.
+func TestHoldLastOneByteBuffer(t *testing.T) {
+	data := []byte("gatehouse")
+	r := ReadCloser(io.NopCloser(bytes.NewReader(data)), int64(len(data)), digest(data), HoldLast())
+	var got []byte
+	var b [1]byte
+	for i := 0; i < 100; i++ {
+		n, err := r.Read(b[:])
+		got = append(got, b[:n]...)
+		if err == io.EOF {
+			if !bytes.Equal(got, data) {
+				t.Fatalf("got %q", got)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Fatalf("no end after 100 one-byte reads; got %q", got)
+}
