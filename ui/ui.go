@@ -20,25 +20,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gatehouse/gatehouse/api"
 	"github.com/gatehouse/gatehouse/gate"
-	"github.com/gatehouse/gatehouse/gate/policy"
 	"github.com/gatehouse/gatehouse/gate/records"
 )
 
-// Source is what the console reads: the gate's records and its policy, the
-// read model it shares with the JSON API (package api); *gate.Gate in
-// production.
-type Source interface {
-	// Images lists every judged manifest.
-	Images(ctx context.Context) ([]records.ImageSummary, error)
-	// Image returns one judged manifest with its vulnerabilities, or
-	// records.ErrNotFound.
-	Image(ctx context.Context, dgst string) (*records.ImageDetail, error)
-	// Denials returns recent refused pulls, newest first.
-	Denials() []records.Denial
-	// Policy returns the rules as loaded.
-	Policy() *policy.Policy
-}
+// Source is what the console reads: the one read model it shares with the
+// JSON API (api.ReadModel: the gate's records, its policy and DB version);
+// *gate.Gate in production.
+type Source = api.ReadModel
 
 var _ Source = (*gate.Gate)(nil)
 

@@ -30,6 +30,7 @@ type fakeSource struct {
 func (f *fakeSource) Images(context.Context) ([]records.ImageSummary, error) { return f.images, nil }
 func (f *fakeSource) Denials() []records.Denial                              { return f.denials }
 func (f *fakeSource) Policy() *policy.Policy                                 { return f.policy }
+func (f *fakeSource) DBVersion() string                                      { return "test-db" }
 func (f *fakeSource) Image(_ context.Context, d string) (*records.ImageDetail, error) {
 	if im, ok := f.details[d]; ok {
 		return im, nil
