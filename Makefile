@@ -58,8 +58,10 @@ vet:
 	$(GO) vet ./...
 
 ## bench: compare gatehouse with the distribution proxy and nginx; writes BENCHMARKS.md
+##   BASELINE=path/to/gatehouse also measures that binary in the same run (before/after)
+BASELINE ?=
 bench: deps build
-	$(GO) run ./bench -gatehouse ./$(BIN) -out BENCHMARKS.md
+	$(GO) run ./bench -gatehouse ./$(BIN) $(if $(BASELINE),-baseline $(BASELINE)) -out BENCHMARKS.md
 
 clean:
 	rm -rf bin

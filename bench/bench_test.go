@@ -114,6 +114,7 @@ func TestQuick(t *testing.T) {
 	var progress strings.Builder
 	opts := options{
 		gatehouse:   gatehouse.bin,
+		baseline:    os.Getenv("GATEHOUSE_BASELINE"), // optional: a second binary, measured alongside
 		registry:    "docker-registry",
 		nginx:       "nginx",
 		command:     "go test ./bench -run TestQuick",
@@ -183,51 +184,11 @@ func TestQuick(t *testing.T) {
 	t.Logf("distribution proxy, %d cold clients: %d upstream blob GETs, %d bytes",
 		opts.clients, res.Fanout[tDistribution].Upstream.BlobGets, res.Fanout[tDistribution].Upstream.BlobBytes)
 
-	if gatehouse.bin != "" {
-		for _, mode := range []string{"digest", "tag"} {
-			for _, lr := range res.Manifest[tGatehouse+"/"+mode] {
-				if lr.Errors != 0 {
-					t.Errorf("gatehouse manifest by %s: %d failed requests (first: %s)", mode, lr.Errors, lr.FirstErr)
-				}
-			}
-		}
-		// Scenario 6: the gate admits A (a 200 after the scan) and B.
-		v := res.Verdict
-		if v == nil {
-			t.Errorf("no first-verdict figures")
-		} else {
-			if v.FirstA <= 0 || v.CachedPull <= 0 || v.FirstB <= 0 || v.Direct <= 0 || v.GateOff <= 0 {
-				t.Errorf("first verdict: missing figures: %+v", v)
-			}
-			if v.VerdictA != "admitted" || v.VerdictB != "admitted" || v.DBVersion == "" {
-				t.Errorf("first verdict: A %q, B %q, DB %q; want both admitted by a scan with a DB", v.VerdictA, v.VerdictB, v.DBVersion)
-			}
-			// For B, only its new layer (and its config) came from the upstream.
-			if v.FirstBUp.BlobBytes < v.BNew || v.FirstBUp.BlobBytes >= v.BNew+v.LayerSize {
-				t.Errorf("first verdict for B: upstream served %d blob bytes; want its new layer (%d bytes) and no other big layer", v.FirstBUp.BlobBytes, v.BNew)
-			}
-		}
-		// Scenario 7: every pull succeeded, cold ones included, and
-		// gatehouse ended the soak with the goroutines, open files and
-		// memory it had after the warm-up (within the slack).
-		if sr := res.Soak; sr == nil {
-			t.Errorf("no soak figures")
-		} else {
-			if sr.Pulls == 0 || sr.ColdPulls == 0 || sr.Failures != 0 {
-				t.Errorf("soak: %d pulls, %d cold, %d failed (first: %s); want pulls of both kinds and no failure", sr.Pulls, sr.ColdPulls, sr.Failures, sr.FirstError)
-			}
-			if grew := sr.grew(); len(grew) > 0 {
-				t.Errorf("soak: gatehouse grew from the warm-up to the end: %v (warm %+v, end %+v)", grew, sr.Warm, sr.End)
-			}
-			if sr.Warm.Goroutines == 0 || sr.Warm.FDs == 0 || sr.Warm.RSS == 0 {
-				t.Errorf("soak: samples missing: %+v", sr.Warm)
-			}
-		}
-		g := res.Fanout[tGatehouse].Upstream
-		if g.BlobGets != 1 || g.BlobBytes != opts.size {
-			t.Errorf("gatehouse, %d cold clients: upstream served %d blob GETs, %d bytes; want 1 GET of %d bytes",
-				opts.clients, g.BlobGets, g.BlobBytes, opts.size)
-		}
+	for _, gt := range res.gatehouseTargets() {
+		checkGatehouse(t, opts, res, gt)
+	}
+	if opts.baseline != "" && len(res.beforeAfter()) == 0 {
+		t.Errorf("a baseline, yet no before/after figures")
 	}
 
 	// The report renders, with every section.
@@ -250,6 +211,58 @@ func TestQuick(t *testing.T) {
 	}
 	if kids := children(t); len(kids) > 0 {
 		t.Errorf("child processes left running: %v", kids)
+	}
+}
+
+// checkGatehouse checks the figures of gatehouse target gt (gatehouse or
+// the baseline): its manifests answered, the gate admitted A and B with
+// only B's new layer fetched for B, the soak failed no pull and leaked
+// nothing, and N cold clients cost one upstream fetch.
+func checkGatehouse(t *testing.T, opts options, res *results, gt string) {
+	t.Helper()
+	for _, mode := range []string{"digest", "tag"} {
+		for _, lr := range res.Manifest[gt+"/"+mode] {
+			if lr.Errors != 0 {
+				t.Errorf("%s manifest by %s: %d failed requests (first: %s)", gt, mode, lr.Errors, lr.FirstErr)
+			}
+		}
+	}
+	// Scenario 6: the gate admits A (a 200 after the scan) and B.
+	if res.Verdict == nil || res.Verdict.Runs[gt] == nil {
+		t.Errorf("%s: no first-verdict figures", gt)
+	} else {
+		v, vr := res.Verdict.Runs[gt], res.Verdict
+		if v.FirstA <= 0 || v.CachedPull <= 0 || v.FirstB <= 0 || vr.Direct <= 0 || v.GateOff <= 0 {
+			t.Errorf("first verdict: missing figures: %+v", v)
+		}
+		if v.VerdictA != "admitted" || v.VerdictB != "admitted" || v.DBVersion == "" {
+			t.Errorf("first verdict: A %q, B %q, DB %q; want both admitted by a scan with a DB", v.VerdictA, v.VerdictB, v.DBVersion)
+		}
+		// For B, only its new layer (and its config) came from the upstream.
+		if v.FirstBUp.BlobBytes < vr.BNew || v.FirstBUp.BlobBytes >= vr.BNew+vr.LayerSize {
+			t.Errorf("first verdict for B: upstream served %d blob bytes; want its new layer (%d bytes) and no other big layer", v.FirstBUp.BlobBytes, vr.BNew)
+		}
+	}
+	// Scenario 7: every pull succeeded, cold ones included, and
+	// gatehouse ended the soak with the goroutines, open files and
+	// memory it had after the warm-up (within the slack).
+	if sr := res.Soak[gt]; sr == nil {
+		t.Errorf("%s: no soak figures", gt)
+	} else {
+		if sr.Pulls == 0 || sr.ColdPulls == 0 || sr.Failures != 0 {
+			t.Errorf("soak: %d pulls, %d cold, %d failed (first: %s); want pulls of both kinds and no failure", sr.Pulls, sr.ColdPulls, sr.Failures, sr.FirstError)
+		}
+		if grew := sr.grew(); len(grew) > 0 {
+			t.Errorf("soak: gatehouse grew from the warm-up to the end: %v (warm %+v, end %+v)", grew, sr.Warm, sr.End)
+		}
+		if sr.Warm.Goroutines == 0 || sr.Warm.FDs == 0 || sr.Warm.RSS == 0 {
+			t.Errorf("soak: samples missing: %+v", sr.Warm)
+		}
+	}
+	g := res.Fanout[gt].Upstream
+	if g.BlobGets != 1 || g.BlobBytes != opts.size {
+		t.Errorf("%s, %d cold clients: upstream served %d blob GETs, %d bytes; want 1 GET of %d bytes",
+			gt, opts.clients, g.BlobGets, g.BlobBytes, opts.size)
 	}
 }
 

@@ -10,6 +10,10 @@
 //     "proxy: {remoteurl: ...}" and its own storage;
 //   - nginx serving the same blob file from disk with sendfile;
 //   - gatehouse (the binary given by -gatehouse; left out when empty);
+//   - with -baseline, a second gatehouse binary (say, built from the commit
+//     before a change), measured in every scenario exactly as gatehouse
+//     is, in the same rounds, and compared with it in a before/after
+//     section of the report;
 //   - a counting reverse proxy (in this process) in front of the upstream,
 //     used where the bytes the upstream serves must be known.
 //
@@ -29,6 +33,7 @@
 // Usage:
 //
 //	go run ./bench -gatehouse ./bin/gatehouse -out BENCHMARKS.md
+//	go run ./bench -gatehouse ./bin/gatehouse -baseline /tmp/gatehouse-before -out /tmp/before-after.md
 //	go run ./bench -quick          # 64 MiB blob, 2 s loads: a smoke test
 package main
 
@@ -48,6 +53,7 @@ import (
 // options is everything one benchmark run needs to know.
 type options struct {
 	gatehouse string // gatehouse binary; empty leaves gatehouse out
+	baseline  string // a second gatehouse binary to compare with; empty leaves it out
 	registry  string // docker-registry binary
 	nginx     string // nginx binary
 	out       string // Markdown report; empty writes it to stdout
@@ -105,6 +111,7 @@ func parseFlags(args []string) (options, error) {
 		size string
 	)
 	fs.StringVar(&opts.gatehouse, "gatehouse", "", "gatehouse binary (empty: measure the peers only)")
+	fs.StringVar(&opts.baseline, "baseline", "", "a second gatehouse binary (e.g. built before a change), measured alongside -gatehouse in every scenario and compared with it")
 	fs.StringVar(&opts.registry, "registry", "docker-registry", "docker-registry (distribution 2.8) binary")
 	fs.StringVar(&opts.nginx, "nginx", "nginx", "nginx binary")
 	fs.StringVar(&opts.out, "out", "", "write the Markdown report here (default: stdout)")
@@ -130,62 +137,74 @@ func parseFlags(args []string) (options, error) {
 	if fs.NArg() > 0 {
 		return opts, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	if opts.baseline != "" && opts.gatehouse == "" {
+		return opts, fmt.Errorf("-baseline needs -gatehouse (the binary to compare with it)")
+	}
+	if err := opts.defaults(size, verdictSize); err != nil {
+		return opts, err
+	}
+	opts.command = "go run ./bench " + strings.Join(args, " ")
+	opts.progress = os.Stderr
+	return opts, nil
+}
+
+// defaults fills in what the flags left at zero (full or -quick values),
+// parses the sizes and checks the counts.
+func (o *options) defaults(size, verdictSize string) error {
 	def := func(v *int, full, quick int) {
 		if *v == 0 {
 			*v = full
-			if opts.quick {
+			if o.quick {
 				*v = quick
 			}
 		}
 	}
-	def(&opts.warmRuns, 9, 3)
-	def(&opts.coldRuns, 5, 1)
-	def(&opts.loadRounds, 3, 1)
-	def(&opts.verdictLayers, 6, 3)
-	def(&opts.soakImages, 400, 80)
-	if opts.soakDuration == 0 {
-		opts.soakDuration = 5 * time.Minute
-		if opts.quick {
-			opts.soakDuration = 45 * time.Second
+	def(&o.warmRuns, 9, 3)
+	def(&o.coldRuns, 5, 1)
+	def(&o.loadRounds, 3, 1)
+	def(&o.verdictLayers, 6, 3)
+	def(&o.soakImages, 400, 80)
+	if o.soakDuration == 0 {
+		o.soakDuration = 5 * time.Minute
+		if o.quick {
+			o.soakDuration = 45 * time.Second
 		}
 	}
 	switch {
 	case verdictSize != "":
 		n, err := parseSize(verdictSize)
 		if err != nil {
-			return opts, err
+			return err
 		}
-		opts.verdictLayerSize = n
-	case opts.quick:
-		opts.verdictLayerSize = 10 << 20
+		o.verdictLayerSize = n
+	case o.quick:
+		o.verdictLayerSize = 10 << 20
 	default:
-		opts.verdictLayerSize, _ = parseSize("50MB")
+		o.verdictLayerSize, _ = parseSize("50MB")
 	}
-	if opts.duration == 0 {
-		opts.duration = 5 * time.Second
-		if opts.quick {
-			opts.duration = 2 * time.Second
+	if o.duration == 0 {
+		o.duration = 5 * time.Second
+		if o.quick {
+			o.duration = 2 * time.Second
 		}
 	}
 	switch {
 	case size != "":
 		n, err := parseSize(size)
 		if err != nil {
-			return opts, err
+			return err
 		}
-		opts.size = n
-	case opts.quick:
-		opts.size = 64 << 20
+		o.size = n
+	case o.quick:
+		o.size = 64 << 20
 	default:
-		opts.size = 1 << 30
+		o.size = 1 << 30
 	}
-	if opts.concurrency < 1 || opts.clients < 1 || opts.warmRuns < 1 || opts.coldRuns < 1 || opts.loadRounds < 1 || opts.verdictLayers < 1 ||
-		opts.soakClients < 1 || opts.soakImages < cachedShare {
-		return opts, fmt.Errorf("-concurrency, -clients, -warm-runs, -cold-runs, -rounds, -verdict-layers and -soak-clients must be positive, -soak-images at least %d", cachedShare)
+	if o.concurrency < 1 || o.clients < 1 || o.warmRuns < 1 || o.coldRuns < 1 || o.loadRounds < 1 || o.verdictLayers < 1 ||
+		o.soakClients < 1 || o.soakImages < cachedShare {
+		return fmt.Errorf("-concurrency, -clients, -warm-runs, -cold-runs, -rounds, -verdict-layers and -soak-clients must be positive, -soak-images at least %d", cachedShare)
 	}
-	opts.command = "go run ./bench " + strings.Join(args, " ")
-	opts.progress = os.Stderr
-	return opts, nil
+	return nil
 }
 
 // parseSize reads "1GiB", "64MiB", "512KiB", "1GB", "10MB", "4096" and

@@ -82,16 +82,47 @@ func (r *soakResult) grew() []string {
 	return out
 }
 
+// rate is the pulls per second of the measured phase.
+func (r *soakResult) rate() float64 {
+	if r.Duration <= 0 {
+		return 0
+	}
+	return float64(r.Pulls) / r.Duration.Seconds()
+}
+
+// soak runs scenario 7 (only with a gatehouse binary): it pushes the
+// images once, then soaks each gatehouse binary in turn, each a fresh
+// process with an empty cache.
 func (b *bench) soak(ctx context.Context) error {
-	if b.opts.gatehouse == "" || b.opts.soakDuration <= 0 {
+	gs := b.gatehouses()
+	if len(gs) == 0 || b.opts.soakDuration <= 0 {
 		return nil
 	}
-	sr := &soakResult{Clients: b.opts.soakClients, Images: b.opts.soakImages, Cached: max(1, b.opts.soakImages/cachedShare)}
-	b.res.Soak = sr
+	b.res.Soak = map[string]*soakResult{}
+	for _, k := range gs {
+		b.res.Soak[k.name] = &soakResult{Clients: b.opts.soakClients, Images: b.opts.soakImages, Cached: max(1, b.opts.soakImages/cachedShare)}
+	}
+	imgs, err := b.soakImages(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range gs {
+		sk := &soakRun{b: b, k: k, imgs: imgs, sr: b.res.Soak[k.name]}
+		if err := sk.run(ctx); err != nil {
+			if err := b.miss(ctx, sSoak, k.name, err); err != nil {
+				return err
+			}
+		}
+	}
+	return ctx.Err()
+}
 
-	b.logf("soak: pushing %d images of %d × %s", sr.Images, soakLayers, fmtBytes(soakLayerSize))
+// soakImages pushes opts.soakImages images of soakLayers random layers to
+// the upstream.
+func (b *bench) soakImages(ctx context.Context) ([]*multiImage, error) {
+	b.logf("soak: pushing %d images of %d × %s", b.opts.soakImages, soakLayers, fmtBytes(soakLayerSize))
 	rng := rand.New(rand.NewPCG(7, 7))
-	imgs := make([]*multiImage, sr.Images)
+	imgs := make([]*multiImage, b.opts.soakImages)
 	for i := range imgs {
 		var layers []blobFile
 		var diffs []string
@@ -109,90 +140,78 @@ func (b *bench) soak(ctx context.Context) error {
 		}
 		img, err := newMultiImage(fmt.Sprintf("bench/soak-%d", i), "v1", layers, diffs)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := img.push(ctx, b.upstream.base); err != nil {
-			return fmt.Errorf("push %s: %w", img.repo, err)
+			return nil, fmt.Errorf("push %s: %w", img.repo, err)
 		}
 		imgs[i] = img
 	}
+	return imgs, nil
+}
 
-	dir, err := b.newDir("gatehouse-soak")
+// soakRun is the soak of one gatehouse binary.
+type soakRun struct {
+	b    *bench
+	k    proxyKind
+	imgs []*multiImage
+	sr   *soakResult
+	gh   *server
+
+	next  atomic.Int64  // index of the next cold image
+	begin time.Time     // the cold images are due from here on,
+	every time.Duration // one every so often
+	mu    sync.Mutex    // guards sr's counts
+}
+
+// run starts a fresh gatehouse, caches the first sr.Cached images, runs
+// the warm-up and the measured phase and samples gatehouse around them.
+func (s *soakRun) run(ctx context.Context) error {
+	b, sr := s.b, s.sr
+	dir, err := b.newDir(s.k.name + "-soak")
 	if err != nil {
 		return err
 	}
-	gh, err := startGatehouse(ctx, b.opts.gatehouse, dir, hostPort(b.upstream.base))
-	if err != nil {
+	if s.gh, err = startGatehouse(ctx, s.k.bin, dir, hostPort(b.upstream.base)); err != nil {
 		return err
 	}
-	b.track(gh)
-	defer b.retire(gh)
-	for _, img := range imgs[:sr.Cached] {
-		if _, err := pull(ctx, gh.base, img); err != nil {
+	b.track(s.gh)
+	defer b.retire(s.gh)
+	for _, img := range s.imgs[:sr.Cached] {
+		if _, err := pull(ctx, s.gh.base, img); err != nil {
 			return fmt.Errorf("caching %s: %w", img.repo, err)
 		}
 	}
-
-	// The load: clients pull until their phase ends.
-	var (
-		next atomic.Int64 // index of the next cold image
-		mu   sync.Mutex
-	)
-	next.Store(int64(sr.Cached))
 	// The cold images are released one by one, evenly over the whole run,
 	// so that cold pulls go on until the end.
-	begin, every := time.Now(), b.opts.soakDuration/time.Duration(sr.Images-sr.Cached+1)
-	coldDue := func(i int64) time.Time { return begin.Add(time.Duration(i-int64(sr.Cached)+1) * every) }
-	load := func(ctx context.Context, d time.Duration, measured bool) {
-		ctx, cancel := context.WithTimeout(ctx, d)
-		defer cancel()
-		var wg sync.WaitGroup
-		for c := range sr.Clients {
-			rng := rand.New(rand.NewPCG(uint64(c), 1))
-			wg.Go(func() {
-				for ctx.Err() == nil {
-					img, cold := imgs[rng.IntN(sr.Cached)], false
-					if i := next.Load(); i < int64(len(imgs)) && time.Now().After(coldDue(i)) && next.CompareAndSwap(i, i+1) {
-						img, cold = imgs[i], true
-					}
-					// A pull under way when the phase ends runs to its end:
-					// only the start is bounded by the phase.
-					_, err := pull(context.WithoutCancel(ctx), gh.base, img)
-					if !measured {
-						if err != nil {
-							b.fail(sSoak, tGatehouse, fmt.Errorf("warm-up pull of %s: %w", img.repo, err))
-						}
-						continue
-					}
-					mu.Lock()
-					sr.Pulls++
-					if cold {
-						sr.ColdPulls++
-					}
-					if err != nil {
-						sr.Failures++
-						if sr.FirstError == "" {
-							sr.FirstError = img.repo + ": " + err.Error()
-						}
-					} else {
-						sr.Bytes += img.size() - img.blobs[0].desc.Size
-					}
-					mu.Unlock()
-				}
-			})
-		}
-		wg.Wait()
-	}
+	s.next.Store(int64(sr.Cached))
+	s.begin, s.every = time.Now(), b.opts.soakDuration/time.Duration(sr.Images-sr.Cached+1)
 
 	warmup := b.opts.soakDuration / 5
-	b.logf("soak: %d clients, warm-up %v", sr.Clients, warmup)
-	load(ctx, warmup, false)
-	if sr.Warm, err = settled(ctx, gh); err != nil {
+	b.logf("soak: %s: %d clients, warm-up %v", s.k.name, sr.Clients, warmup)
+	s.load(ctx, warmup, false)
+	if sr.Warm, err = settled(ctx, s.gh); err != nil {
 		return err
 	}
 	sr.Peak = sr.Warm
-	b.logf("soak: measuring %v (settled after warm-up: %+v)", b.opts.soakDuration-warmup, sr.Warm)
-	stop := make(chan struct{})
+	b.logf("soak: %s: measuring %v (settled after warm-up: %+v)", s.k.name, b.opts.soakDuration-warmup, sr.Warm)
+	stop := s.samplePeak(ctx)
+	start := time.Now()
+	s.load(ctx, b.opts.soakDuration-warmup, true)
+	sr.Duration = time.Since(start)
+	stop()
+	if sr.End, err = settled(ctx, s.gh); err != nil {
+		return err
+	}
+	sr.Peak.max(sr.End)
+	b.logf("soak: %s: %d pulls (%d cold), %d failed; settled at the end: %+v; peak %+v", s.k.name, sr.Pulls, sr.ColdPulls, sr.Failures, sr.End, sr.Peak)
+	return ctx.Err()
+}
+
+// samplePeak samples gatehouse every second into sr.Peak until the
+// returned function is called.
+func (s *soakRun) samplePeak(ctx context.Context) (stop func()) {
+	done := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
 		defer close(sampled)
@@ -200,26 +219,77 @@ func (b *bench) soak(ctx context.Context) error {
 		defer tick.Stop()
 		for {
 			select {
-			case <-stop:
+			case <-done:
 				return
 			case <-tick.C:
-				if s, err := sample(ctx, gh); err == nil {
-					sr.Peak.max(s)
+				if v, err := sample(ctx, s.gh); err == nil {
+					s.sr.Peak.max(v)
 				}
 			}
 		}
 	}()
-	start := time.Now()
-	load(ctx, b.opts.soakDuration-warmup, true)
-	sr.Duration = time.Since(start)
-	close(stop)
-	<-sampled
-	if sr.End, err = settled(ctx, gh); err != nil {
-		return err
+	return func() {
+		close(done)
+		<-sampled
 	}
-	sr.Peak.max(sr.End)
-	b.logf("soak: %d pulls (%d cold), %d failed; settled at the end: %+v; peak %+v", sr.Pulls, sr.ColdPulls, sr.Failures, sr.End, sr.Peak)
-	return ctx.Err()
+}
+
+// load runs the clients for d; measured counts their pulls in sr.
+func (s *soakRun) load(ctx context.Context, d time.Duration, measured bool) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var wg sync.WaitGroup
+	for c := range s.sr.Clients {
+		rng := rand.New(rand.NewPCG(uint64(c), 1))
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				img, cold := s.pick(rng)
+				// A pull under way when the phase ends runs to its end:
+				// only the start is bounded by the phase.
+				_, err := pull(context.WithoutCancel(ctx), s.gh.base, img)
+				switch {
+				case measured:
+					s.record(img, cold, err)
+				case err != nil:
+					s.b.fail(sSoak, s.k.name, fmt.Errorf("warm-up pull of %s: %w", img.repo, err))
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// pick chooses the image of the next pull: the next cold one when it is
+// due, else a random cached one.
+func (s *soakRun) pick(rng *rand.Rand) (img *multiImage, cold bool) {
+	img, cold = s.imgs[rng.IntN(s.sr.Cached)], false
+	if i := s.next.Load(); i < int64(len(s.imgs)) && time.Now().After(s.coldDue(i)) && s.next.CompareAndSwap(i, i+1) {
+		img, cold = s.imgs[i], true
+	}
+	return img, cold
+}
+
+func (s *soakRun) coldDue(i int64) time.Time {
+	return s.begin.Add(time.Duration(i-int64(s.sr.Cached)+1) * s.every)
+}
+
+// record counts one measured pull.
+func (s *soakRun) record(img *multiImage, cold bool, err error) {
+	sr := s.sr
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sr.Pulls++
+	if cold {
+		sr.ColdPulls++
+	}
+	if err != nil {
+		sr.Failures++
+		if sr.FirstError == "" {
+			sr.FirstError = img.repo + ": " + err.Error()
+		}
+	} else {
+		sr.Bytes += img.size() - img.blobs[0].desc.Size
+	}
 }
 
 // settled samples gatehouse five times, 200 ms apart, and keeps the

@@ -46,7 +46,12 @@ type verdictResult struct {
 	ASize, BSize, BNew int64 // bytes of all blobs of A, of B, of B's new layer
 	ADigest, BDigest   string
 
-	Direct     time.Duration // plain pull of A from the upstream
+	Direct time.Duration          // plain pull of A from the upstream
+	Runs   map[string]*verdictRun // gatehouse target -> its figures
+}
+
+// verdictRun holds the figures of one gatehouse binary in scenario 6.
+type verdictRun struct {
 	GateOff    time.Duration // cold pull of A through gatehouse, gate off
 	GateOffUp  counts
 	FirstA     time.Duration // manifest GET of A until its 200, gate on, cold
@@ -213,46 +218,73 @@ func verdicts(ctx context.Context, base string) (map[string]string, string, erro
 	return out, db, nil
 }
 
-// verdict runs scenario 6 (only with a gatehouse binary).
+// verdictImages are the images of scenario 6 and the test DB.
+type verdictImages struct {
+	a, b    *multiImage
+	archive []byte // scantest.V1, a db.tar.gz
+}
+
+// verdict runs scenario 6 (only with a gatehouse binary): it writes and
+// pushes the images, pulls A straight from the upstream, then runs the
+// gatehouse steps for each gatehouse binary in turn.
 func (b *bench) verdict(ctx context.Context) error {
-	if b.opts.gatehouse == "" || b.opts.verdictLayers < 1 {
+	gs := b.gatehouses()
+	if len(gs) == 0 || b.opts.verdictLayers < 1 {
 		return nil
 	}
-	n, size := b.opts.verdictLayers, b.opts.verdictLayerSize
-	vr := &verdictResult{LayerSize: size}
+	vr := &verdictResult{LayerSize: b.opts.verdictLayerSize, Runs: map[string]*verdictRun{}}
+	imgs, err := b.verdictImages(ctx, vr)
+	if err != nil {
+		return err
+	}
 
-	// The images.
+	// (c) A plain pull straight from the upstream.
+	settleDisk()
+	if vr.Direct, err = pull(ctx, b.upstream.base, imgs.a); err != nil {
+		return fmt.Errorf("pull from the upstream: %w", err)
+	}
+	b.logf("verdict: plain pull of A (%s) from the upstream %s", fmtBytes(vr.ASize), fmtDur(vr.Direct))
+
+	for _, k := range gs {
+		run := &verdictRun{}
+		vr.Runs[k.name] = run
+		err := b.verdictGateOff(ctx, k, imgs, run)
+		if err == nil {
+			err = b.verdictGateOn(ctx, k, imgs, run)
+		}
+		if err != nil {
+			if err := b.miss(ctx, sVerdict, k.name, err); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// verdictImages writes the layers of images A and B, records their shape
+// in vr (which becomes the run's Verdict) and pushes them to the upstream.
+func (b *bench) verdictImages(ctx context.Context, vr *verdictResult) (*verdictImages, error) {
+	n, size := b.opts.verdictLayers, b.opts.verdictLayerSize
 	www, err := b.newDir("verdict-layers")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	base := scantest.CleanAlpineLayer()
-	rc, err := base.Compressed()
+	baseBlob, baseDiff, err := alpineBase()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	baseBytes, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		return err
-	}
-	baseDiff, err := base.DiffID()
-	if err != nil {
-		return err
-	}
-	baseBlob := blobFile{desc: descriptor{MediaType: mediaTypeLayerGzip, Digest: digestOf(baseBytes), Size: int64(len(baseBytes))}, data: baseBytes}
 	b.logf("verdict: writing %d+1 layers of %s of random bytes", n, fmtBytes(size))
 	var random []blobFile
 	for i := range n + 1 {
 		path := filepath.Join(www, fmt.Sprintf("layer-%d.tar", i))
 		d, err := writeLayer(path, size)
 		if err != nil {
-			return fmt.Errorf("write layer: %w", err)
+			return nil, fmt.Errorf("write layer: %w", err)
 		}
 		random = append(random, blobFile{desc: d, path: path})
 	}
 	diffs := func(ls []blobFile) []string {
-		out := []string{baseDiff.String()}
+		out := []string{baseDiff}
 		for _, l := range ls {
 			out = append(out, l.desc.Digest) // uncompressed: digest = diff ID
 		}
@@ -261,99 +293,121 @@ func (b *bench) verdict(ctx context.Context) error {
 	aLayers := append([]blobFile{baseBlob}, random[:n]...)
 	bRandom := append(append([]blobFile{}, random[:n-1]...), random[n])
 	bLayers := append([]blobFile{baseBlob}, bRandom...)
-	imgA, err := newMultiImage("bench/verdict-a", "v1", aLayers, diffs(random[:n]))
-	if err != nil {
-		return err
+	imgs := &verdictImages{}
+	if imgs.a, err = newMultiImage("bench/verdict-a", "v1", aLayers, diffs(random[:n])); err != nil {
+		return nil, err
 	}
-	imgB, err := newMultiImage("bench/verdict-b", "v1", bLayers, diffs(bRandom))
-	if err != nil {
-		return err
+	if imgs.b, err = newMultiImage("bench/verdict-b", "v1", bLayers, diffs(bRandom)); err != nil {
+		return nil, err
 	}
 	vr.ALayers, vr.BLayers = len(aLayers), len(bLayers)
-	vr.ASize, vr.BSize, vr.BNew = imgA.size(), imgB.size(), random[n].desc.Size
-	vr.ADigest, vr.BDigest = imgA.digest, imgB.digest
+	vr.ASize, vr.BSize, vr.BNew = imgs.a.size(), imgs.b.size(), random[n].desc.Size
+	vr.ADigest, vr.BDigest = imgs.a.digest, imgs.b.digest
 	b.res.Verdict = vr
-	for _, img := range []*multiImage{imgA, imgB} {
+	for _, img := range []*multiImage{imgs.a, imgs.b} {
 		if err := img.push(ctx, b.upstream.base); err != nil {
-			return fmt.Errorf("push %s to the upstream: %w", img.repo, err)
+			return nil, fmt.Errorf("push %s to the upstream: %w", img.repo, err)
 		}
 	}
-	archive, err := scantest.V1().ArchiveBytes()
+	if imgs.archive, err = scantest.V1().ArchiveBytes(); err != nil {
+		return nil, fmt.Errorf("test vulnerability DB: %w", err)
+	}
+	return imgs, nil
+}
+
+// alpineBase is the scantest CleanAlpine layer as a blob, and its diff ID.
+func alpineBase() (blobFile, string, error) {
+	base := scantest.CleanAlpineLayer()
+	rc, err := base.Compressed()
 	if err != nil {
-		return fmt.Errorf("test vulnerability DB: %w", err)
+		return blobFile{}, "", err
 	}
-
-	// (c) A plain pull straight from the upstream.
-	settleDisk()
-	if vr.Direct, err = pull(ctx, b.upstream.base, imgA); err != nil {
-		return fmt.Errorf("pull from the upstream: %w", err)
+	data, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return blobFile{}, "", err
 	}
-	b.logf("verdict: plain pull of A (%s) from the upstream %s", fmtBytes(vr.ASize), fmtDur(vr.Direct))
+	diff, err := base.DiffID()
+	if err != nil {
+		return blobFile{}, "", err
+	}
+	desc := descriptor{MediaType: mediaTypeLayerGzip, Digest: digestOf(data), Size: int64(len(data))}
+	return blobFile{desc: desc, data: data}, diff.String(), nil
+}
 
-	// (c) A cold pull through gatehouse with the gate off, through the
-	// counting hop.
-	dir, err := b.newDir("gatehouse-gate-off")
+// verdictGateOff is step (c) for gatehouse k: a cold pull of A through a
+// fresh gatehouse with the gate off, through the counting hop.
+func (b *bench) verdictGateOff(ctx context.Context, k proxyKind, imgs *verdictImages, run *verdictRun) error {
+	dir, err := b.newDir(k.name + "-gate-off")
 	if err != nil {
 		return err
 	}
-	s, err := startGatehouseGate(ctx, b.opts.gatehouse, dir, hostPort(b.counter.base), "warn", gateOff, nil)
+	s, err := startGatehouseGate(ctx, k.bin, dir, hostPort(b.counter.base), "warn", gateOff, nil)
 	if err != nil {
 		return err
 	}
 	b.track(s)
 	b.counter.reset()
 	settleDisk()
-	vr.GateOff, err = pull(ctx, s.base, imgA)
+	run.GateOff, err = pull(ctx, s.base, imgs.a)
 	if err == nil {
 		err = b.counter.settle(ctx)
 	}
-	vr.GateOffUp = b.counter.snapshot()
+	run.GateOffUp = b.counter.snapshot()
 	b.retire(s)
 	if err != nil {
-		return fmt.Errorf("cold pull through gatehouse, gate off: %w", err)
+		return fmt.Errorf("cold pull through %s, gate off: %w", k.name, err)
 	}
-	b.logf("verdict: cold pull of A through gatehouse (gate off) %s", fmtDur(vr.GateOff))
+	b.logf("verdict: cold pull of A through %s (gate off) %s", k.name, fmtDur(run.GateOff))
+	return nil
+}
 
-	// (a), (b), (d): gate on, fresh data directory with the test DB.
-	if dir, err = b.newDir("gatehouse-gate-on"); err != nil {
+// verdictGateOn is steps (a), (b), (d) for gatehouse k: gate on, a fresh
+// data directory with the test DB; the first verdict for A, a pull of A,
+// the first verdict for B, then the verdicts and the scans' durations.
+func (b *bench) verdictGateOn(ctx context.Context, k proxyKind, imgs *verdictImages, run *verdictRun) error {
+	dir, err := b.newDir(k.name + "-gate-on")
+	if err != nil {
 		return err
 	}
-	if s, err = startGatehouseGate(ctx, b.opts.gatehouse, dir, hostPort(b.counter.base), "info", gateOn, archive); err != nil {
+	s, err := startGatehouseGate(ctx, k.bin, dir, hostPort(b.counter.base), "info", gateOn, imgs.archive)
+	if err != nil {
 		return err
 	}
 	b.track(s)
 	defer b.retire(s)
-	b.counter.reset()
 	settleDisk()
-	if vr.FirstA, err = getManifest(ctx, s.base, imgA); err == nil {
-		err = b.counter.settle(ctx)
-	}
-	vr.FirstAUp = b.counter.snapshot()
-	if err != nil {
+	if run.FirstA, run.FirstAUp, err = b.firstVerdict(ctx, s, imgs.a); err != nil {
 		return fmt.Errorf("first verdict for A: %w", err)
 	}
-	b.logf("verdict: first verdict for A %s (upstream served %s)", fmtDur(vr.FirstA), fmtBytes(vr.FirstAUp.BlobBytes))
-	if vr.CachedPull, err = pull(ctx, s.base, imgA); err != nil {
+	b.logf("verdict: %s: first verdict for A %s (upstream served %s)", k.name, fmtDur(run.FirstA), fmtBytes(run.FirstAUp.BlobBytes))
+	if run.CachedPull, err = pull(ctx, s.base, imgs.a); err != nil {
 		return fmt.Errorf("pull of A after its verdict: %w", err)
 	}
-	b.logf("verdict: pull of A after its verdict %s", fmtDur(vr.CachedPull))
-	b.counter.reset()
-	if vr.FirstB, err = getManifest(ctx, s.base, imgB); err == nil {
-		err = b.counter.settle(ctx)
-	}
-	vr.FirstBUp = b.counter.snapshot()
-	if err != nil {
+	b.logf("verdict: %s: pull of A after its verdict %s", k.name, fmtDur(run.CachedPull))
+	if run.FirstB, run.FirstBUp, err = b.firstVerdict(ctx, s, imgs.b); err != nil {
 		return fmt.Errorf("first verdict for B: %w", err)
 	}
-	b.logf("verdict: first verdict for B %s (upstream served %s)", fmtDur(vr.FirstB), fmtBytes(vr.FirstBUp.BlobBytes))
+	b.logf("verdict: %s: first verdict for B %s (upstream served %s)", k.name, fmtDur(run.FirstB), fmtBytes(run.FirstBUp.BlobBytes))
 	v, db, err := verdicts(ctx, s.base)
 	if err != nil {
 		return err
 	}
-	vr.VerdictA, vr.VerdictB, vr.DBVersion = v[imgA.digest], v[imgB.digest], db
+	run.VerdictA, run.VerdictB, run.DBVersion = v[imgs.a.digest], v[imgs.b.digest], db
 	scans := scanDurations(s.logPath)
-	vr.ScanA, vr.ScanB = scans[imgA.digest], scans[imgB.digest]
+	run.ScanA, run.ScanB = scans[imgs.a.digest], scans[imgs.b.digest]
 	return nil
+}
+
+// firstVerdict times the manifest GET of img through s until its 200 and
+// counts what the upstream served for it.
+func (b *bench) firstVerdict(ctx context.Context, s *server, img *multiImage) (time.Duration, counts, error) {
+	b.counter.reset()
+	d, err := getManifest(ctx, s.base, img)
+	if err == nil {
+		err = b.counter.settle(ctx)
+	}
+	return d, b.counter.snapshot(), err
 }
 
 // scanDurations reads gatehouse's JSON log for its "image scanned" lines:

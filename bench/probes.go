@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+)
+
+// resolve does what a client does before it pulls a layer, untimed:
+// resolve the tag (HEAD), then GET the manifest by digest. A cold blob GET
+// thus meets a proxy that has already talked to the upstream about this
+// repository, as it does in a real pull.
+func (b *bench) resolve(ctx context.Context, base string) error {
+	client := &http.Client{Transport: &http.Transport{}, Timeout: time.Minute}
+	defer client.CloseIdleConnections()
+	buf := make([]byte, 32<<10)
+	if err := oneRequest(ctx, client, http.MethodHead, base+b.img.manifestPath(b.img.tag), buf); err != nil {
+		return err
+	}
+	return oneRequest(ctx, client, http.MethodGet, base+b.img.manifestPath(b.img.digest), buf)
+}
+
+// settleDisk writes all dirty pages back (sync(2)) before a timed cold
+// transfer. The benchmark itself dirties gigabytes (the layer file, the
+// upstream's copy, every proxy's copy); left pending, they make the kernel
+// throttle the next writer to the disk's writeback speed, which would
+// charge this run's history to whichever proxy writes next.
+func settleDisk() { syscall.Sync() }
+
+// writeProbe times writing the blob's size of zeros to a new file in 256
+// KiB writes (no fsync), and removes the file. It returns the wall time
+// and the CPU time the writes took (waiting for the disk is not CPU).
+func (b *bench) writeProbe() (time.Duration, time.Duration, error) {
+	path := filepath.Join(b.root, "write-probe")
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	buf := make([]byte, 256<<10)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	start, cpu0 := time.Now(), threadCPU()
+	for left := b.img.layer.Size; left > 0; {
+		n := min(left, int64(len(buf)))
+		if _, err := f.Write(buf[:n]); err != nil {
+			return 0, 0, err
+		}
+		left -= n
+	}
+	return time.Since(start), threadCPU() - cpu0, f.Close()
+}
+
+// hashProbe returns the CPU time sha256 takes over size bytes, fed from a
+// 256 KiB buffer as a proxy feeds it from the network.
+func hashProbe(size int64) time.Duration {
+	buf := make([]byte, 256<<10)
+	rand.Read(buf)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	h := sha256.New()
+	cpu0 := threadCPU()
+	for left := size; left > 0; left -= int64(len(buf)) {
+		h.Write(buf[:min(left, int64(len(buf)))])
+	}
+	h.Sum(nil)
+	return threadCPU() - cpu0
+}
+
+// threadCPU is the user and system CPU time of the calling thread.
+func threadCPU() time.Duration { return rusage(rusageThread) }
+
+// processCPU is the user and system CPU time of this process.
+func processCPU() time.Duration { return rusage(syscall.RUSAGE_SELF) }
+
+const rusageThread = 1 // RUSAGE_THREAD (Linux)
+
+func rusage(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
