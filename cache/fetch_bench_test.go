@@ -66,7 +66,7 @@ func BenchmarkColdFetch(b *testing.B) {
 	b.SetBytes(size)
 	b.ResetTimer()
 	for i := range b.N {
-		s, err := OpenDir(filepath.Join(dir, strconv.Itoa(i)), Options{Log: slog.New(slog.DiscardHandler)})
+		s, err := openDir(filepath.Join(dir, strconv.Itoa(i)), Options{Log: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			b.Fatal(err)
 		}

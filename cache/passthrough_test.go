@@ -41,7 +41,7 @@ func randomBlob(t *testing.T, n int) ([]byte, v1.Hash) {
 	return b, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
 }
 
-// tmpDir is the directory of partial downloads of a store OpenDir opened.
+// tmpDir is the directory of partial downloads of a store openDir opened.
 func (s *Store) tmpDir() string {
 	return filepath.Join(s.blobStore.(*localblob.Store).Dir(), "tmp")
 }
@@ -133,7 +133,7 @@ func TestUnwritableCacheStreamsThrough(t *testing.T) {
 // stops sending, as a cached fetch does: the client is not held forever.
 func TestPassthroughStalls(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenDir(dir, Options{StallTimeouts: map[string]time.Duration{"up": 50 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)})
+	s, err := openDir(dir, Options{StallTimeouts: map[string]time.Duration{"up": 50 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +228,7 @@ func TestPassthroughReadsOneByteAtATime(t *testing.T) {
 // partial file is removed.
 func TestWriteFailureMidFetchStreamsThrough(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenDir(dir, Options{Log: slog.New(slog.DiscardHandler)})
+	s, err := openDir(dir, Options{Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,7 +78,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // verified blob once the upstream answers again, long before the stall
 // timeout (an hour here), and every resume cost one upstream request.
 func TestStalledFetchResumesAfterHeal(t *testing.T) {
-	s, err := OpenDir(t.TempDir(), Options{StallTimeout: time.Hour, ResumeAfter: 50 * time.Millisecond,
+	s, err := openDir(t.TempDir(), Options{StallTimeout: time.Hour, ResumeAfter: 50 * time.Millisecond,
 		Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -156,7 +156,7 @@ func TestStalledFetchResumesAfterHeal(t *testing.T) {
 // ErrStalled after maxResumes resumes, long before the stall timeout,
 // and nothing is kept.
 func TestResumeGivesUp(t *testing.T) {
-	s, err := OpenDir(t.TempDir(), Options{StallTimeout: time.Hour, ResumeAfter: 5 * time.Millisecond,
+	s, err := openDir(t.TempDir(), Options{StallTimeout: time.Hour, ResumeAfter: 5 * time.Millisecond,
 		Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +218,7 @@ func TestResumeAfterReset(t *testing.T) {
 		}, func(err error) bool { return err != nil && strings.Contains(err.Error(), "when asked from byte") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := OpenDir(t.TempDir(), Options{ResumeAfter: 40 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+			s, err := openDir(t.TempDir(), Options{ResumeAfter: 40 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -265,7 +265,7 @@ func TestResumeAfterReset(t *testing.T) {
 // A download that waits for a chunk buffer (every one of the store's is in
 // use) is not silent: it is not resumed, however long the wait.
 func TestChunkWaitIsNotSilence(t *testing.T) {
-	s, err := OpenDir(t.TempDir(), Options{maxChunks: 1, ResumeAfter: 500 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	s, err := openDir(t.TempDir(), Options{maxChunks: 1, ResumeAfter: 500 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

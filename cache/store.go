@@ -7,9 +7,8 @@
 // database of its own: blob contents go to a storage.BlobStore (written
 // through a BlobWriter, committed once digest and size matched), records
 // to a storage.MetaStore in the tables "blobs", "manifests" and "tags".
-// OpenDir builds both for a data directory (storage/boltmeta in
-// <dir>/meta.db, storage/localblob under <dir>/blobs and <dir>/tmp), the
-// layout of every gatehouse so far.
+// storage/datadir opens both for a data directory (the embedded default);
+// shared backends plug in there, not here.
 package cache
 
 import (
@@ -19,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -44,10 +44,13 @@ const (
 // Options configure a Store.
 type Options struct {
 	// Blobs holds the blob contents and Meta the records; both are
-	// required (OpenDir sets them for a data directory). The Store does
-	// not close them, except what OpenDir opened.
+	// required (storage/datadir opens them for a data directory).
 	Blobs storage.BlobStore
 	Meta  storage.MetaStore
+	// Closer, when set, is closed by Close once the store is flushed: the
+	// stores opened for this Store alone. Otherwise the caller closes
+	// Blobs and Meta after Close.
+	Closer io.Closer
 	// MaxSize bounds the bytes of cached blobs; 0 means no limit.
 	MaxSize int64
 	// StallTimeout aborts a blob download whose upstream sends nothing for
@@ -69,15 +72,14 @@ type Options struct {
 	// Log receives the store's own events.
 	Log *slog.Logger
 
-	lockTimeout time.Duration // how long OpenDir waits for the directory; tests shorten it
-	maxChunks   int           // DefaultMaxFetchChunks unless a test sets it
+	maxChunks int // DefaultMaxFetchChunks unless a test sets it
 }
 
 // Store is the content store. It is safe for concurrent use.
 type Store struct {
 	blobStore storage.BlobStore
 	meta      storage.MetaStore
-	ownMeta   bool // opened by OpenDir: Close closes it
+	closer    io.Closer // Options.Closer
 	log       *slog.Logger
 	maxSize   int64
 
@@ -132,6 +134,7 @@ func Open(opts Options) (*Store, error) {
 	s := &Store{
 		blobStore: opts.Blobs,
 		meta:      opts.Meta,
+		closer:    opts.Closer,
 		log:       opts.Log,
 		maxSize:   opts.MaxSize,
 		blobs:     map[v1.Hash]*blobEntry{},
@@ -171,7 +174,7 @@ func Open(opts Options) (*Store, error) {
 }
 
 // Close stops running fetches (their readers fail), waits for them and
-// flushes access times (and closes the MetaStore OpenDir opened).
+// flushes access times (and closes Options.Closer).
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if !s.closed {
@@ -181,8 +184,8 @@ func (s *Store) Close() error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	err := s.FlushAccess()
-	if s.ownMeta {
-		err = errors.Join(err, s.meta.Close())
+	if s.closer != nil {
+		err = errors.Join(err, s.closer.Close())
 	}
 	return err
 }

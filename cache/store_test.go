@@ -23,7 +23,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func open(t *testing.T, dir string, max int64) *Store {
 	t.Helper()
-	s, err := OpenDir(dir, Options{MaxSize: max, Log: slog.New(slog.DiscardHandler)})
+	s, err := openDir(dir, Options{MaxSize: max, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestFailedFetchKeepsNothing(t *testing.T) {
 }
 
 func TestStalledUpstreamFailsFetch(t *testing.T) {
-	s, err := OpenDir(t.TempDir(), Options{StallTimeout: 50 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	s, err := openDir(t.TempDir(), Options{StallTimeout: 50 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func stallingSource(head []byte, size int64) Source {
 // with a short stall timeout fails with ErrStalled although the store's
 // default would wait for an hour.
 func TestStallTimeoutPerUpstream(t *testing.T) {
-	s, err := OpenDir(t.TempDir(), Options{StallTimeout: time.Hour,
+	s, err := openDir(t.TempDir(), Options{StallTimeout: time.Hour,
 		StallTimeouts: map[string]time.Duration{"slow.example": 50 * time.Millisecond}, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -311,7 +311,7 @@ func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
 		t.Fatalf("%d partial downloads, want 1", n)
 	}
 
-	_, err = OpenDir(dir, Options{lockTimeout: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	_, err = openDirWait(dir, Options{Log: slog.New(slog.DiscardHandler)}, 100*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "another gatehouse") {
 		t.Fatalf("second Open: %v; want an error asking about another gatehouse", err)
 	}
@@ -339,7 +339,7 @@ func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
 // writer and the hasher are done with it), and afterwards every token is
 // back.
 func TestFetchesShareTheChunkBudget(t *testing.T) {
-	s, err := OpenDir(t.TempDir(), Options{maxChunks: 1, Log: slog.New(slog.DiscardHandler)})
+	s, err := openDir(t.TempDir(), Options{maxChunks: 1, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,7 @@ import (
 	"github.com/gatehouse/gatehouse/proxy"
 	"github.com/gatehouse/gatehouse/pull"
 	"github.com/gatehouse/gatehouse/pull/transport"
+	"github.com/gatehouse/gatehouse/storage/datadir"
 	"github.com/gatehouse/gatehouse/upstream"
 )
 
@@ -127,7 +128,12 @@ func newEnv(t testing.TB, mod func(*config.Config)) *env {
 func (e *env) start() {
 	t := e.t
 	log := slog.New(slog.DiscardHandler)
-	store, err := cache.OpenDir(e.dataDir, cache.Options{MaxSize: int64(e.cfg.Cache.MaxSize), Log: log, StallTimeout: e.stall, ResumeAfter: e.resume})
+	stores, err := datadir.Open(e.dataDir, datadir.Options{NoGate: true, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cache.Open(cache.Options{Blobs: stores.Blobs, Meta: stores.Cache, Closer: stores,
+		MaxSize: int64(e.cfg.Cache.MaxSize), Log: log, StallTimeout: e.stall, ResumeAfter: e.resume})
 	if err != nil {
 		t.Fatal(err)
 	}

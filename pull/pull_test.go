@@ -22,6 +22,7 @@ import (
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/pull"
+	"github.com/gatehouse/gatehouse/storage/datadir"
 	"github.com/gatehouse/gatehouse/upstream"
 )
 
@@ -64,7 +65,11 @@ func setup(t *testing.T) (*pull.Content, *counting, string) {
 		t.Fatal(err)
 	}
 	lg := slog.New(slog.DiscardHandler)
-	store, err := cache.OpenDir(t.TempDir(), cache.Options{Log: lg})
+	stores, err := datadir.Open(t.TempDir(), datadir.Options{NoGate: true, Log: lg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cache.Open(cache.Options{Blobs: stores.Blobs, Meta: stores.Cache, Closer: stores, Log: lg})
 	if err != nil {
 		t.Fatal(err)
 	}

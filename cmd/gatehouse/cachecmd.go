@@ -14,6 +14,7 @@ import (
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/internal/verify"
+	"github.com/gatehouse/gatehouse/storage/datadir"
 )
 
 func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
@@ -39,8 +40,14 @@ func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	store, err := cache.OpenDir(cfg.DataDir, cache.Options{MaxSize: int64(cfg.Cache.MaxSize), Log: slog.New(slog.DiscardHandler)})
+	stores, err := datadir.Open(cfg.DataDir, datadir.Options{NoGate: true, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
+		return fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
+	}
+	store, err := cache.Open(cache.Options{Blobs: stores.Blobs, Meta: stores.Cache, Closer: stores,
+		MaxSize: int64(cfg.Cache.MaxSize), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		stores.Close()
 		return err
 	}
 	defer store.Close()

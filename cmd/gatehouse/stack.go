@@ -15,7 +15,7 @@ import (
 	"github.com/gatehouse/gatehouse/gate/scan"
 	"github.com/gatehouse/gatehouse/proxy"
 	"github.com/gatehouse/gatehouse/pull"
-	"github.com/gatehouse/gatehouse/storage/boltmeta"
+	"github.com/gatehouse/gatehouse/storage/datadir"
 	"github.com/gatehouse/gatehouse/upstream"
 )
 
@@ -33,7 +33,7 @@ type stack struct {
 	handler *proxy.Handler
 	scanner *scan.Scanner
 	gate    *gate.Gate
-	meta    *boltmeta.Store // the gate's records
+	stores  *datadir.Stores // blobs, the cache's and the gate's records
 }
 
 // dbDir is where the vulnerability DB lives: shared by serve, check and db.
@@ -66,8 +66,12 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 		stalls[u.Name] = u.StallTimeout.D()
 		resumes[u.Name] = u.ResumeAfter.D()
 	}
-	s.store, err = cache.OpenDir(stateDir, cache.Options{MaxSize: int64(cfg.Cache.MaxSize), StallTimeouts: stalls,
-		ResumeAfters: resumes, Log: log})
+	// The stores come first: their directory lock guards everything else.
+	if s.stores, err = datadir.Open(stateDir, datadir.Options{Log: log}); err != nil {
+		return nil, fmt.Errorf("data directory %s: %w", stateDir, err)
+	}
+	s.store, err = cache.Open(cache.Options{Blobs: s.stores.Blobs, Meta: s.stores.Cache, MaxSize: int64(cfg.Cache.MaxSize),
+		StallTimeouts: stalls, ResumeAfters: resumes, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -88,11 +92,7 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	// The stack owns the gate's records database and closes it after the gate.
-	if s.meta, err = boltmeta.Open(filepath.Join(stateDir, "gate.db"), 0); err != nil {
-		return nil, fmt.Errorf("gate: %w", err)
-	}
-	opts := gate.Options{Config: &cfg.Gate, Meta: s.meta, Scanner: s.scanner.ForGate(), Blobs: s.content, Log: log}
+	opts := gate.Options{Config: &cfg.Gate, Meta: s.stores.Gate, Scanner: s.scanner.ForGate(), Blobs: s.content, Log: log}
 	sv, err := newSignatureVerifier(cfg, s.content)
 	if err != nil {
 		return nil, err
@@ -114,14 +114,14 @@ func (s *stack) Close() error {
 	if s.gate != nil {
 		errs = append(errs, s.gate.Close())
 	}
-	if s.meta != nil {
-		errs = append(errs, s.meta.Close())
-	}
 	if s.scanner != nil {
 		errs = append(errs, s.scanner.Close())
 	}
 	if s.store != nil {
 		errs = append(errs, s.store.Close())
+	}
+	if s.stores != nil {
+		errs = append(errs, s.stores.Close())
 	}
 	return errors.Join(errs...)
 }
