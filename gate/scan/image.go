@@ -2,11 +2,8 @@ package scan
 
 import (
 	"archive/tar"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"maps"
 	"slices"
@@ -18,6 +15,7 @@ import (
 	ftypes "github.com/aquasecurity/trivy/pkg/fanal/types"
 
 	"github.com/gatehouse/gatehouse/gate"
+	"github.com/gatehouse/gatehouse/internal/verify"
 )
 
 // image adapts a v1.Image to what Trivy's image artifact wants (a name and an
@@ -166,7 +164,12 @@ func (l *layer) Uncompressed() (io.ReadCloser, error) {
 			return nil, err
 		}
 	}
-	lr := &limitReader{rc: rc, diffID: diffID.String(), want: diffID, lim: l.img.limits, img: l.img,
+	if diffID.Algorithm != "sha256" {
+		rc.Close()
+		return nil, fmt.Errorf("layer %s: diffID algorithm %q is not supported", diffID, diffID.Algorithm)
+	}
+	vr := verify.ReadCloser(rc, -1, diffID)
+	lr := &limitReader{rc: vr, vr: vr, diffID: diffID.String(), want: diffID, lim: l.img.limits, img: l.img,
 		out: make(chan []byte, outChunks), quit: make(chan struct{}), done: make(chan struct{})}
 	l.img.track(lr, true)
 	go lr.watch()
@@ -205,7 +208,8 @@ const (
 // would otherwise poison the analysis of the layer it names for every
 // image that shares it.
 type limitReader struct {
-	rc     io.ReadCloser
+	rc     io.ReadCloser  // vr
+	vr     *verify.Reader // the uncompressed stream, checked against want at its end
 	diffID string
 	want   v1.Hash // the diffID the content must hash to
 	lim    limits
@@ -257,7 +261,7 @@ func (r *limitReader) Close() error {
 // layer to its end).
 func (r *limitReader) watch() {
 	defer close(r.done)
-	t := &teeReader{r: r, hash: sha256.New()}
+	t := &teeReader{r: r}
 	err := t.parse()
 	if err == nil {
 		// The end of the archive, or a malformed one that Trivy's walker
@@ -284,10 +288,9 @@ var errQuit = errors.New("layer stream closed")
 // checked.
 type teeReader struct {
 	r        *limitReader
-	hash     hash.Hash // of the stream, against r.want
-	n        int64     // stream bytes read
-	pending  []byte    // bytes read and not handed on yet
-	last     int       // how many of them the last read that returned any gave
+	n        int64  // stream bytes read
+	pending  []byte // bytes read and not handed on yet
+	last     int    // how many of them the last read that returned any gave
 	entries  int64
 	declared int64
 	rcErr    error // the layer stream's own error, io.EOF included
@@ -363,9 +366,20 @@ func (t *teeReader) Read(p []byte) (int, error) {
 		t.last = n
 	}
 	if err != nil {
+		err = t.streamErr(err)
 		t.rcErr = err
 	}
 	return n, err
+}
+
+// streamErr is the layer stream's error as the gate learns it: content
+// that does not hash to its diffID is a *gate.LayerError naming what it
+// is instead (the gate then refuses every image claiming it).
+func (t *teeReader) streamErr(err error) error {
+	if errors.Is(err, verify.ErrDigestMismatch) {
+		return &gate.LayerError{Layer: t.r.want.String(), Actual: t.r.vr.Digest().String()}
+	}
+	return err
 }
 
 func (t *teeReader) releaseSize() int {
@@ -375,10 +389,10 @@ func (t *teeReader) releaseSize() int {
 	return releaseSize
 }
 
-// count counts and hashes b, the bytes just read.
+// count counts b, the bytes just read (the verify.Reader under them
+// hashes them).
 func (t *teeReader) count(b []byte) error {
 	n := len(b)
-	t.hash.Write(b)
 	t.n += int64(n)
 	if lim := t.r.lim.bytes; lim > 0 && t.n > lim {
 		return &gate.LimitError{Limit: gate.LimitLayerSize, Layer: t.r.diffID, Max: lim}
@@ -406,17 +420,12 @@ func (t *teeReader) drain() error {
 		if n > 0 && !t.send(b[:n]) {
 			return errQuit
 		}
-		t.rcErr = err
+		if err != nil {
+			t.rcErr = t.streamErr(err)
+		}
 	}
 	if t.rcErr != io.EOF {
 		return t.rcErr
-	}
-	want := t.r.want
-	if want.Algorithm != "sha256" {
-		return fmt.Errorf("layer %s: diffID algorithm %q is not supported", want, want.Algorithm)
-	}
-	if got := hex.EncodeToString(t.hash.Sum(nil)); got != want.Hex {
-		return &gate.LayerError{Layer: want.String(), Actual: "sha256:" + got}
 	}
 	return nil
 }

@@ -132,6 +132,12 @@ func (r *Reader) check() error {
 	return io.EOF
 }
 
+// Digest returns the sha256 digest of what was read so far: at the end,
+// the content's actual digest (what a mismatch found instead).
+func (r *Reader) Digest() v1.Hash {
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(r.h.Sum(nil))}
+}
+
 // N returns how many bytes were read from the source.
 func (r *Reader) N() int64 { return r.n }
 
