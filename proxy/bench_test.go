@@ -40,3 +40,31 @@ func BenchmarkColdBlob(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkWarmManifestByTag serves a cached manifest by tag (fresh
+// mapping) over HTTP: the per-request cost of routing, the tag lookup and
+// the manifest read, without the gate.
+func BenchmarkWarmManifestByTag(b *testing.B) {
+	e := newEnv(b, nil)
+	e.push("bench/tag", "v1", 1, 1000)
+	url := e.gh.URL + "/v2/bench/tag/manifests/v1"
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
+	get := func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	get()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		get()
+	}
+}

@@ -9,6 +9,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/pull"
 )
 
 // Kind is what a /v2/ path asks for.
@@ -116,20 +117,13 @@ func validRepo(name string) *Error {
 	return nil
 }
 
-// parseDigest accepts sha256 digests only: every blob gatehouse caches is
-// verified with it.
+// parseDigest accepts canonical sha256 digests only (pull.ParseDigest).
 func parseDigest(s string) (v1.Hash, *Error) {
-	algo, hex, ok := strings.Cut(s, ":")
-	if !ok {
-		return v1.Hash{}, errorf(CodeDigestInvalid, "invalid digest %q", truncate(s, 100))
+	d, err := pull.ParseDigest(s)
+	if err != nil {
+		return v1.Hash{}, errorf(CodeDigestInvalid, "%s", err)
 	}
-	if algo != "sha256" {
-		return v1.Hash{}, errorf(CodeDigestInvalid, "unsupported digest algorithm %q: gatehouse verifies sha256 digests", truncate(algo, 20))
-	}
-	if len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
-		return v1.Hash{}, errorf(CodeDigestInvalid, "invalid sha256 digest %q", truncate(s, 100))
-	}
-	return v1.Hash{Algorithm: algo, Hex: hex}, nil
+	return d, nil
 }
 
 // route parses r's path and resolves the upstream: the ns query parameter,

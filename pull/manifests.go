@@ -45,9 +45,9 @@ func (c *Content) Manifest(ctx context.Context, up, repo, ref string) (*Manifest
 		return nil, err
 	}
 	if strings.Contains(ref, ":") {
-		dgst, err := v1.NewHash(ref)
-		if err != nil || dgst.Algorithm != "sha256" {
-			return nil, &Error{Code: CodeDigestInvalid, Message: "invalid sha256 digest " + ref}
+		dgst, err := ParseDigest(ref)
+		if err != nil {
+			return nil, &Error{Code: CodeDigestInvalid, Message: err.Error()}
 		}
 		return c.byDigest(ctx, u, repo, dgst)
 	}
@@ -61,12 +61,11 @@ func (c *Content) Manifest(ctx context.Context, up, repo, ref string) (*Manifest
 	if err != nil {
 		if terr == nil && !IsNotFound(err) {
 			// stale-if-error: upstream down, 429 or 5xx; serve what we know.
-			if m, merr := c.store.Manifest(cached.Digest); merr == nil {
+			if m, merr := c.cached(cached.Digest); merr == nil {
 				metrics.CacheRequests.WithLabelValues("tag", "stale").Inc()
 				c.log.Warn("serving stale tag mapping", "upstream", u.Name, "repo", repo, "tag", ref, "err", err)
-				res := fromCache(m)
-				res.Stale = true
-				return res, nil
+				m.Stale = true
+				return m, nil
 			}
 		}
 		return nil, err
@@ -76,6 +75,38 @@ func (c *Content) Manifest(ctx context.Context, up, repo, ref string) (*Manifest
 
 func fromCache(m *cache.Manifest) *Manifest {
 	return &Manifest{Digest: m.Digest, MediaType: types.MediaType(m.MediaType), Data: m.Data}
+}
+
+// maxValidated bounds the set of digests validated by this process.
+const maxValidated = 1 << 16
+
+// cached returns a manifest from the cache. A manifest is validated before
+// it is cached, but a cache written by an earlier version holds manifests
+// checked by older rules: each is validated again the first time this
+// process serves it (a set of digests remembers which were), and one that
+// fails is an error, never served or judged.
+func (c *Content) cached(dgst v1.Hash) (*Manifest, error) {
+	m, err := c.store.Manifest(dgst)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.RLock()
+	_, ok := c.validated[dgst]
+	c.mu.RUnlock()
+	if !ok {
+		mt, err := validate(m.Data, m.MediaType)
+		if err != nil {
+			return nil, err
+		}
+		m.MediaType = string(mt)
+		c.mu.Lock()
+		if len(c.validated) >= maxValidated {
+			clear(c.validated) // validated again, once each: bounded memory
+		}
+		c.validated[dgst] = struct{}{}
+		c.mu.Unlock()
+	}
+	return fromCache(m), nil
 }
 
 // revalidateTag asks upstream for the digest of a tag with a HEAD (Docker
@@ -90,8 +121,8 @@ func (c *Content) revalidateTag(ctx context.Context, u *config.Upstream, repo, t
 			return v1.Hash{}, err
 		}
 		resp.Body.Close()
-		dgst, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
-		if err != nil || dgst.Algorithm != "sha256" {
+		dgst, err := ParseDigest(resp.Header.Get("Docker-Content-Digest"))
+		if err != nil {
 			// No usable digest header: fetch the manifest by tag and hash it.
 			m, err := c.fetchManifest(ctx, u, repo, tag, nil)
 			if err != nil {
@@ -113,9 +144,11 @@ func (c *Content) revalidateTag(ctx context.Context, u *config.Upstream, repo, t
 // byDigest returns a manifest from the cache, or fetches, verifies and
 // caches it. A cached manifest never costs an upstream request.
 func (c *Content) byDigest(ctx context.Context, u *config.Upstream, repo string, dgst v1.Hash) (*Manifest, error) {
-	if m, err := c.store.Manifest(dgst); err == nil {
+	if m, err := c.cached(dgst); err == nil {
 		metrics.CacheRequests.WithLabelValues("manifest", "hit").Inc()
-		return fromCache(m), nil
+		return m, nil
+	} else if errors.As(err, new(*Error)) {
+		return nil, err
 	} else if !errors.Is(err, cache.ErrNotFound) {
 		c.log.Error("reading cached manifest; fetching it again", "digest", dgst, "err", err)
 	}

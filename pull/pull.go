@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -34,6 +35,7 @@ import (
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/upstream"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // Upstream is what the content layer needs of an upstream registry client.
@@ -56,6 +58,9 @@ type Content struct {
 	now       func() time.Time
 
 	flight singleflight.Group // manifest fetches and tag revalidations
+
+	mu        sync.RWMutex
+	validated map[v1.Hash]struct{} // cached manifests validated by this process
 }
 
 // New returns the content layer. upstreams maps every configured
@@ -69,7 +74,7 @@ func New(cfg *config.Config, store *cache.Store, upstreams map[string]Upstream, 
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Content{cfg: cfg, store: store, upstreams: upstreams, log: log, now: time.Now}, nil
+	return &Content{cfg: cfg, store: store, upstreams: upstreams, log: log, now: time.Now, validated: map[v1.Hash]struct{}{}}, nil
 }
 
 // SetClock replaces time.Now (tests of the tag TTL).

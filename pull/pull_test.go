@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -55,6 +56,11 @@ func (c *counting) count(key string) int {
 }
 
 func setup(t *testing.T) (*pull.Content, *counting, string) {
+	c, up, host, _ := setupStore(t)
+	return c, up, host
+}
+
+func setupStore(t *testing.T) (*pull.Content, *counting, string, *cache.Store) {
 	t.Helper()
 	up := &counting{next: registry.New(registry.Logger(log.New(io.Discard, "", 0))), hits: map[string]int{}, override: map[string]string{}}
 	srv := httptest.NewServer(up)
@@ -82,7 +88,7 @@ func setup(t *testing.T) (*pull.Content, *counting, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c, up, host
+	return c, up, host, store
 }
 
 // Concurrent cold requests for one tag cost one HEAD and one manifest GET;
@@ -163,6 +169,44 @@ func TestAmbiguousIndexRefusedAndNotCached(t *testing.T) {
 	}
 	if n := up.count("GET /v2/team/app/manifests/v1"); n != 2 {
 		t.Fatalf("%d GETs: the refused manifest was cached", n)
+	}
+}
+
+// A manifest cached by an earlier version, under older validation rules,
+// is validated again before it is served: an ambiguous index in an old
+// cache is refused, not handed to the gate as an index.
+func TestCachedManifestValidatedAgain(t *testing.T) {
+	c, up, host, store := setupStore(t)
+	doc := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],` +
+		`"config":{"digest":"sha256:` + strings.Repeat("a", 64) + `","size":2},"layers":[]}`)
+	dgst, _, _ := v1.SHA256(bytes.NewReader(doc))
+	if err := store.PutManifest(&cache.Manifest{Digest: dgst, Data: doc, MediaType: "application/vnd.oci.image.index.v1+json",
+		Upstream: host, Repo: "team/app"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		_, err := c.Manifest(context.Background(), host, "team/app", dgst.String())
+		var pe *pull.Error
+		if !errors.As(err, &pe) || pe.Code != pull.CodeManifestInvalid || !strings.Contains(pe.Message, "ambiguous") {
+			t.Fatalf("attempt %d: %v; want MANIFEST_INVALID (ambiguous)", i, err)
+		}
+	}
+	if n := up.count("GET /v2/team/app/manifests/" + dgst.String()); n != 0 {
+		t.Fatalf("%d upstream GETs for a cached manifest", n)
+	}
+}
+
+// Digests are canonical sha256: upper-case hex is refused, as the proxy's
+// router refuses it.
+func TestParseDigest(t *testing.T) {
+	good := "sha256:" + strings.Repeat("ab", 32)
+	if _, err := pull.ParseDigest(good); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{strings.ToUpper(good), "sha512:" + strings.Repeat("a", 128), "sha256:abc", "abc", ""} {
+		if _, err := pull.ParseDigest(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
 	}
 }
 

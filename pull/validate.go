@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"mime"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -109,6 +110,22 @@ func KnownManifestType(mt types.MediaType) bool {
 		return true
 	}
 	return false
+}
+
+// ParseDigest accepts sha256 digests only, in the canonical form (lower
+// case hex): every blob and manifest gatehouse keeps is verified with it.
+func ParseDigest(s string) (v1.Hash, error) {
+	algo, hex, ok := strings.Cut(s, ":")
+	if !ok {
+		return v1.Hash{}, fmt.Errorf("invalid digest %q", truncate(s, 100))
+	}
+	if algo != "sha256" {
+		return v1.Hash{}, fmt.Errorf("unsupported digest algorithm %q: gatehouse verifies sha256 digests", truncate(algo, 20))
+	}
+	if len(hex) != 64 || strings.Trim(hex, "0123456789abcdef") != "" {
+		return v1.Hash{}, fmt.Errorf("invalid sha256 digest %q", truncate(s, 100))
+	}
+	return v1.Hash{Algorithm: algo, Hex: hex}, nil
 }
 
 // truncate shortens s to at most n bytes for a message.

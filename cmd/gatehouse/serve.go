@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -122,8 +123,6 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			log.Error("closing", "err", err)
 		}
 	}()
-	store, handler := st.store, st.handler
-
 	guard, err := access.New(cfg.Server, log)
 	if err != nil {
 		return err
@@ -132,33 +131,70 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-
 	var ready atomic.Bool
+	mux, err := routes(st, guard, &ready)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := newServer(cfg, log, mux, tlsConf)
+	logStart(st, ln.Addr().String(), guard, tlsConf != nil)
+	ready.Store(true)
+	err = runServer(ctx, st, srv, ln, &ready)
+	log.Info("stopped")
+	return err
+}
+
+// routes is gatehouse's HTTP surface: the registry API, the JSON API and
+// the console, metrics and health checks, each behind its access rule.
+func routes(st *stack, guard *access.Guard, ready *atomic.Bool) (*http.ServeMux, error) {
+	cfg := st.cfg
 	mux := http.NewServeMux()
-	pulls := guard.Pulls(handler)
+	pulls := guard.Pulls(st.handler)
 	mux.Handle("/v2/", pulls)
 	mux.Handle("/v2", pulls)
 	mux.Handle("/api/", guard.API(api.New(api.Options{Model: st.gate, Config: &cfg.Gate})))
-	console, err := ui.New(ui.Options{Source: st.gate, Log: log,
+	console, err := ui.New(ui.Options{Source: st.gate, Log: st.log,
 		DB: func() (ui.DBStatus, error) {
 			s, err := st.scanner.DBStatus()
 			return ui.DBStatus{Version: s.DBVersion, UpdatedAt: s.UpdatedAt}, err
 		},
-		Cache: func() (int64, int64) { used, _ := store.Usage(); return used, int64(cfg.Cache.MaxSize) },
+		Cache: func() (int64, int64) { used, _ := st.store.Usage(); return used, int64(cfg.Cache.MaxSize) },
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// The web console shows what the API does, behind the same credential.
 	mux.Handle("/ui/", guard.API(console))
 	mux.Handle("/ui", guard.API(ui.RedirectHandler()))
 	reg := prometheus.NewRegistry()
+	if err := registerMetrics(reg, st); err != nil {
+		return nil, err
+	}
+	mux.Handle("GET /metrics", guard.Metrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	return mux, nil
+}
+
+// registerMetrics registers gatehouse's collectors with what they read.
+func registerMetrics(reg prometheus.Registerer, st *stack) error {
+	cfg := st.cfg
 	rate := map[string]func() int64{}
 	for name, c := range st.clients {
 		rate[name] = c.RateLimitRemaining
 	}
-	if err := metrics.Register(reg, metrics.Sources{
-		CacheUsage: store.Usage,
+	return metrics.Register(reg, metrics.Sources{
+		CacheUsage: st.store.Usage,
 		CacheLimit: int64(cfg.Cache.MaxSize),
 		Disk: func() (uint64, uint64, error) {
 			var fs syscall.Statfs_t
@@ -175,23 +211,11 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 			return s.DBVersion, s.UpdatedAt
 		},
-	}); err != nil {
-		return err
-	}
-	mux.Handle("GET /metrics", guard.Metrics(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !ready.Load() {
-			http.Error(w, "shutting down", http.StatusServiceUnavailable)
-			return
-		}
-		io.WriteString(w, "ok\n")
 	})
+}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
+// newServer is the HTTP server of mux, with the configured timeouts.
+func newServer(cfg *config.Config, log *slog.Logger, mux http.Handler, tlsConf *tls.Config) *http.Server {
 	srv := &http.Server{
 		Handler:           accessLog(log, mux),
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
@@ -209,21 +233,32 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		protos.SetHTTP1(true)
 		srv.Protocols = &protos
 	}
-	bytes, count := store.Usage()
+	return srv
+}
+
+// logStart logs what is being served.
+func logStart(st *stack, addr string, guard *access.Guard, tls bool) {
+	cfg := st.cfg
+	bytes, count := st.store.Usage()
 	names := make([]string, 0, len(cfg.Upstreams))
 	for _, u := range cfg.Upstreams {
 		names = append(names, u.Name)
 	}
-	log.Info("gatehouse serving", "version", version, "addr", ln.Addr().String(), "dataDir", cfg.DataDir,
+	st.log.Info("gatehouse serving", "version", version, "addr", addr, "dataDir", cfg.DataDir,
 		"upstreams", strings.Join(names, ","), "defaultUpstream", cfg.DefaultUpstream,
-		"tls", tlsConf != nil, "pullAuth", guard.PullAuth(), "apiAuth", guard.APIAuth(),
+		"tls", tls, "pullAuth", guard.PullAuth(), "apiAuth", guard.APIAuth(),
 		"cachedBlobs", count, "cachedBytes", bytes)
-	ready.Store(true)
+}
 
+// runServer serves on ln and runs the background loops (access times and pull
+// counts, denials, DB updates) until ctx ends, then shuts the server down
+// within server.shutdownTimeout.
+func runServer(ctx context.Context, st *stack, srv *http.Server, ln net.Listener, ready *atomic.Bool) error {
+	cfg, log := st.cfg, st.log
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		serve := srv.Serve
-		if tlsConf != nil {
+		if srv.TLSConfig != nil {
 			// The certificate comes from TLSConfig.GetCertificate.
 			serve = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
 		}
@@ -232,25 +267,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return nil
 	})
+	g.Go(func() error { flushLoop(gctx, st); return nil })
 	g.Go(func() error {
-		t := time.NewTicker(cfg.Cache.AccessFlushInterval.D())
-		defer t.Stop()
-		for {
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-t.C:
-				if err := store.FlushAccess(); err != nil {
-					log.Error("recording access times", "err", err)
-				}
-				if err := st.gate.FlushPulls(); err != nil {
-					log.Error("recording pull counts", "err", err)
-				}
-			}
-		}
-	})
-	g.Go(func() error {
-		// Close (deferred above) writes the denials still queued.
+		// Close (deferred by cmdServe) writes the denials still queued.
 		st.gate.RunDenials(gctx)
 		return nil
 	})
@@ -267,9 +286,27 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return nil
 	})
-	err = g.Wait()
-	log.Info("stopped")
-	return err
+	return g.Wait()
+}
+
+// flushLoop writes access times and pull counts every
+// cache.accessFlushInterval until ctx ends.
+func flushLoop(ctx context.Context, st *stack) {
+	t := time.NewTicker(st.cfg.Cache.AccessFlushInterval.D())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := st.store.FlushAccess(); err != nil {
+				st.log.Error("recording access times", "err", err)
+			}
+			if err := st.gate.FlushPulls(); err != nil {
+				st.log.Error("recording pull counts", "err", err)
+			}
+		}
+	}
 }
 
 // accessLog logs every request at info level (debug for health checks and

@@ -28,6 +28,7 @@ import (
 type Content interface {
 	Manifest(ctx context.Context, up, repo, ref string) (*pull.Manifest, error)
 	OpenBlob(ctx context.Context, up, repo string, dgst v1.Hash) (io.ReadCloser, int64, error)
+	BlobSize(ctx context.Context, up, repo string, dgst v1.Hash) (int64, error)
 	Referrers(ctx context.Context, up, repo string, dgst v1.Hash, artifactType string) ([]json.RawMessage, error)
 }
 
@@ -81,7 +82,7 @@ func (t *rt) serve(ctx context.Context, req *http.Request, kind, repo, ref strin
 		hd := http.Header{"Content-Type": {string(m.MediaType)}, "Docker-Content-Digest": {m.Digest.String()}}
 		return respond(req, http.StatusOK, hd, m.Data), nil
 	}
-	dgst, err := v1.NewHash(ref)
+	dgst, err := pull.ParseDigest(ref)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", req.URL.Path, err)
 	}
@@ -93,19 +94,28 @@ func (t *rt) serve(ctx context.Context, req *http.Request, kind, repo, ref strin
 		body, _ := json.Marshal(v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, Manifests: decode(descs)})
 		return respond(req, http.StatusOK, http.Header{"Content-Type": {string(types.OCIImageIndex)}}, body), nil
 	}
+	if req.Method == http.MethodHead {
+		// The size only: a HEAD never starts a download.
+		size, err := t.c.BlobSize(ctx, t.up, repo, dgst)
+		if err != nil {
+			return nil, err
+		}
+		return blobResponse(req, dgst, size, http.NoBody), nil
+	}
 	rc, size, err := t.c.OpenBlob(ctx, t.up, repo, dgst)
 	if err != nil {
 		return nil, err
 	}
+	return blobResponse(req, dgst, size, rc), nil
+}
+
+// blobResponse is the 200 of a blob of size bytes.
+func blobResponse(req *http.Request, dgst v1.Hash, size int64, body io.ReadCloser) *http.Response {
 	resp := respond(req, http.StatusOK, http.Header{"Docker-Content-Digest": {dgst.String()}}, nil)
 	resp.ContentLength = size
 	resp.Header.Set("Content-Length", strconv.FormatInt(size, 10))
-	if req.Method == http.MethodHead {
-		rc.Close()
-	} else {
-		resp.Body = rc
-	}
-	return resp, nil
+	resp.Body = body
+	return resp
 }
 
 // decode reads the descriptors of a referrers list (those that do not

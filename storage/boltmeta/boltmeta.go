@@ -37,7 +37,7 @@ func (s *Store) View(ctx context.Context, fn func(storage.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.View(func(tx *bolt.Tx) error { return fn(&txn{tx: tx}) })
+	return s.db.View(func(tx *bolt.Tx) error { return fn(txn{tx: tx}) })
 }
 
 // Update runs fn in a read-write bbolt transaction.
@@ -45,17 +45,19 @@ func (s *Store) Update(ctx context.Context, fn func(storage.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(&txn{tx: tx}) })
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(txn{tx: tx}) })
 }
 
 // Close closes the bbolt file.
 func (s *Store) Close() error { return s.db.Close() }
 
+// txn is a bbolt transaction; a one-pointer struct, so passing it as a
+// storage.Tx costs no allocation.
 type txn struct{ tx *bolt.Tx }
 
 var errReadOnly = errors.New("write in a read-only transaction")
 
-func (t *txn) bucket(table string, create bool) (*bolt.Bucket, error) {
+func (t txn) bucket(table string, create bool) (*bolt.Bucket, error) {
 	if b := t.tx.Bucket([]byte(table)); b != nil || !create {
 		return b, nil
 	}
@@ -65,7 +67,7 @@ func (t *txn) bucket(table string, create bool) (*bolt.Bucket, error) {
 	return t.tx.CreateBucket([]byte(table))
 }
 
-func (t *txn) Get(table string, key []byte) ([]byte, error) {
+func (t txn) Get(table string, key []byte) ([]byte, error) {
 	b, _ := t.bucket(table, false)
 	if b == nil {
 		return nil, nil
@@ -73,7 +75,7 @@ func (t *txn) Get(table string, key []byte) ([]byte, error) {
 	return b.Get(key), nil
 }
 
-func (t *txn) Put(table string, key, value []byte) error {
+func (t txn) Put(table string, key, value []byte) error {
 	if value == nil {
 		return errors.New("put: nil value")
 	}
@@ -84,7 +86,7 @@ func (t *txn) Put(table string, key, value []byte) error {
 	return b.Put(key, value)
 }
 
-func (t *txn) Delete(table string, key []byte) error {
+func (t txn) Delete(table string, key []byte) error {
 	if !t.tx.Writable() {
 		return errReadOnly
 	}
@@ -95,7 +97,7 @@ func (t *txn) Delete(table string, key []byte) error {
 	return b.Delete(key)
 }
 
-func (t *txn) Scan(table string, prefix []byte, reverse bool, fn func(k, v []byte) (bool, error)) error {
+func (t txn) Scan(table string, prefix []byte, reverse bool, fn func(k, v []byte) (bool, error)) error {
 	b, _ := t.bucket(table, false)
 	if b == nil {
 		return nil
@@ -140,7 +142,7 @@ func prefixEnd(prefix []byte) []byte {
 	return nil
 }
 
-func (t *txn) NextSequence(table string) (uint64, error) {
+func (t txn) NextSequence(table string) (uint64, error) {
 	b, err := t.bucket(table, true)
 	if err != nil {
 		return 0, err
@@ -148,7 +150,7 @@ func (t *txn) NextSequence(table string) (uint64, error) {
 	return b.NextSequence()
 }
 
-func (t *txn) DropTable(table string) error {
+func (t txn) DropTable(table string) error {
 	if !t.tx.Writable() {
 		return errReadOnly
 	}

@@ -58,15 +58,19 @@ func Open(dir string, opts Options) (*Stores, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if s.Blobs, err = localblob.Open(dir, log); err != nil {
+	blobs, err := localblob.Open(dir, log)
+	if err != nil {
 		s.Close()
 		return nil, err
 	}
+	s.Blobs = blobs
 	if !opts.NoGate {
-		if s.Gate, err = boltmeta.Open(filepath.Join(dir, "gate.db"), opts.LockTimeout); err != nil {
+		g, err := boltmeta.Open(filepath.Join(dir, "gate.db"), opts.LockTimeout)
+		if err != nil {
 			s.Close()
 			return nil, err
 		}
+		s.Gate = g // only on success: a nil *boltmeta.Store would be a non-nil MetaStore
 	}
 	return s, nil
 }
