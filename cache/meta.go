@@ -137,3 +137,45 @@ func (s *Store) Tags() ([]TagInfo, error) {
 	})
 	return out, err
 }
+
+// SweepManifests removes the cached manifests keep refuses, once per
+// version: a cache written by an earlier gatehouse holds manifests checked
+// by older rules, and a newer rule applies to them before anything is
+// served. It returns how many it removed; when the records already passed
+// version (or a later one), it reads nothing.
+func (s *Store) SweepManifests(version uint32, keep func(*Manifest) bool) (int, error) {
+	key := []byte("manifests-checked")
+	var done bool
+	if err := s.meta.View(bg, func(tx storage.Tx) error {
+		v, err := tx.Get(tableSchema, key)
+		done = len(v) == 4 && binary.BigEndian.Uint32(v) >= version
+		return err
+	}); err != nil || done {
+		return 0, err
+	}
+	removed := 0
+	err := s.meta.Update(bg, func(tx storage.Tx) error {
+		var bad [][]byte
+		err := tx.Scan(tableManifests, nil, false, func(k, v []byte) (bool, error) {
+			m, err := decodeManifest(v)
+			if err == nil {
+				m.Digest, err = v1.NewHash(string(k))
+			}
+			if err != nil || !keep(m) {
+				bad = append(bad, append([]byte(nil), k...))
+			}
+			return true, nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range bad {
+			if err := tx.Delete(tableManifests, k); err != nil {
+				return err
+			}
+		}
+		removed = len(bad)
+		return tx.Put(tableSchema, key, binary.BigEndian.AppendUint32(nil, version))
+	})
+	return removed, err
+}

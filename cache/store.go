@@ -39,6 +39,7 @@ const (
 	tableBlobs     = "blobs"     // digest → blobRecord (JSON)
 	tableManifests = "manifests" // digest → encoded Manifest (see PutManifest)
 	tableTags      = "tags"      // upstream/repo:tag → Tag (JSON)
+	tableSchema    = "schema"    // one-time checks done: name → version (uint32, big-endian)
 )
 
 // Options configure a Store.

@@ -401,3 +401,30 @@ func TestWarmHitIsTheFile(t *testing.T) {
 		t.Fatal("File() of a fetch in progress is not nil")
 	}
 }
+
+// SweepManifests removes what keep refuses, once per version: the same
+// version again reads nothing, a later one sweeps again.
+func TestSweepManifests(t *testing.T) {
+	s, err := openDir(t.TempDir(), Options{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, data := range []string{`{"a":1}`, `{"b":2}`} {
+		d, _, _ := v1.SHA256(strings.NewReader(data))
+		if err := s.PutManifest(&Manifest{Digest: d, Data: []byte(data)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls := 0
+	dropA := func(m *Manifest) bool { calls++; return !strings.Contains(string(m.Data), `"a"`) }
+	for i, want := range []struct {
+		version        uint32
+		removed, calls int
+	}{{1, 1, 2}, {1, 0, 2}, {2, 0, 3}} {
+		n, err := s.SweepManifests(want.version, dropA)
+		if err != nil || n != want.removed || calls != want.calls {
+			t.Fatalf("sweep %d (version %d): removed %d, %d calls, %v; want %d removed, %d calls", i, want.version, n, calls, err, want.removed, want.calls)
+		}
+	}
+}

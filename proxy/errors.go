@@ -19,22 +19,23 @@ import (
 type Code string
 
 // The codes gatehouse answers with (OCI distribution spec, "Error Codes",
-// plus distribution's UNAVAILABLE and TOOMANYREQUESTS).
+// plus distribution's UNAVAILABLE and TOOMANYREQUESTS); those the content
+// layer fails with are its own.
 const (
 	CodeBlobUnknown      Code = "BLOB_UNKNOWN"
-	CodeDigestInvalid    Code = "DIGEST_INVALID"
+	CodeDigestInvalid    Code = pull.CodeDigestInvalid
 	CodeManifestUnknown  Code = "MANIFEST_UNKNOWN"
-	CodeManifestInvalid  Code = "MANIFEST_INVALID"
+	CodeManifestInvalid  Code = pull.CodeManifestInvalid
 	CodeNameInvalid      Code = "NAME_INVALID"
 	CodeNameUnknown      Code = "NAME_UNKNOWN"
 	CodeSizeInvalid      Code = "SIZE_INVALID"
 	CodeUnauthorized     Code = "UNAUTHORIZED"
-	CodeDenied           Code = "DENIED"
+	CodeDenied           Code = pull.CodeDenied
 	CodeUnsupported      Code = "UNSUPPORTED"
 	CodeTooManyRequests  Code = "TOOMANYREQUESTS"
-	CodeUnavailable      Code = "UNAVAILABLE"
+	CodeUnavailable      Code = pull.CodeUnavailable
 	CodeRangeUnsatisfied Code = "RANGE_INVALID"
-	CodeUnknown          Code = "UNKNOWN"
+	CodeUnknown          Code = pull.CodeUnknown
 )
 
 // Status returns the HTTP status that goes with the code.

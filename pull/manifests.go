@@ -77,34 +77,12 @@ func fromCache(m *cache.Manifest) *Manifest {
 	return &Manifest{Digest: m.Digest, MediaType: types.MediaType(m.MediaType), Data: m.Data}
 }
 
-// maxValidated bounds the set of digests validated by this process.
-const maxValidated = 1 << 16
-
-// cached returns a manifest from the cache. A manifest is validated before
-// it is cached, but a cache written by an earlier version holds manifests
-// checked by older rules: each is validated again the first time this
-// process serves it (a set of digests remembers which were), and one that
-// fails is an error, never served or judged.
+// cached returns a manifest from the cache: validated before it was
+// cached, by this version's rules (New swept older entries).
 func (c *Content) cached(dgst v1.Hash) (*Manifest, error) {
 	m, err := c.store.Manifest(dgst)
 	if err != nil {
 		return nil, err
-	}
-	c.mu.RLock()
-	_, ok := c.validated[dgst]
-	c.mu.RUnlock()
-	if !ok {
-		mt, err := validate(m.Data, m.MediaType)
-		if err != nil {
-			return nil, err
-		}
-		m.MediaType = string(mt)
-		c.mu.Lock()
-		if len(c.validated) >= maxValidated {
-			clear(c.validated) // validated again, once each: bounded memory
-		}
-		c.validated[dgst] = struct{}{}
-		c.mu.Unlock()
 	}
 	return fromCache(m), nil
 }
@@ -147,8 +125,6 @@ func (c *Content) byDigest(ctx context.Context, u *config.Upstream, repo string,
 	if m, err := c.cached(dgst); err == nil {
 		metrics.CacheRequests.WithLabelValues("manifest", "hit").Inc()
 		return m, nil
-	} else if errors.As(err, new(*Error)) {
-		return nil, err
 	} else if !errors.Is(err, cache.ErrNotFound) {
 		c.log.Error("reading cached manifest; fetching it again", "digest", dgst, "err", err)
 	}

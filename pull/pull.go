@@ -27,7 +27,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"sync"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -35,7 +34,6 @@ import (
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/upstream"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // Upstream is what the content layer needs of an upstream registry client.
@@ -53,15 +51,19 @@ var _ Upstream = (*upstream.Client)(nil)
 type Content struct {
 	cfg       *config.Config
 	store     *cache.Store
-	upstreams map[string]Upstream // by upstream name
+	upstreams map[string]Upstream         // by upstream name
+	names     map[string]*config.Upstream // by upstream name
 	log       *slog.Logger
 	now       func() time.Time
 
 	flight singleflight.Group // manifest fetches and tag revalidations
-
-	mu        sync.RWMutex
-	validated map[v1.Hash]struct{} // cached manifests validated by this process
 }
+
+// validationVersion numbers the rules of validate: when they get stricter,
+// it goes up, and New sweeps the cache once of manifests they refuse.
+// 1: ambiguous index/image documents and descriptors without a digest
+// (issue 12).
+const validationVersion = 1
 
 // New returns the content layer. upstreams maps every configured
 // upstream's name to its client.
@@ -74,15 +76,36 @@ func New(cfg *config.Config, store *cache.Store, upstreams map[string]Upstream, 
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Content{cfg: cfg, store: store, upstreams: upstreams, log: log, now: time.Now, validated: map[v1.Hash]struct{}{}}, nil
+	// A cache written under older rules may hold manifests these refuse:
+	// they go before anything is served or judged (fail closed: a sweep
+	// that cannot run stops the start).
+	removed, err := store.SweepManifests(validationVersion, func(m *cache.Manifest) bool {
+		_, err := validate(m.Data, m.MediaType)
+		return err == nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pull: checking cached manifests: %w", err)
+	}
+	if removed > 0 {
+		log.Warn("removed cached manifests that current validation refuses", "count", removed)
+	}
+	names := map[string]*config.Upstream{}
+	for i := range cfg.Upstreams {
+		names[cfg.Upstreams[i].Name] = &cfg.Upstreams[i]
+	}
+	return &Content{cfg: cfg, store: store, upstreams: upstreams, names: names, log: log, now: time.Now}, nil
 }
 
 // SetClock replaces time.Now (tests of the tag TTL).
 func (c *Content) SetClock(now func() time.Time) { c.now = now }
 
-// upstream returns the configuration and client of upstream up.
+// upstream returns the configuration and client of upstream up: its name
+// (what the proxy's router resolved, one map lookup), else an alias.
 func (c *Content) upstream(up string) (*config.Upstream, Upstream, error) {
-	u := c.cfg.Upstream(up)
+	u := c.names[up]
+	if u == nil {
+		u = c.cfg.Upstream(up)
+	}
 	if u == nil || c.upstreams[u.Name] == nil {
 		return nil, nil, &Error{Code: CodeDenied, Message: fmt.Sprintf("registry %q is not an upstream of this gatehouse", up)}
 	}
