@@ -26,8 +26,8 @@ func (s *Store) Evict(limit int64) (int, int64) {
 	if limit <= 0 {
 		limit = s.maxSize
 	}
-	if limit <= 0 {
-		return 0, 0
+	if limit <= 0 || s.shared {
+		return 0, 0 // a shared store is evicted by EvictShared, one replica at a time
 	}
 	s.mu.Lock()
 	var removed []v1.Hash
@@ -164,4 +164,9 @@ func (s *Store) RemoveBlob(dgst v1.Hash) error {
 	}
 	s.deleteRecords(dgst)
 	return nil
+}
+
+// sortByAccess sorts blobs least recently accessed first.
+func sortByAccess(b []BlobInfo) {
+	sort.Slice(b, func(i, j int) bool { return b[i].Accessed.Before(b[j].Accessed) })
 }

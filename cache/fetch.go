@@ -37,7 +37,11 @@ var (
 	ErrDigestMismatch = verify.ErrDigestMismatch
 	ErrSizeMismatch   = verify.ErrSizeMismatch
 	ErrStalled        = errors.New("upstream sent no data for too long")
-	errClosing        = errors.New("gatehouse is shutting down")
+	// ErrClaimLost ends a fetch whose cluster-wide claim lapsed (the
+	// coordinating database did not answer in time, or another replica
+	// took the fetch over): nothing of it is committed.
+	ErrClaimLost = errors.New("this replica's claim on the fetch lapsed")
+	errClosing   = errors.New("gatehouse is shutting down")
 )
 
 // DefaultStallTimeout aborts a fetch that receives no byte from upstream
@@ -51,7 +55,9 @@ type FetchStats struct {
 	Failed  int64
 	// Bypassed counts transfers that skipped an unwritable cache.
 	Bypassed int64
-	Bytes    int64 // bytes read from upstream
+	// Peered counts requests streamed from the replica fetching the blob.
+	Peered int64
+	Bytes  int64 // bytes read from upstream
 }
 
 // fetch is one upstream download of a blob. The bytes go to a BlobWriter
@@ -61,6 +67,7 @@ type fetch struct {
 	dgst     v1.Hash
 	w        storage.BlobWriter
 	upstream string
+	claim    Claim // the cluster's lease on this fetch; nil on one replica
 
 	ready chan struct{} // closed once size is known or the fetch failed
 	size  int64         // set before ready is closed; -1 unknown
@@ -131,22 +138,44 @@ func (f *fetch) wakeLocked() {
 // a reader of the one upstream download of it, starting that download if
 // nobody else has. The download belongs to the store, not to ctx: a client
 // that hangs up does not cancel a fetch that others (or the cache) need.
+// With a Coordinator, "nobody else" means no replica of the cluster: the
+// blob another replica is fetching is streamed from that replica.
 func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src Source) (*Stream, error) {
+	for tries := 0; ; tries++ {
+		b, err := s.OpenBlob(dgst)
+		if err == nil {
+			return &Stream{file: b.BlobReader, blob: b}, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		st, err := s.startOrJoin(ctx, dgst, upstream, src)
+		if err != errRetry || tries >= maxFetchTries {
+			return st, err
+		}
+	}
+}
+
+// errRetry: the state changed while Fetch looked (the blob was committed,
+// another request of this replica is starting its fetch): look again.
+var errRetry = errors.New("cache: retry")
+
+// maxFetchTries bounds Fetch's rounds; each one that finds a fetch of this
+// replica being started waits retryDelay for it.
+const (
+	maxFetchTries = 200
+	retryDelay    = 10 * time.Millisecond
+)
+
+// startOrJoin joins this replica's fetch of dgst or starts one.
+func (s *Store) startOrJoin(ctx context.Context, dgst v1.Hash, upstream string, src Source) (*Stream, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if b, err := s.openLocked(dgst); err == nil {
-		return &Stream{file: b.BlobReader, blob: b}, nil
+	if _, ok := s.blobs[dgst]; ok {
+		return nil, errRetry // committed since OpenBlob looked
 	}
 	if f, ok := s.fetches[dgst]; ok {
-		// A fetch stays here until its blob is committed and indexed;
-		// Partial reads the committed blob once the writer committed it.
-		r, err := f.w.Partial()
-		if err != nil {
-			return nil, fmt.Errorf("cache: joining fetch: %w", err)
-		}
-		s.stats.Joined++
-		metrics.FetchesJoined.Inc()
-		return &Stream{file: r, fetch: f, dgst: dgst, src: src, stall: s.stallFor(upstream)}, nil
+		return s.joinLocked(f, upstream, src)
 	}
 	if s.closed {
 		return nil, errClosing
@@ -154,20 +183,41 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 	if s.bypassingLocked() {
 		return s.passStream(dgst, upstream, src), nil
 	}
+	reqCtx := ctx // a stream from a peer is the request's
 	ctx = context.WithoutCancel(ctx)
+	var claim Claim
+	if s.coord != nil {
+		s.mu.Unlock()
+		st, c, err := s.claim(reqCtx, dgst, upstream)
+		s.mu.Lock()
+		if st != nil || err != nil {
+			return st, err
+		}
+		claim = c
+		if _, ok := s.blobs[dgst]; ok || s.fetches[dgst] != nil {
+			claim.Release()
+			return nil, errRetry
+		}
+	}
 	w, err := s.blobStore.Create(ctx, dgst)
 	if err != nil {
 		s.mu.Unlock()
 		s.noteWriteError(&WriteError{Err: err})
 		s.mu.Lock()
+		if claim != nil {
+			claim.Release()
+		}
 		return s.passStream(dgst, upstream, src), nil
 	}
 	r, err := w.Partial()
 	if err != nil {
 		w.Abort()
+		if claim != nil {
+			claim.Release()
+		}
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	f := &fetch{dgst: dgst, w: w, upstream: upstream, ready: make(chan struct{}), size: -1, wake: make(chan struct{})}
+	f := &fetch{dgst: dgst, w: w, upstream: upstream, claim: claim, ready: make(chan struct{}), size: -1, wake: make(chan struct{})}
 	s.fetches[dgst] = f
 	s.stats.Started++
 	metrics.FetchesStarted.Inc()
@@ -177,6 +227,19 @@ func (s *Store) Fetch(ctx context.Context, dgst v1.Hash, upstream string, src So
 		s.run(ctx, f, src)
 	}()
 	return &Stream{file: r, fetch: f, dgst: dgst, src: src, stall: s.stallFor(upstream)}, nil
+}
+
+// joinLocked returns a reader of the fetch f in progress. A fetch stays in
+// s.fetches until its blob is committed and indexed; Partial reads the
+// committed blob once the writer committed it.
+func (s *Store) joinLocked(f *fetch, upstream string, src Source) (*Stream, error) {
+	r, err := f.w.Partial()
+	if err != nil {
+		return nil, fmt.Errorf("cache: joining fetch: %w", err)
+	}
+	s.stats.Joined++
+	metrics.FetchesJoined.Inc()
+	return &Stream{file: r, fetch: f, dgst: f.dgst, src: src, stall: s.stallFor(upstream)}, nil
 }
 
 // Stats returns a snapshot of the fetch counters.
@@ -192,10 +255,18 @@ func (s *Store) Stats() FetchStats {
 func (s *Store) run(parent context.Context, f *fetch, src Source) {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
+	var lost <-chan struct{} // nil (never ready) without a claim
+	if f.claim != nil {
+		lost = f.claim.Lost()
+		defer f.claim.Release()
+	}
 	go func() {
 		select {
 		case <-s.closing:
 			cancel(errClosing)
+		case <-lost:
+			// Another replica may take the fetch over: stop, commit nothing.
+			cancel(ErrClaimLost)
 		case <-ctx.Done():
 		}
 	}()
@@ -210,6 +281,13 @@ func (s *Store) run(parent context.Context, f *fetch, src Source) {
 	if err != nil {
 		s.fail(f, err)
 		return
+	}
+	if f.claim != nil {
+		// Fencing: commit only under a claim that is still this replica's.
+		if err := f.claim.Confirm(parent); err != nil {
+			s.fail(f, err)
+			return
+		}
 	}
 	// Readers have everything and it is verified; now make it durable.
 	f.progress(0, true, nil)

@@ -70,6 +70,14 @@ type Options struct {
 	// disk, a read-only directory) downloads bypass the cache before
 	// writing is tried again. Default DefaultWriteRetryInterval.
 	WriteRetryInterval time.Duration
+	// Shared says that Meta and Blobs are shared with other replicas:
+	// the index is loaded from the records alone (another replica may be
+	// committing while this one starts), a blob missing from it is looked
+	// up in the records, and eviction runs on one replica at a time.
+	Shared bool
+	// Coordinator, when set, makes the one upstream fetch of a blob one
+	// for the whole cluster (package cluster).
+	Coordinator Coordinator
 	// Log receives the store's own events.
 	Log *slog.Logger
 
@@ -81,6 +89,8 @@ type Store struct {
 	blobStore storage.BlobStore
 	meta      storage.MetaStore
 	closer    io.Closer // Options.Closer
+	shared    bool
+	coord     Coordinator
 	log       *slog.Logger
 	maxSize   int64
 
@@ -136,6 +146,8 @@ func Open(opts Options) (*Store, error) {
 		blobStore: opts.Blobs,
 		meta:      opts.Meta,
 		closer:    opts.Closer,
+		shared:    opts.Shared,
+		coord:     opts.Coordinator,
 		log:       opts.Log,
 		maxSize:   opts.MaxSize,
 		blobs:     map[v1.Hash]*blobEntry{},
@@ -194,6 +206,9 @@ func (s *Store) Close() error {
 // load builds the in-memory blob index from the committed blobs and their
 // records, dropping records whose blob is gone.
 func (s *Store) load() error {
+	if s.shared {
+		return s.loadRecords()
+	}
 	files := map[v1.Hash]int64{}
 	err := s.blobStore.Walk(bg, func(d v1.Hash, size int64) error {
 		files[d] = size
@@ -264,50 +279,106 @@ func (b *Blob) Close() error {
 }
 
 // OpenBlob opens a committed blob and records the access. It returns
-// ErrNotFound when the blob is not cached.
+// ErrNotFound when the blob is not cached. The blob store is opened
+// outside the store's lock (an object store's open is a network request),
+// with the entry marked as read meanwhile, so eviction leaves it alone.
 func (s *Store) OpenBlob(dgst v1.Hash) (*Blob, error) {
-	s.mu.Lock()
-	b, err := s.openLocked(dgst)
-	s.mu.Unlock()
-	if errors.Is(err, errVanished) {
-		s.deleteRecords(dgst)
-		return nil, ErrNotFound
-	}
-	return b, err
-}
-
-// errVanished: the index knew the blob but the blob store has it no more.
-var errVanished = errors.New("blob vanished")
-
-func (s *Store) openLocked(dgst v1.Hash) (*Blob, error) {
-	e, ok := s.blobs[dgst]
-	if !ok {
-		return nil, ErrNotFound
+	size, err := s.reserve(dgst)
+	if err != nil {
+		return nil, err
 	}
 	r, _, err := s.blobStore.Open(bg, dgst)
 	if err != nil {
+		s.release(dgst)
 		if errors.Is(err, storage.ErrNotFound) {
-			// Removed behind our back (cache verify, an operator): forget it.
+			// Removed behind our back (cache verify, an operator, another
+			// replica's eviction): forget it.
+			s.mu.Lock()
 			s.forgetLocked(dgst)
-			return nil, errVanished
+			s.mu.Unlock()
+			s.deleteRecords(dgst)
+			return nil, ErrNotFound
 		}
-		return nil, fmt.Errorf("cache: %w", err)
+		return nil, unavailable(err)
+	}
+	return &Blob{BlobReader: r, Size: size, s: s, dgst: dgst}, nil
+}
+
+// reserve marks a committed blob as being read and returns its size. With
+// shared records, a blob another replica committed is entered into the
+// index from its record: readers trust the record, not the object store.
+func (s *Store) reserve(dgst v1.Hash) (int64, error) {
+	s.mu.Lock()
+	e, ok := s.blobs[dgst]
+	s.mu.Unlock()
+	if !ok {
+		if !s.shared {
+			return 0, ErrNotFound
+		}
+		rec, err := s.record(dgst)
+		if err != nil || rec == nil {
+			return 0, cmp.Or(err, ErrNotFound)
+		}
+		s.mu.Lock()
+		if e, ok = s.blobs[dgst]; !ok {
+			s.addLocked(dgst, rec.Size)
+			e = s.blobs[dgst]
+		}
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.blobs[dgst] != e { // evicted or replaced meanwhile
+		return 0, ErrNotFound
 	}
 	e.readers++
 	e.atime = time.Now()
 	s.dirty[dgst] = struct{}{}
-	return &Blob{BlobReader: r, Size: e.size, s: s, dgst: dgst}, nil
+	return e.size, nil
+}
+
+// record reads the record of a committed blob (nil when there is none).
+func (s *Store) record(dgst v1.Hash) (*blobRecord, error) {
+	var rec *blobRecord
+	err := s.meta.View(bg, func(tx storage.Tx) error {
+		v, err := tx.Get(tableBlobs, []byte(dgst.String()))
+		if v != nil && err == nil {
+			rec = &blobRecord{}
+			if json.Unmarshal(v, rec) != nil {
+				rec = nil
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return rec, nil
+}
+
+// unavailable marks an error of a store as storage.ErrUnavailable (a
+// database or object store that does not answer), for a 503.
+func unavailable(err error) error {
+	if errors.Is(err, storage.ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("cache: %w: %w", storage.ErrUnavailable, err)
 }
 
 // StatBlob returns the size of a committed blob without opening it.
 func (s *Store) StatBlob(dgst v1.Hash) (int64, bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	e, ok := s.blobs[dgst]
-	if !ok {
-		return 0, false
+	s.mu.Unlock()
+	if ok {
+		return e.size, true
 	}
-	return e.size, true
+	if s.shared {
+		if rec, err := s.record(dgst); err == nil && rec != nil {
+			return rec.Size, true
+		}
+	}
+	return 0, false
 }
 
 func (s *Store) release(dgst v1.Hash) {

@@ -28,6 +28,12 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// Cache configures the on-disk store.
 	Cache Cache `yaml:"cache"`
+	// Storage chooses the blob and record stores. Unset: a local directory
+	// and bbolt in dataDir (one replica, no other service).
+	Storage Storage `yaml:"storage"`
+	// Cluster configures the replicas sharing storage (only read when
+	// storage is shared).
+	Cluster Cluster `yaml:"cluster"`
 	// Server holds the client-facing HTTP timeouts, TLS and access control.
 	Server Server `yaml:"server"`
 	// DefaultUpstream names the upstream used when a request carries neither
@@ -302,6 +308,7 @@ func (c *Config) Finish() error {
 		}
 	}
 	errs = append(errs, c.finishGate()...)
+	errs = append(errs, c.finishStorage()...)
 	if c.DefaultUpstream != "" && c.Upstream(c.DefaultUpstream) == nil {
 		bad("defaultUpstream", "%q is not the name of a configured upstream", c.DefaultUpstream)
 	}

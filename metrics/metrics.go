@@ -73,6 +73,18 @@ var (
 		Help: "Upstream blob fetches started."})
 	FetchesJoined = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_joined_total",
 		Help: "Blob requests that joined an upstream fetch already under way instead of starting one."})
+	// FetchesFromPeers counts blob requests streamed from the replica of
+	// the cluster that was fetching the blob, instead of from upstream.
+	FetchesFromPeers = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_from_peers_total",
+		Help: "Blob requests streamed from the replica fetching the blob (cluster-wide deduplication) instead of from upstream."})
+	// ClusterLeases counts the cluster's lease requests by kind (fetch,
+	// scan, evict, db) and result (acquired, held_elsewhere, error).
+	ClusterLeases = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cluster_leases_total",
+		Help: "Cluster lease requests by kind (fetch, scan, evict, db) and result (acquired, held_elsewhere, lost, error)."}, []string{"kind", "result"})
+	// PeerRequests counts blob requests this replica's peer listener
+	// answered, by result (ok, not_found, unauthorized, error).
+	PeerRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "peer_requests_total",
+		Help: "Blob requests from other replicas answered by the peer listener, by result (ok, not_found, unauthorized, error)."}, []string{"result"})
 	FetchesFailed = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "blob_fetches_failed_total",
 		Help: "Upstream blob fetches that failed (error, digest or size mismatch, stall); nothing was cached."})
 	// BlobFetchResumes counts blob downloads resumed from the bytes
@@ -161,6 +173,7 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		Requests, RequestDuration, ServedBytes, CacheRequests, Evictions, EvictedBytes,
 		UpstreamRequests, UpstreamDuration, UpstreamBytes, UpstreamRetries, UpstreamInFlight, UpstreamQueued,
 		UpstreamQueueTimeouts, UpstreamAddressesRefused, ManifestFetchesFailed, FetchesStarted, FetchesJoined, FetchesFailed,
+		FetchesFromPeers, ClusterLeases, PeerRequests,
 		BlobFetchResumes, CacheWriteErrors, BlobPassthroughs,
 		GateDecisions, DenialStoreErrors, ScanDuration, ScansInFlight, ScansQueued, ScanErrors, DBUpdates, SignatureVerifications,
 		AuthFailures, AccessReloads,
@@ -168,6 +181,14 @@ func Register(reg prometheus.Registerer, src Sources) error {
 	cs = append(cs, ScanLimitsExceeded, ScanBackoffRefusals, BlobsRefused)
 	for _, r := range []string{"not_admitted", "denied_image"} {
 		BlobsRefused.WithLabelValues(r)
+	}
+	for _, k := range []string{"fetch", "scan", "evict", "db"} {
+		for _, r := range []string{"acquired", "held_elsewhere", "lost", "error"} {
+			ClusterLeases.WithLabelValues(k, r)
+		}
+	}
+	for _, r := range []string{"ok", "not_found", "unauthorized", "error"} {
+		PeerRequests.WithLabelValues(r)
 	}
 	if src.CacheUsage != nil {
 		cs = append(cs,

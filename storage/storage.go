@@ -25,6 +25,11 @@ import (
 // ErrNotFound is returned for a blob or table the store does not hold.
 var ErrNotFound = errors.New("not found")
 
+// ErrUnavailable marks an error of a store that could not be reached or
+// did not answer (a database or an object store that is down): the
+// request fails (503) and is worth retrying; it never means "not found".
+var ErrUnavailable = errors.New("storage unavailable")
+
 // MetaStore holds records in named tables of byte keys kept in byte
 // order. Tables exist as soon as something is put in them; reading a table
 // that does not exist finds nothing. It is safe for concurrent use.

@@ -142,7 +142,42 @@ func (s *Store) AddDenial(d Denial) { s.denials.add(d) }
 // Denials returns recent refused pulls, newest first: the latest
 // gate.denials.keep, younger than gate.denials.maxAge when it is set,
 // including those recorded before gatehouse last started.
-func (s *Store) Denials() []Denial { return s.denials.recent(s.denialCutoff()) }
+// With shared records they are read from the database (every replica's),
+// with this replica's not yet written.
+func (s *Store) Denials() []Denial {
+	cutoff := s.denialCutoff()
+	if !s.shared {
+		return s.denials.recent(cutoff)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var out []Denial
+	err := s.meta.View(ctx, func(tx storage.Tx) error {
+		return tx.Scan(tableDenials, nil, true, func(k, v []byte) (bool, error) {
+			if len(out) >= s.denials.keep || denialTime(k).Before(cutoff) {
+				return false, nil
+			}
+			var d Denial
+			if len(k) == denialKeyLen && json.Unmarshal(v, &d) == nil {
+				out = append(out, d)
+			}
+			return true, nil
+		})
+	})
+	if err != nil {
+		s.log.Warn("reading the cluster's denials; showing this replica's", "err", err)
+		return s.denials.recent(cutoff)
+	}
+	s.denials.mu.Lock()
+	for _, d := range s.denials.queue {
+		if !d.Time.Before(cutoff) {
+			out = append(out, d)
+		}
+	}
+	s.denials.mu.Unlock()
+	slices.SortStableFunc(out, func(a, b Denial) int { return b.Time.Compare(a.Time) })
+	return out[:min(len(out), s.denials.keep)]
+}
 
 // denialCutoff is the time before which denials are too old to keep; zero
 // when gate.denials.maxAge is not set.

@@ -47,6 +47,9 @@ type Options struct {
 	Denials config.Denials
 	Log     *slog.Logger     // default slog.Default()
 	Now     func() time.Time // default time.Now
+	// Shared says that other replicas write to the same MetaStore: the
+	// denial log is read from it, not from this replica's memory.
+	Shared bool
 }
 
 // Store is the gate's records in a MetaStore. It is safe for concurrent
@@ -59,6 +62,7 @@ type Store struct {
 	denials *denialLog
 	maxAge  time.Duration
 	flushIv time.Duration
+	shared  bool
 
 	mu    sync.Mutex
 	tags  map[string]struct{}   // digest+tag pairs already recorded
@@ -77,6 +81,7 @@ func Open(ctx context.Context, meta storage.MetaStore, opts Options) (*Store, er
 		flushIv: cmp.Or(opts.Denials.FlushInterval.D(), config.DefaultDenialsFlushInterval),
 		tags:    map[string]struct{}{},
 		pulls:   map[string]*pullCount{},
+		shared:  opts.Shared,
 	}
 	if s.now == nil {
 		s.now = time.Now
