@@ -23,7 +23,7 @@ func (g *Gate) BlobAllowed(ctx context.Context, upstream, repo string, dgst v1.H
 	if g.cfg.Blobs == "any" {
 		return true, nil
 	}
-	c, err := g.records.BlobClaims(ctx, upstream, repo, dgst, g.policy.Match(upstream, repo), g.scanner.DBVersion())
+	c, err := g.records.BlobClaims(ctx, upstream, repo, dgst, g.policy.Match(upstream, repo), g.DBVersion())
 	if err != nil {
 		return false, err
 	}

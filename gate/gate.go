@@ -37,8 +37,25 @@ type Options struct {
 	// section; required when any rule has one.
 	Signatures SignatureVerifier
 	Blobs      BlobOpener
-	Log        *slog.Logger
-	Now        func() time.Time // default time.Now
+	// Cluster, when set, makes each scan one for the whole cluster of
+	// replicas sharing Meta (package cluster). Nil: one replica.
+	Cluster Cluster
+	// DBVersion, when set, is the vulnerability DB version verdicts are
+	// judged with: the cluster's (one version for every replica). A scan
+	// is made only when the scanner's own DB is that version; until the
+	// replica adopted it, images nobody judged yet wait (503, retry).
+	// Default: the scanner's version.
+	DBVersion func() string
+	Log       *slog.Logger
+	Now       func() time.Time // default time.Now
+}
+
+// Cluster runs work once among the replicas sharing the gate's records.
+type Cluster interface {
+	// Once runs do unless have reports the work done, with one replica
+	// at a time running it for name; a replica that finds another running
+	// it waits for it and asks have again.
+	Once(ctx context.Context, kind, name string, have func(context.Context) (bool, error), do func(context.Context) error) error
 }
 
 // Gate judges manifests. It is safe for concurrent use.
@@ -48,6 +65,8 @@ type Gate struct {
 	scanner Scanner
 	sigs    SignatureVerifier
 	blobs   BlobOpener
+	cluster Cluster
+	dbv     func() string
 	records *records.Store
 	log     *slog.Logger
 	now     func() time.Time
@@ -88,7 +107,8 @@ func New(opts Options) (*Gate, error) {
 			return nil, fmt.Errorf("gate: rule %q verifies signatures but no signature verifier is configured", r.Name)
 		}
 	}
-	recs, err := records.Open(context.Background(), opts.Meta, records.Options{Denials: opts.Config.Denials, Log: opts.Log, Now: opts.Now})
+	recs, err := records.Open(context.Background(), opts.Meta, records.Options{Denials: opts.Config.Denials, Log: opts.Log, Now: opts.Now,
+		Shared: opts.Cluster != nil})
 	if err != nil {
 		return nil, fmt.Errorf("gate: %w", err)
 	}
@@ -98,6 +118,8 @@ func New(opts Options) (*Gate, error) {
 		scanner:   opts.Scanner,
 		sigs:      opts.Signatures,
 		blobs:     opts.Blobs,
+		cluster:   opts.Cluster,
+		dbv:       opts.DBVersion,
 		records:   recs,
 		log:       opts.Log,
 		now:       opts.Now,
@@ -144,7 +166,7 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	rule := g.policy.Match(s.Upstream, s.Repo)
 	dbv := ""
 	if rule.Mode != config.ModeOff {
-		dbv = g.scanner.DBVersion()
+		dbv = g.DBVersion()
 	}
 	key := verdictKey(&s, rule.Hash, dbv)
 	// The hot path: a manifest judged before costs a map lookup.

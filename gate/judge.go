@@ -33,7 +33,7 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
 	if err != nil {
 		var serr error
-		if rep, serr = g.scan(ctx, &s, info); serr != nil {
+		if rep, serr = g.scanOnce(ctx, &s, info, dbv); serr != nil {
 			<-sigc
 			var le *LimitError
 			if errors.As(serr, &le) {
@@ -64,6 +64,45 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		g.log.Error("storing verdict", "err", err)
 	}
 	return v, nil
+}
+
+// scanOnce scans the image with the DB of version dbv, once for the
+// cluster: a replica that finds another scanning it waits for that
+// replica's report. The report is stored before the scan's lease is
+// released, so that the waiters find it.
+func (g *Gate) scanOnce(ctx context.Context, s *Subject, info *manifestInfo, dbv string) (*records.StoredReport, error) {
+	scan := func(ctx context.Context) (*records.StoredReport, error) {
+		if v := g.scanner.DBVersion(); v != dbv {
+			// The cluster moved to another DB and this replica has not
+			// adopted it yet: no verdict of another version.
+			g.log.Warn("vulnerability DB not adopted yet; the image waits", "have", v, "cluster", dbv, "digest", s.Digest)
+			return nil, &Pending{RetryAfter: 5 * time.Second}
+		}
+		return g.scan(ctx, s, info)
+	}
+	if g.cluster == nil {
+		return scan(ctx)
+	}
+	var rep *records.StoredReport
+	have := func(ctx context.Context) (bool, error) {
+		r, err := g.report(ctx, s.Digest.String(), dbv)
+		if err == nil {
+			rep = r
+		}
+		return err == nil, nil
+	}
+	err := g.cluster.Once(ctx, "scan", "scan/"+s.Digest.String()+"/"+dbv, have, func(ctx context.Context) error {
+		r, err := scan(ctx)
+		if err != nil {
+			return err
+		}
+		rep = r
+		return g.records.PutReport(ctx, s.Digest.String(), r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rep, nil
 }
 
 // scan scans the image, one of at most gate.scanConcurrency at a time.

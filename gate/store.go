@@ -97,4 +97,9 @@ func (g *Gate) Policy() *policy.Policy { return g.policy }
 
 // DBVersion identifies the vulnerability DB verdicts are judged with; ""
 // when none is loaded.
-func (g *Gate) DBVersion() string { return g.scanner.DBVersion() }
+func (g *Gate) DBVersion() string {
+	if g.dbv != nil {
+		return g.dbv()
+	}
+	return g.scanner.DBVersion()
+}
