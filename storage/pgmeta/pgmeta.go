@@ -1,0 +1,538 @@
+// Package pgmeta is the MetaStore (and Leaser) of replicas that share
+// their metadata: tables of a PostgreSQL database, reached through a pgx
+// connection pool.
+//
+// Every table of every store is rows of one SQL table, gatehouse_kv(ns,
+// tbl, k, v), keyed by a namespace (so that the cache and the gate keep
+// their tables apart in one database), the table's name and the key.
+// Keys are bytea, which PostgreSQL orders bytewise as storage requires.
+// Updates of a namespace are serialised across replicas by a transaction
+// advisory lock. The schema is created and migrated by Open, once however
+// many replicas start together.
+package pgmeta
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/url"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/gatehouse/gatehouse/storage"
+)
+
+// Options configure Open.
+type Options struct {
+	// DSN is the PostgreSQL connection string, a URL
+	// (postgres://user:password@host:port/db?sslmode=...) or key=value
+	// pairs; PG* environment variables fill in what it leaves out. It is
+	// never logged nor put in an error: messages name host, port and
+	// database only.
+	DSN string
+	// Namespace separates the tables of stores sharing one database
+	// ("cache", "gate"): a store sees the tables of its namespace only.
+	// Required.
+	Namespace string
+	// Log receives migrations applied and lost notification connections;
+	// nil means slog.Default().
+	Log *slog.Logger
+	// MaxConns caps the pool's connections; 0 keeps pgxpool's default
+	// (the DSN's pool_max_conns, else the larger of 4 and the number of
+	// CPUs). The lease listener holds one more.
+	MaxConns int32
+}
+
+// Store is a MetaStore and Leaser in a PostgreSQL database. It is safe
+// for concurrent use.
+type Store struct {
+	pool    *pgxpool.Pool
+	ns      string
+	nsLock  int64         // advisory lock key serialising the namespace's Updates
+	updates chan struct{} // of one slot: this process's Updates queue here
+	log     *slog.Logger
+	target  string   // host:port/database, for messages
+	secrets []string // what must not appear in an error message
+	applied []int    // schema versions this Open applied
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	lis       listener
+}
+
+var (
+	_ storage.MetaStore = (*Store)(nil)
+	_ storage.Leaser    = (*Store)(nil)
+)
+
+// Open connects to the database of opts.DSN and brings its schema up to
+// date. It fails when the database cannot be reached or its schema is
+// newer than this gatehouse knows.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	if opts.Namespace == "" {
+		return nil, errors.New("pgmeta: no namespace")
+	}
+	cfg, err := pgxpool.ParseConfig(opts.DSN)
+	if err != nil {
+		// pgx redacts the password of a DSN that does not parse only on a
+		// best-effort basis (and wraps url.Parse errors quoting it whole):
+		// say nothing of the string.
+		return nil, errors.New("pgmeta: the DSN does not parse as a PostgreSQL connection URL or key=value string")
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = opts.MaxConns
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Store{
+		ns:      opts.Namespace,
+		nsLock:  lockKey("update/" + opts.Namespace),
+		log:     log,
+		target:  target(cfg.ConnConfig),
+		closed:  make(chan struct{}),
+		updates: make(chan struct{}, 1),
+	}
+	s.secrets = secretsOf(opts.DSN, cfg.ConnConfig)
+	s.lis.waiters = make(map[string]map[chan struct{}]struct{})
+	if s.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return nil, s.wrap(err, "open %s", s.target)
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close stops the lease listener and closes the pool's connections.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.lis.stop()
+		s.pool.Close()
+	})
+	return nil
+}
+
+// target names the server and database of cfg, without credentials.
+func target(cfg *pgx.ConnConfig) string {
+	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))) + "/" + cfg.Database
+}
+
+// secretsOf lists the strings an error message must not show: the DSN and
+// its password, as written and URL-escaped.
+func secretsOf(dsn string, cfg *pgx.ConnConfig) []string {
+	var secrets []string
+	if dsn != "" {
+		secrets = append(secrets, dsn)
+	}
+	if pw := cfg.Password; pw != "" {
+		secrets = append(secrets, pw, url.PathEscape(pw), url.QueryEscape(pw))
+	}
+	// Longest first, so that a secret containing another is masked whole.
+	slices.SortFunc(secrets, func(a, b string) int { return cmp.Or(cmp.Compare(len(b), len(a)), strings.Compare(a, b)) })
+	return slices.Compact(secrets)
+}
+
+// redactedError is an error whose message had a secret removed. It
+// unwraps to the original, for errors.Is (a context's end, above all).
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// wrap prefixes err with pgmeta and what was being done, and removes any
+// secret of the DSN from its message.
+func (s *Store) wrap(err error, format string, args ...any) error {
+	err = fmt.Errorf("pgmeta: "+format+": %w", append(args, err)...)
+	msg := err.Error()
+	redacted := msg
+	for _, secret := range s.secrets {
+		redacted = strings.ReplaceAll(redacted, secret, "xxxxx")
+	}
+	if redacted != msg {
+		return &redactedError{msg: redacted, err: err}
+	}
+	return err
+}
+
+// lockKey is the advisory lock key of name, in a space of gatehouse's.
+func lockKey(name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("gatehouse/pgmeta/" + name))
+	return int64(h.Sum64())
+}
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrations returns the embedded schema migrations in version order;
+// migrations/NNNN_what.sql has version NNNN.
+func migrations() ([]migration, error) {
+	files, err := fs.Glob(migrationFS, "migrations/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	var out []migration
+	for _, f := range files {
+		name := path.Base(f)
+		num, _, ok := strings.Cut(name, "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("pgmeta: migration %s is not named NNNN_what.sql", name)
+		}
+		b, err := migrationFS.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, migration{version: v, name: name, sql: string(b)})
+	}
+	slices.SortFunc(out, func(a, b migration) int { return cmp.Compare(a.version, b.version) })
+	for i := 1; i < len(out); i++ {
+		if out[i].version == out[i-1].version {
+			return nil, fmt.Errorf("pgmeta: two migrations of version %d", out[i].version)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("pgmeta: no migrations embedded")
+	}
+	return out, nil
+}
+
+// migrate applies the migrations the database lacks, in one transaction
+// holding an advisory lock: replicas starting together wait for the first
+// and then find nothing to do.
+func (s *Store) migrate(ctx context.Context) error {
+	migs, err := migrations()
+	if err != nil {
+		return err
+	}
+	latest := migs[len(migs)-1].version
+	tx, err := s.begin(ctx, pgx.TxOptions{})
+	if err != nil {
+		return s.wrap(err, "open %s", s.target)
+	}
+	defer rollback(ctx, tx)
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("migrate")); err != nil {
+		return s.wrap(err, "open %s: lock the schema", s.target)
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS gatehouse_schema_migrations (
+		version integer PRIMARY KEY,
+		applied_at timestamptz NOT NULL DEFAULT now()
+	)`); err != nil {
+		return s.wrap(err, "open %s: create gatehouse_schema_migrations", s.target)
+	}
+	var current int
+	if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM gatehouse_schema_migrations").Scan(&current); err != nil {
+		return s.wrap(err, "open %s: read the schema version", s.target)
+	}
+	if current > latest {
+		return fmt.Errorf("pgmeta: the schema of %s is at version %d, newer than this gatehouse knows (%d): run a gatehouse as new as the one that migrated it", s.target, current, latest)
+	}
+	var applied []int
+	for _, m := range migs {
+		if m.version <= current {
+			continue
+		}
+		if _, err := tx.Exec(ctx, m.sql); err != nil {
+			return s.wrap(err, "open %s: migration %s", s.target, m.name)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO gatehouse_schema_migrations (version) VALUES ($1)", m.version); err != nil {
+			return s.wrap(err, "open %s: record migration %s", s.target, m.name)
+		}
+		applied = append(applied, m.version)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return s.wrap(err, "open %s: commit the schema", s.target)
+	}
+	for _, v := range applied {
+		s.log.Info("pgmeta: applied a schema migration", "database", s.target, "version", v)
+	}
+	s.applied = applied
+	return nil
+}
+
+// begin starts a transaction. A connection the pool held across a restart
+// of the server fails its first statement; when nothing was sent yet
+// (pgconn says it is safe), begin tries once more on another.
+func (s *Store) begin(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error) {
+	tx, err := s.pool.BeginTx(ctx, opts)
+	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
+		tx, err = s.pool.BeginTx(ctx, opts)
+	}
+	return tx, err
+}
+
+// rollback ends tx if it is still open, even when ctx has ended (a
+// connection left inside a transaction would be closed by the pool).
+func rollback(ctx context.Context, tx pgx.Tx) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	tx.Rollback(ctx) // after Commit: pgx.ErrTxClosed, nothing done
+}
+
+// View runs fn in a REPEATABLE READ, READ ONLY transaction: one snapshot
+// of the database.
+func (s *Store) View(ctx context.Context, fn func(storage.Tx) error) error {
+	return s.run(ctx, false, fn)
+}
+
+// Update runs fn in a read-write transaction that first takes the
+// namespace's advisory lock, so that Updates of the namespace run one at
+// a time across every replica. It commits when fn returns nil.
+//
+// Updates of one Store wait for each other before taking a connection, so
+// that they do not fill the pool waiting for the lock while Views and
+// leases need connections.
+func (s *Store) Update(ctx context.Context, fn func(storage.Tx) error) error {
+	select {
+	case s.updates <- struct{}{}:
+		defer func() { <-s.updates }()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closed:
+		return errors.New("pgmeta: store closed")
+	}
+	return s.run(ctx, true, fn)
+}
+
+func (s *Store) run(ctx context.Context, writable bool, fn func(storage.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case <-s.closed:
+		return errors.New("pgmeta: store closed")
+	default:
+	}
+	// An Update reads at READ COMMITTED: each statement sees what the
+	// previous holder of the lock committed. (REPEATABLE READ would take
+	// its snapshot at the lock statement, before waiting.)
+	opts := pgx.TxOptions{IsoLevel: pgx.ReadCommitted, AccessMode: pgx.ReadWrite}
+	op := "update"
+	if !writable {
+		opts = pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
+		op = "view"
+	}
+	tx, err := s.begin(ctx, opts)
+	if err != nil {
+		return s.wrap(err, "%s: begin", op)
+	}
+	defer rollback(ctx, tx)
+	if writable {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", s.nsLock); err != nil {
+			return s.wrap(err, "update: lock namespace %s", s.ns)
+		}
+	}
+	if err := fn(&txn{ctx: ctx, tx: tx, s: s, writable: writable}); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return s.wrap(err, "%s: commit", op)
+	}
+	return nil
+}
+
+// txn is a transaction of a Store. It keeps the context of its View or
+// Update, which Tx's methods do not take.
+type txn struct {
+	ctx      context.Context
+	tx       pgx.Tx
+	s        *Store
+	writable bool
+}
+
+var errReadOnly = errors.New("write in a read-only transaction")
+
+// nonNil makes a nil key the empty key: pgx sends a nil slice as NULL.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+func (t *txn) readOnly(op, table string) error {
+	if t.writable {
+		return nil
+	}
+	return fmt.Errorf("pgmeta: %s %s: %w", op, table, errReadOnly)
+}
+
+func (t *txn) Get(table string, key []byte) ([]byte, error) {
+	var v []byte
+	err := t.tx.QueryRow(t.ctx, "SELECT v FROM gatehouse_kv WHERE ns = $1 AND tbl = $2 AND k = $3",
+		t.s.ns, table, nonNil(key)).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, t.s.wrap(err, "get %s", table)
+	}
+	return nonNil(v), nil
+}
+
+func (t *txn) Put(table string, key, value []byte) error {
+	if value == nil {
+		return fmt.Errorf("pgmeta: put %s: nil value", table)
+	}
+	if err := t.readOnly("put", table); err != nil {
+		return err
+	}
+	_, err := t.tx.Exec(t.ctx, `INSERT INTO gatehouse_kv (ns, tbl, k, v) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (ns, tbl, k) DO UPDATE SET v = EXCLUDED.v`, t.s.ns, table, nonNil(key), value)
+	if err != nil {
+		return t.s.wrap(err, "put %s", table)
+	}
+	return nil
+}
+
+func (t *txn) Delete(table string, key []byte) error {
+	if err := t.readOnly("delete", table); err != nil {
+		return err
+	}
+	_, err := t.tx.Exec(t.ctx, "DELETE FROM gatehouse_kv WHERE ns = $1 AND tbl = $2 AND k = $3", t.s.ns, table, nonNil(key))
+	if err != nil {
+		return t.s.wrap(err, "delete %s", table)
+	}
+	return nil
+}
+
+// scanPage is how many rows one query of Scan reads.
+const scanPage = 256
+
+// Scan reads a page of rows at a time and closes the query before calling
+// fn, so that fn may use the transaction (a pgx connection runs one query
+// at a time); the next page starts after the last key seen.
+func (t *txn) Scan(table string, prefix []byte, reverse bool, fn func(key, value []byte) (bool, error)) error {
+	lo, loIncl := nonNil(prefix), true // lower bound
+	hi := prefixEnd(prefix)            // exclusive upper bound, nil for none
+	var page []kv
+	for {
+		var err error
+		if page, err = t.page(table, lo, loIncl, hi, reverse, page[:0]); err != nil {
+			return err
+		}
+		for _, r := range page {
+			if ok, err := fn(r.k, r.v); err != nil || !ok {
+				return err
+			}
+		}
+		if len(page) < scanPage {
+			return nil
+		}
+		last := page[len(page)-1].k
+		if reverse {
+			hi = last
+		} else {
+			lo, loIncl = last, false
+		}
+	}
+}
+
+type kv struct{ k, v []byte }
+
+// page reads up to scanPage rows of table with keys from lo (inclusive
+// when loIncl) to hi (exclusive; none when nil), in key order or reversed.
+func (t *txn) page(table string, lo []byte, loIncl bool, hi []byte, reverse bool, out []kv) ([]kv, error) {
+	var q strings.Builder
+	q.WriteString("SELECT k, v FROM gatehouse_kv WHERE ns = $1 AND tbl = $2 AND k ")
+	if loIncl {
+		q.WriteString(">= $3")
+	} else {
+		q.WriteString("> $3")
+	}
+	args := []any{t.s.ns, table, lo}
+	if hi != nil {
+		q.WriteString(" AND k < $4")
+		args = append(args, hi)
+	}
+	if reverse {
+		q.WriteString(" ORDER BY k DESC")
+	} else {
+		q.WriteString(" ORDER BY k")
+	}
+	q.WriteString(" LIMIT " + strconv.Itoa(scanPage))
+	rows, err := t.tx.Query(t.ctx, q.String(), args...)
+	if err != nil {
+		return nil, t.s.wrap(err, "scan %s", table)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r kv
+		if err := rows.Scan(&r.k, &r.v); err != nil {
+			return nil, t.s.wrap(err, "scan %s", table)
+		}
+		r.k, r.v = nonNil(r.k), nonNil(r.v)
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, t.s.wrap(err, "scan %s", table)
+	}
+	return out, nil
+}
+
+// prefixEnd is the first key after every key starting with prefix, nil
+// when there is none (an empty prefix, or all 0xff).
+func prefixEnd(prefix []byte) []byte {
+	end := bytes.Clone(prefix)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+func (t *txn) NextSequence(table string) (uint64, error) {
+	if err := t.readOnly("next sequence of", table); err != nil {
+		return 0, err
+	}
+	var n int64
+	err := t.tx.QueryRow(t.ctx, `INSERT INTO gatehouse_seq AS s (ns, tbl, n) VALUES ($1, $2, 1)
+		ON CONFLICT (ns, tbl) DO UPDATE SET n = s.n + 1 RETURNING n`, t.s.ns, table).Scan(&n)
+	if err != nil {
+		return 0, t.s.wrap(err, "next sequence of %s", table)
+	}
+	return uint64(n), nil
+}
+
+func (t *txn) DropTable(table string) error {
+	if err := t.readOnly("drop", table); err != nil {
+		return err
+	}
+	if _, err := t.tx.Exec(t.ctx, "DELETE FROM gatehouse_kv WHERE ns = $1 AND tbl = $2", t.s.ns, table); err != nil {
+		return t.s.wrap(err, "drop %s", table)
+	}
+	if _, err := t.tx.Exec(t.ctx, "DELETE FROM gatehouse_seq WHERE ns = $1 AND tbl = $2", t.s.ns, table); err != nil {
+		return t.s.wrap(err, "drop %s", table)
+	}
+	return nil
+}
