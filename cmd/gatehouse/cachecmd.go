@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,7 +15,6 @@ import (
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/internal/verify"
-	"github.com/gatehouse/gatehouse/storage/datadir"
 )
 
 func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
@@ -40,12 +40,13 @@ func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	stores, err := datadir.Open(cfg.DataDir, datadir.Options{NoGate: true, Log: slog.New(slog.DiscardHandler)})
+	log := slog.New(slog.DiscardHandler)
+	stores, err := openStores(ctx, cfg, cfg.DataDir, true, log)
 	if err != nil {
-		return fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
+		return err
 	}
 	store, err := cache.Open(cache.Options{Blobs: stores.Blobs, Meta: stores.Cache, Closer: stores,
-		MaxSize: int64(cfg.Cache.MaxSize), Log: slog.New(slog.DiscardHandler)})
+		MaxSize: int64(cfg.Cache.MaxSize), Shared: stores.Shared, Log: log})
 	if err != nil {
 		stores.Close()
 		return err
@@ -66,7 +67,10 @@ func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
 		if limit <= 0 && cfg.Cache.MaxSize <= 0 {
 			return fmt.Errorf("%w: cache gc needs cache.maxSize in the configuration or --max-size", errUsage)
 		}
-		n, freed := store.Evict(int64(limit))
+		n, freed, err := evict(ctx, cfg, stores, store, int64(limit))
+		if err != nil {
+			return err
+		}
 		size, count := store.Usage()
 		fmt.Fprintf(stdout, "evicted %d blobs (%d bytes); %d blobs (%d bytes) remain\n", n, freed, count, size)
 		return nil
@@ -151,4 +155,36 @@ func cmdConfig(args []string, stdout io.Writer) error {
 	}
 	_, err = stdout.Write(out)
 	return err
+}
+
+// evict evicts down to limit (cache.maxSize when 0). A shared store is
+// evicted under the cluster's eviction lease, so that a replica's own
+// eviction never runs beside it.
+func evict(ctx context.Context, cfg *config.Config, stores *stores, store *cache.Store, limit int64) (n int, freed int64, err error) {
+	if !stores.Shared {
+		n, freed = store.Evict(limit)
+		return n, freed, nil
+	}
+	node, err := newNode(cfg, stores.Leaser, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return 0, 0, err
+	}
+	ran := false
+	err = node.Once(ctx, "evict", "evict", nil, func(ctx context.Context) error {
+		ran = true
+		n, freed, err = store.EvictShared(ctx, limit, evictGrace(cfg))
+		return err
+	})
+	if err == nil && !ran {
+		err = errors.New("another replica is evicting the shared store right now; try again later")
+	}
+	return n, freed, err
+}
+
+// evictGrace is how recently a blob of a shared store must have been
+// accessed to be safe from eviction: twice the interval at which replicas
+// write their access times, so that a blob being read on any replica is
+// never deleted.
+func evictGrace(cfg *config.Config) time.Duration {
+	return 2*cfg.Cache.AccessFlushInterval.D() + time.Minute
 }

@@ -181,6 +181,10 @@ func routes(st *stack, guard *access.Guard, ready *atomic.Bool) (*http.ServeMux,
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
+		if err := st.stores.Check(r.Context()); err != nil {
+			http.Error(w, "shared storage unavailable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		io.WriteString(w, "ok\n")
 	})
 	return mux, nil
@@ -273,7 +277,14 @@ func runServer(ctx context.Context, st *stack, srv *http.Server, ln net.Listener
 		st.gate.RunDenials(gctx)
 		return nil
 	})
-	g.Go(func() error { return dbUpdateLoop(gctx, st) })
+	if st.node == nil {
+		g.Go(func() error { return dbUpdateLoop(gctx, st) })
+	} else {
+		g.Go(func() error { return clusterDBLoop(gctx, st) })
+		g.Go(func() error { return runPeer(gctx, st) })
+		g.Go(func() error { evictLoop(gctx, st); return nil })
+		g.Go(func() error { return st.stores.Run(gctx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		ready.Store(false)

@@ -10,12 +10,13 @@ import (
 	"time"
 
 	"github.com/gatehouse/gatehouse/cache"
+	"github.com/gatehouse/gatehouse/cluster"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/scan"
 	"github.com/gatehouse/gatehouse/proxy"
 	"github.com/gatehouse/gatehouse/pull"
-	"github.com/gatehouse/gatehouse/storage/datadir"
+	"github.com/gatehouse/gatehouse/storage"
 	"github.com/gatehouse/gatehouse/upstream"
 )
 
@@ -33,11 +34,18 @@ type stack struct {
 	handler *proxy.Handler
 	scanner *scan.Scanner
 	gate    *gate.Gate
-	stores  *datadir.Stores // blobs, the cache's and the gate's records
+	stores  *stores       // blobs, the cache's and the gate's records
+	node    *cluster.Node // this replica in its cluster; nil on one replica
+	cdb     *clusterDB    // the cluster's vulnerability DB; nil on one replica
 }
 
 // dbDir is where the vulnerability DB lives: shared by serve, check and db.
 func dbDir(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "trivy", "db") }
+
+// dbMarker records the artifact digest of the DB last imported.
+func dbMarker(cfg *config.Config) string {
+	return filepath.Join(cfg.DataDir, "trivy", "db-artifact-digest")
+}
 
 // newScanner opens the scanner on the DB in the data directory. With
 // persist, layer analyses are cached on disk (serve); otherwise in memory
@@ -67,12 +75,18 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 		resumes[u.Name] = u.ResumeAfter.D()
 	}
 	// The stores come first: their directory lock guards everything else.
-	if s.stores, err = datadir.Open(stateDir, datadir.Options{Log: log}); err != nil {
-		return nil, fmt.Errorf("data directory %s: %w", stateDir, err)
+	if s.stores, err = openStores(context.Background(), cfg, stateDir, false, log); err != nil {
+		return nil, err
 	}
-	s.store, err = cache.Open(cache.Options{Blobs: s.stores.Blobs, Meta: s.stores.Cache, MaxSize: int64(cfg.Cache.MaxSize),
-		StallTimeouts: stalls, ResumeAfters: resumes, Log: log})
-	if err != nil {
+	copts := cache.Options{Blobs: s.stores.Blobs, Meta: s.stores.Cache, MaxSize: int64(cfg.Cache.MaxSize),
+		StallTimeouts: stalls, ResumeAfters: resumes, Shared: s.stores.Shared, Log: log}
+	if s.stores.Shared {
+		if s.node, err = newNode(cfg, s.stores.Leaser, log); err != nil {
+			return nil, err
+		}
+		copts.Coordinator = s.node
+	}
+	if s.store, err = cache.Open(copts); err != nil {
 		return nil, err
 	}
 	ups := map[string]pull.Upstream{}
@@ -93,6 +107,10 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 		return nil, err
 	}
 	opts := gate.Options{Config: &cfg.Gate, Meta: s.stores.Gate, Scanner: s.scanner.ForGate(), Blobs: s.content, Log: log}
+	if s.node != nil {
+		s.cdb = &clusterDB{st: s}
+		opts.Cluster, opts.DBVersion = s.node, s.cdb.Version
+	}
 	sv, err := newSignatureVerifier(cfg, s.content)
 	if err != nil {
 		return nil, err
@@ -106,6 +124,16 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	}
 	s.handler = proxy.New(cfg, s.content, s.gate, log)
 	return s, nil
+}
+
+// newNode makes this replica's cluster node (shared storage only).
+func newNode(cfg *config.Config, leaser storage.Leaser, log *slog.Logger) (*cluster.Node, error) {
+	secret, err := config.ReadSecret(cfg.Cluster.SecretFile, "GATEHOUSE_CLUSTER_SECRET")
+	if err != nil {
+		return nil, fmt.Errorf("cluster.secretFile: %w", err)
+	}
+	return cluster.New(cluster.Options{Leaser: leaser, Addr: os.ExpandEnv(cfg.Cluster.Advertise), Secret: []byte(secret),
+		TTL: cfg.Cluster.LeaseTTL.D(), Log: log})
 }
 
 // Close closes what was opened, in reverse order.
@@ -145,7 +173,7 @@ func updateDB(ctx context.Context, cfg *config.Config, clients map[string]*upstr
 			return false, err
 		}
 	}
-	marker := filepath.Join(cfg.DataDir, "trivy", "db-artifact-digest")
+	marker := dbMarker(cfg)
 	if _, err := sc.DBStatus(); err == nil && !force {
 		last, _ := os.ReadFile(marker)
 		current, err := scan.DBDigest(ctx, c, repo, tag)
