@@ -79,6 +79,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer os.RemoveAll(state)
 	cfg.Gate.MaxWait = config.Duration(time.Hour)
+	// Scratch means local stores even where the replicas share S3 and
+	// PostgreSQL: a check records nothing in the cluster.
+	cfg.Storage = config.Storage{Blobs: config.BlobStorage{Type: config.StorageLocal}, Metadata: config.MetadataStorage{Type: config.StorageBbolt}}
 	st, err := newStack(cfg, state, false, log)
 	if err != nil {
 		return err
