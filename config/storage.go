@@ -106,7 +106,7 @@ type Cluster struct {
 	// when shared storage is configured.
 	PeerListen string `yaml:"peerListen,omitempty"`
 	// Advertise is the URL other replicas reach this one's peer listener
-	// at, e.g. "http://$(POD_IP):5001". Environment variables in it are
+	// at, e.g. "http://${POD_IP}:5001". Environment variables in it are
 	// expanded. Required with shared storage.
 	Advertise string `yaml:"advertise,omitempty"`
 	// SecretFile holds the secret the replicas authenticate peer requests
@@ -229,7 +229,9 @@ func (cl *Cluster) finish() []error {
 		bad("peerListen", "%q is not host:port", cl.PeerListen)
 	}
 	if cl.Advertise == "" {
-		bad("advertise", "required with shared storage: the URL other replicas reach this one's peer listener at, e.g. http://$(POD_IP):5001")
+		bad("advertise", "required with shared storage: the URL other replicas reach this one's peer listener at, e.g. http://${POD_IP}:5001")
+	} else if strings.Contains(cl.Advertise, "$(") {
+		bad("advertise", "%q: write ${VAR} (expanded by gatehouse from its environment), not Kubernetes' $(VAR)", cl.Advertise)
 	} else if u, err := url.Parse(os.ExpandEnv(cl.Advertise)); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		bad("advertise", "%q is not an http(s) URL", cl.Advertise)
 	}

@@ -70,6 +70,7 @@ cluster: {advertise: "http://${POD_IP}:5001", secretFile: ` + secret + `}
 		{"storage: {metadata: {type: postgres, postgres: {maxConns: 1}}}", "storage.metadata.postgres.maxConns"},
 		{"storage: {metadata: {type: postgres}}", "cluster.advertise"},
 		{"storage: {metadata: {type: postgres}}\ncluster: {advertise: 'nope'}", "cluster.advertise"},
+		{"storage: {metadata: {type: postgres}}\ncluster: {advertise: 'http://$(POD_IP):5001'}", "${VAR}"},
 		{"storage: {metadata: {type: postgres}}", "cluster.secretFile"},
 		{"storage: {metadata: {type: postgres}}\ncluster: {secretFile: " + write("short", "short") + "}", "16 bytes"},
 		{"storage: {metadata: {type: postgres}}\ncluster: {peerListen: nope}", "cluster.peerListen"},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -41,7 +42,16 @@ func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.DiscardHandler)
-	stores, err := openStores(ctx, cfg, cfg.DataDir, true, log)
+	dir := cfg.DataDir
+	if cfg.Storage.Shared() {
+		// The data directory is a serving replica's (its spool of uploads
+		// in progress): work in a scratch one.
+		if dir, err = os.MkdirTemp("", "gatehouse-cache-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	}
+	stores, err := openStores(ctx, cfg, dir, true, log)
 	if err != nil {
 		return err
 	}

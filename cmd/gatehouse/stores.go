@@ -103,7 +103,8 @@ func (s *stores) openShared(ctx context.Context, cfg *config.Config, dir string,
 		return fmt.Errorf("storage.blobs (s3): %w", err)
 	}
 	s.Blobs, s.s3 = remote, remote
-	if max := int64(cfg.Storage.Blobs.LocalTier.MaxSize); max > 0 {
+	if max := int64(cfg.Storage.Blobs.LocalTier.MaxSize); max > 0 && !noGate {
+		// (Not for `gatehouse cache`, noGate: it reads every blob once.)
 		local, err := localblob.Open(filepath.Join(dir, "tier"), log)
 		if err != nil {
 			return fmt.Errorf("storage.blobs.localTier: %w", err)
