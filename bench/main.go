@@ -30,9 +30,17 @@
 // cached and cold small images for minutes and records failed pulls and
 // gatehouse's goroutines, open files and RSS after a warm-up and at the end.
 //
+// The scale-out section (run_scaleout.go, gatehouse only) starts
+// PostgreSQL and versitygw (internal/testsvc) and measures gatehouse on
+// its local stores, as 1 replica and as 3 replicas on the shared stores:
+// warm blob throughput of many clients, concurrent cold clients (upstream
+// bytes) and manifest requests, spread over the replicas. -only scaleout
+// runs it alone.
+//
 // Usage:
 //
 //	go run ./bench -gatehouse ./bin/gatehouse -out BENCHMARKS.md
+//	go run ./bench -gatehouse ./bin/gatehouse -only scaleout -out /tmp/scaleout.md
 //	go run ./bench -gatehouse ./bin/gatehouse -baseline /tmp/gatehouse-before -out /tmp/before-after.md
 //	go run ./bench -quick          # 64 MiB blob, 2 s loads: a smoke test
 package main
@@ -82,6 +90,13 @@ type options struct {
 	soakClients  int
 	soakImages   int
 
+	// Scale-out (run_scaleout.go, gatehouse only): a blob of scaleoutSize
+	// bytes, scaleoutClients warm clients; 0 size skips it. only names the
+	// one section to run ("" runs everything).
+	scaleoutSize    int64
+	scaleoutClients int
+	only            string
+
 	progress io.Writer // progress lines; never nil
 }
 
@@ -130,6 +145,10 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&opts.soakDuration, "soak", 0, "length of the soak scenario (default 5m, 45s with -quick; negative skips it)")
 	fs.IntVar(&opts.soakClients, "soak-clients", 32, "concurrent clients of the soak scenario")
 	fs.IntVar(&opts.soakImages, "soak-images", 0, "images at the upstream for the soak scenario (default 400, 80 with -quick)")
+	var scaleoutSize string
+	fs.StringVar(&scaleoutSize, "scaleout-size", "", "blob size of the scale-out section (default 256MiB, 32MiB with -quick)")
+	fs.IntVar(&opts.scaleoutClients, "scaleout-clients", 16, "concurrent warm clients of the scale-out section, spread over the replicas")
+	fs.StringVar(&opts.only, "only", "", `run one section only: "scaleout" (gatehouse as 1 and 3 replicas on shared storage, and on local storage)`)
 	fs.BoolVar(&opts.keep, "keep", false, "keep the temporary directory (logs, configs, stores)")
 	if err := fs.Parse(args); err != nil {
 		return opts, err
@@ -140,7 +159,19 @@ func parseFlags(args []string) (options, error) {
 	if opts.baseline != "" && opts.gatehouse == "" {
 		return opts, fmt.Errorf("-baseline needs -gatehouse (the binary to compare with it)")
 	}
+	switch opts.only {
+	case "":
+	case onlyScaleout:
+		if opts.gatehouse == "" {
+			return opts, fmt.Errorf("-only %s needs -gatehouse", opts.only)
+		}
+	default:
+		return opts, fmt.Errorf("-only %q: the only section that runs alone is %q", opts.only, onlyScaleout)
+	}
 	if err := opts.defaults(size, verdictSize); err != nil {
+		return opts, err
+	}
+	if err := opts.scaleoutDefaults(scaleoutSize); err != nil {
 		return opts, err
 	}
 	opts.command = "go run ./bench " + strings.Join(args, " ")

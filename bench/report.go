@@ -25,6 +25,11 @@ type printer func(format string, args ...any)
 func writeReport(w io.Writer, opts options, r *results) error {
 	var b strings.Builder
 	p := printer(func(format string, args ...any) { fmt.Fprintf(&b, format, args...) })
+	if opts.only == onlyScaleout {
+		writeScaleoutOnly(p, opts, r)
+		_, err := io.WriteString(w, b.String())
+		return err
+	}
 	writeHeader(p, opts, r)
 	writeMachine(p, r)
 	p("\n## Details\n\n")
@@ -34,6 +39,7 @@ func writeReport(w io.Writer, opts options, r *results) error {
 	writeFanout(p, r)
 	writeVerdict(p, r)
 	writeSoak(p, r)
+	writeScaleout(p, r)
 	p(explanation, fmtBytes(r.Size), opts.clients, opts.warmRuns, opts.coldRuns, opts.concurrency, opts.duration, opts.loadRounds)
 	_, err := io.WriteString(w, b.String())
 	return err

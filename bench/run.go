@@ -45,6 +45,7 @@ type results struct {
 	Failures                     map[string]string          // scenario+"/"+target -> why it has no figure
 	Verdict                      *verdictResult             // scenario 6; nil when not run
 	Soak                         map[string]*soakResult     // scenario 7: gatehouse target -> its figures; nil when not run
+	Scaleout                     *scaleoutResult            // the scale-out section; nil when not run
 }
 
 // fanout is the outcome of N concurrent cold clients of one blob.
@@ -163,7 +164,9 @@ func run(ctx context.Context, opts options) error {
 	}
 	if opts.out != "" {
 		fmt.Fprintf(opts.progress, "bench: wrote %s\n", opts.out)
-		printSummary(opts.progress, opts, res)
+		if opts.only == "" {
+			printSummary(opts.progress, opts, res)
+		}
 	}
 	return nil
 }
@@ -197,6 +200,14 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 	if err := b.setup(ctx); err != nil {
 		return nil, err
 	}
+	if opts.only == onlyScaleout {
+		if err := b.runScaleout(ctx); err != nil {
+			return nil, err
+		}
+		b.res.Machine.LoadEnd = readLoadavg()
+		b.res.Finished = time.Now().UTC()
+		return b.res, nil
+	}
 	if err := b.coldAndWarm(ctx); err != nil {
 		return nil, err
 	}
@@ -217,6 +228,9 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 				b.fail(sc.name, k.name, err)
 			}
 		}
+	}
+	if err := b.runScaleout(ctx); err != nil {
+		return nil, err
 	}
 	b.res.Machine.LoadEnd = readLoadavg()
 	b.res.Finished = time.Now().UTC()
