@@ -9,6 +9,8 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/gatehouse/gatehouse/storage"
 )
 
 // Back-off after failed scans. A scan that fails (a layer whose diffID does
@@ -156,7 +158,9 @@ func (f *failureMemo) done(upstream string, dgst v1.Hash, err error, now time.Ti
 		return
 	}
 	var p *Pending
-	if errors.Is(err, errShutdown) || errors.As(err, &p) {
+	if errors.Is(err, errShutdown) || errors.As(err, &p) || errors.Is(err, storage.ErrUnavailable) {
+		// Not the image's doing: a database or object store that does
+		// not answer is tried again with the next request.
 		return
 	}
 	e := f.m[k]

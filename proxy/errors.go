@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/gatehouse/gatehouse/cache"
 	"net/http"
 	"strconv"
 	"strings"
 
-	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/pull"
+	"github.com/gatehouse/gatehouse/storage"
 	"github.com/gatehouse/gatehouse/upstream"
 )
 
@@ -106,6 +107,10 @@ func asError(err error, notFound Code) *Error {
 		return e
 	}
 	switch {
+	case errors.Is(err, storage.ErrUnavailable):
+		// The shared database or object store does not answer: nothing
+		// is served that cannot be checked; come back soon.
+		return &Error{Code: CodeUnavailable, Message: err.Error(), Header: http.Header{"Retry-After": {"5"}}}
 	case errors.Is(err, cache.ErrDigestMismatch):
 		return &Error{Code: CodeDigestInvalid, Status: http.StatusBadGateway, Message: err.Error()}
 	case errors.Is(err, cache.ErrSizeMismatch), errors.Is(err, cache.ErrStalled):
