@@ -117,3 +117,40 @@ func waitRecords(t *testing.T, s *Store, n int) {
 	}
 	t.Fatalf("the records never listed %d blobs", n)
 }
+
+// With shared records, manifests read by digest are remembered in memory
+// (bounded), and the memo never answers for a manifest the records lost
+// to a sweep.
+func TestManifestMemo(t *testing.T) {
+	a, b := sharedPair(t, 0)
+	_, d := blob(100, 7)
+	if err := a.PutManifest(&Manifest{Digest: d, Data: []byte(`{"x":1}`), MediaType: "m"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := b.Manifest(d)
+	if err != nil || string(m.Data) != `{"x":1}` {
+		t.Fatalf("the other replica's Manifest: %v %v", m, err)
+	}
+	if got := b.memo.get(d); got == nil || got.Digest != d {
+		t.Fatal("a manifest read is not remembered")
+	}
+	m.MediaType = "changed by a caller"
+	if got, _ := b.Manifest(d); got.MediaType != "m" {
+		t.Fatal("the memo hands out its own copy")
+	}
+	if _, err := b.SweepManifests(1, func(*Manifest) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Manifest(d); err != ErrNotFound {
+		t.Fatalf("a swept manifest: %v", err)
+	}
+
+	c := newManifestMemo(1600)
+	for i := range 40 {
+		_, d := blob(10, byte(i))
+		c.put(&Manifest{Digest: d, Data: make([]byte, 100)})
+	}
+	if c.bytes > 1600 || len(c.m) != 16 {
+		t.Fatalf("memo holds %d bytes in %d entries, bound 1600", c.bytes, len(c.m))
+	}
+}

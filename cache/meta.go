@@ -32,6 +32,9 @@ type Tag struct {
 
 // Manifest returns the cached manifest with digest dgst, or ErrNotFound.
 func (s *Store) Manifest(dgst v1.Hash) (*Manifest, error) {
+	if m := s.memo.get(dgst); m != nil {
+		return m, nil
+	}
 	var m *Manifest
 	err := s.meta.View(bg, func(tx storage.Tx) error {
 		v, err := tx.Get(tableManifests, []byte(dgst.String()))
@@ -48,6 +51,7 @@ func (s *Store) Manifest(dgst v1.Hash) (*Manifest, error) {
 		return nil, err
 	}
 	m.Digest = dgst
+	s.memo.put(m)
 	return m, nil
 }
 
@@ -62,9 +66,13 @@ func (s *Store) PutManifest(m *Manifest) error {
 	v := make([]byte, 4, 4+len(meta)+len(m.Data))
 	binary.BigEndian.PutUint32(v, uint32(len(meta)))
 	v = append(append(v, meta...), m.Data...)
-	return s.meta.Update(bg, func(tx storage.Tx) error {
+	err = s.meta.Update(bg, func(tx storage.Tx) error {
 		return tx.Put(tableManifests, []byte(m.Digest.String()), v)
 	})
+	if err == nil {
+		s.memo.put(m)
+	}
+	return err
 }
 
 func decodeManifest(v []byte) (*Manifest, error) {
@@ -177,5 +185,6 @@ func (s *Store) SweepManifests(version uint32, keep func(*Manifest) bool) (int, 
 		removed = len(bad)
 		return tx.Put(tableSchema, key, binary.BigEndian.AppendUint32(nil, version))
 	})
+	s.memo.clear()
 	return removed, err
 }

@@ -91,6 +91,7 @@ type Store struct {
 	closer    io.Closer // Options.Closer
 	shared    bool
 	coord     Coordinator
+	memo      *manifestMemo // manifests by digest; nil unless shared
 	log       *slog.Logger
 	maxSize   int64
 
@@ -179,6 +180,9 @@ func Open(opts Options) (*Store, error) {
 				metrics.BlobFetchResumes.WithLabelValues(up, r)
 			}
 		}
+	}
+	if s.shared {
+		s.memo = newManifestMemo(memoBytes)
 	}
 	if err := s.load(); err != nil {
 		return nil, err

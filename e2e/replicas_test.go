@@ -24,7 +24,8 @@ type Replicas struct {
 }
 
 // StartReplicas starts n replicas sharing a new database and bucket, each
-// with the config cfg (and, with cfg.DBArchive, the same DB imported).
+// with the config cfg (and, with cfg.DBArchive, the same DB imported). The
+// third replica keeps a local disk tier in front of S3.
 func StartReplicas(t *testing.T, n int, cfg GatehouseConfig) *Replicas {
 	t.Helper()
 	rs := &Replicas{PG: testsvc.PostgresServer(t), S3: testsvc.S3(t)}
@@ -39,14 +40,18 @@ func StartReplicas(t *testing.T, n int, cfg GatehouseConfig) *Replicas {
 	}
 	dsn, ak, sk := file("dsn", db.DSN), file("ak", rs.S3.AccessKey), file("sk", rs.S3.SecretKey)
 	secret := file("secret", "e2e-cluster-secret-0123456789")
-	for range n {
+	for i := range n {
 		peer := loopback(FreePort(t))
 		c := cfg
+		blobs := map[string]any{"type": "s3", "s3": map[string]any{
+			"endpoint": rs.S3.Endpoint, "bucket": rs.S3.Bucket, "prefix": "e2e", "region": rs.S3.Region,
+			"pathStyle": true, "accessKeyIdFile": ak, "secretAccessKeyFile": sk}}
+		if i == 2 {
+			blobs["localTier"] = map[string]any{"maxSize": "256MiB"}
+		}
 		c.Extra = map[string]any{
 			"storage": map[string]any{
-				"blobs": map[string]any{"type": "s3", "s3": map[string]any{
-					"endpoint": rs.S3.Endpoint, "bucket": rs.S3.Bucket, "prefix": "e2e", "region": rs.S3.Region,
-					"pathStyle": true, "accessKeyIdFile": ak, "secretAccessKeyFile": sk}},
+				"blobs":    blobs,
 				"metadata": map[string]any{"type": "postgres", "postgres": map[string]any{"dsnFile": dsn}},
 			},
 			"cluster": map[string]any{"peerListen": peer, "advertise": "http://" + peer, "secretFile": secret, "leaseTTL": "2s"},
@@ -178,7 +183,7 @@ func TestReplicas(t *testing.T) {
 		first := make(chan CmdResult, 1)
 		go func() { first <- ctrds[0].Pull(t, ref, PullOptions{}) }()
 		waitFor(t, 30*time.Second, "replica 0 fetching the big layer", func() bool {
-			return rs.GH[0].Metric(t, "gatehouse_upstream_bytes_total") > 2<<20
+			return rs.GH[0].Metric(t, "gatehouse_upstream_fetched_bytes_total") > 2<<20
 		})
 		second := make(chan CmdResult, 1)
 		go func() { second <- ctrds[1].Pull(t, ref, PullOptions{}) }()
