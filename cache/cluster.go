@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -75,15 +76,19 @@ func (s *Store) claim(ctx context.Context, dgst v1.Hash, upstream string) (*Stre
 			time.Sleep(retryDelay)
 			return nil, nil, errRetry
 		}
-		body, start, size, err := peer.Open(ctx, 0)
+		// The peer request is cancelled with the stream's transfer (its
+		// stall watchdog included), see opened.
+		pctx, pcancel := context.WithCancel(ctx)
+		body, start, size, err := peer.Open(pctx, 0)
 		if err == nil {
 			s.mu.Lock()
 			s.stats.Peered++
 			s.mu.Unlock()
 			metrics.FetchesFromPeers.Inc()
-			st := &Stream{dgst: dgst, src: opened(body, start, size, peer.Open), stall: s.stallFor(upstream)}
+			st := &Stream{dgst: dgst, src: opened(body, start, size, pcancel, peer.Open), stall: s.stallFor(upstream)}
 			return st, nil, nil
 		}
+		pcancel()
 		if !errors.Is(err, ErrPeerGone) {
 			return nil, nil, err
 		}
@@ -95,16 +100,46 @@ func (s *Store) claim(ctx context.Context, dgst v1.Hash, upstream string) (*Stre
 	return nil, nil, fmt.Errorf("cache: %w: no replica could fetch %s", storage.ErrUnavailable, dgst)
 }
 
-// opened is a Source whose first call returns a body opened already.
-func opened(body io.ReadCloser, start, size int64, src Source) Source {
+// opened is a Source whose first call returns a body opened already; the
+// end of that call's context (the transfer's, which its stall watchdog
+// cancels) cancels the body's request through cancel.
+func opened(body io.ReadCloser, start, size int64, cancel context.CancelFunc, src Source) Source {
 	first := true
 	return func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
 		if first && off == 0 {
 			first = false
+			context.AfterFunc(ctx, cancel)
 			return body, start, size, nil
 		}
 		return src(ctx, off)
 	}
+}
+
+// claimAndCreate asks the cluster who fetches dgst and, when it is this
+// replica, creates the blob's writer. It returns a stream from the peer
+// fetching it; or the claim and the writer; or a stream straight from
+// upstream when the blob store cannot be written; or errRetry when the
+// blob was committed meanwhile. Called without s.mu.
+func (s *Store) claimAndCreate(reqCtx, ctx context.Context, dgst v1.Hash, upstream string, src Source) (*Stream, Claim, storage.BlobWriter, error) {
+	st, c, err := s.claim(reqCtx, dgst, upstream)
+	if st != nil || err != nil {
+		return st, nil, nil, err
+	}
+	if rec, err := s.record(dgst); rec != nil || err != nil {
+		// Committed by a replica that released its claim just before
+		// this one took it: read that.
+		c.Release()
+		return nil, nil, nil, cmp.Or(err, errRetry)
+	}
+	w, err := s.blobStore.Create(ctx, dgst)
+	if err != nil {
+		c.Release()
+		s.noteWriteError(&WriteError{Err: err})
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.passStream(dgst, upstream, src), nil, nil, nil
+	}
+	return nil, c, w, nil
 }
 
 // PeerStream returns a stream of dgst for another replica: the committed
@@ -121,7 +156,9 @@ func (s *Store) PeerStream(dgst v1.Hash) (*Stream, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.fetches[dgst]; ok {
-		return s.joinLocked(f, f.upstream, nil)
+		// No upstream to go on from: if this fetch cannot write the
+		// store, the peer's transfer fails and it claims again.
+		return s.joinLocked(f, f.upstream, noSource)
 	}
 	return nil, ErrNotFound
 }
@@ -243,4 +280,9 @@ func (s *Store) deleteRecordIf(ctx context.Context, dgst v1.Hash, cutoff time.Ti
 		return tx.Delete(tableBlobs, k)
 	})
 	return deleted, err
+}
+
+// noSource is the upstream of a peer's stream: there is none.
+func noSource(context.Context, int64) (io.ReadCloser, int64, int64, error) {
+	return nil, 0, 0, errors.New("cache: the fetch a peer was streaming could not write the store")
 }

@@ -40,7 +40,7 @@ var (
 	// ErrClaimLost ends a fetch whose cluster-wide claim lapsed (the
 	// coordinating database did not answer in time, or another replica
 	// took the fetch over): nothing of it is committed.
-	ErrClaimLost = errors.New("this replica's claim on the fetch lapsed")
+	ErrClaimLost = fmt.Errorf("this replica's claim on the work lapsed (%w)", storage.ErrUnavailable)
 	errClosing   = errors.New("gatehouse is shutting down")
 )
 
@@ -186,34 +186,38 @@ func (s *Store) startOrJoin(ctx context.Context, dgst v1.Hash, upstream string, 
 	reqCtx := ctx // a stream from a peer is the request's
 	ctx = context.WithoutCancel(ctx)
 	var claim Claim
+	var w storage.BlobWriter
+	var err error
 	if s.coord != nil {
+		// Claiming and creating are network calls: made without s.mu,
+		// with dgst marked so that this replica's other requests for it
+		// wait for the fetch instead of claiming it again.
+		if s.claiming[dgst] {
+			s.mu.Unlock()
+			time.Sleep(retryDelay)
+			s.mu.Lock()
+			return nil, errRetry
+		}
+		s.claiming[dgst] = true
 		s.mu.Unlock()
-		st, c, err := s.claim(reqCtx, dgst, upstream)
+		var st *Stream
+		st, claim, w, err = s.claimAndCreate(reqCtx, ctx, dgst, upstream, src)
 		s.mu.Lock()
+		delete(s.claiming, dgst)
 		if st != nil || err != nil {
 			return st, err
 		}
-		claim = c
-		if _, ok := s.blobs[dgst]; ok || s.fetches[dgst] != nil {
-			claim.Release()
-			return nil, errRetry
-		}
-	}
-	w, err := s.blobStore.Create(ctx, dgst)
-	if err != nil {
+	} else if w, err = s.blobStore.Create(ctx, dgst); err != nil {
 		s.mu.Unlock()
 		s.noteWriteError(&WriteError{Err: err})
 		s.mu.Lock()
-		if claim != nil {
-			claim.Release()
-		}
 		return s.passStream(dgst, upstream, src), nil
 	}
 	r, err := w.Partial()
 	if err != nil {
 		w.Abort()
 		if claim != nil {
-			claim.Release()
+			go claim.Release()
 		}
 		return nil, fmt.Errorf("cache: %w", err)
 	}
@@ -298,13 +302,18 @@ func (s *Store) run(parent context.Context, f *fetch, src Source) {
 	}
 	delete(s.fetches, f.dgst)
 	s.mu.Unlock()
-	if err == nil {
-		err = s.putRecord(f.dgst, f.written, f.upstream)
-	}
 	if err != nil {
-		f.w.Abort() // nothing, when Commit succeeded
+		f.w.Abort()
 		s.noteWriteError(err)
 		s.log.Error("caching blob failed; it was served but not kept", "digest", f.dgst, "err", err)
+		return
+	}
+	if err := s.putRecord(f.dgst, f.written, f.upstream); err != nil {
+		// The blob is committed; its record is not (the record store did
+		// not answer): the next start of a local store repairs it, and a
+		// replica of a shared one fetches the blob again. Not a reason to
+		// stop writing blobs.
+		s.log.Error("recording a cached blob failed", "digest", f.dgst, "err", err)
 		return
 	}
 	s.Evict(0)
@@ -324,6 +333,9 @@ func (s *Store) fail(f *fetch, err error) {
 	s.stats.Failed++
 	s.mu.Unlock()
 	metrics.FetchesFailed.Inc()
+	if f.claim != nil {
+		f.claim.Release() // before the abort, which may wait on the object store
+	}
 	if aerr := f.w.Abort(); aerr != nil {
 		s.log.Warn("discarding a failed blob fetch", "digest", f.dgst, "err", aerr)
 	}

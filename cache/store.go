@@ -98,10 +98,13 @@ type Store struct {
 	mu      sync.Mutex
 	blobs   map[v1.Hash]*blobEntry // the committed blobs
 	fetches map[v1.Hash]*fetch
-	size    int64 // bytes of committed blobs
-	dirty   map[v1.Hash]struct{}
-	stats   FetchStats
-	closed  bool
+	// claiming marks the digests this replica is claiming from the
+	// cluster (Coordinator) right now.
+	claiming map[v1.Hash]bool
+	size     int64 // bytes of committed blobs
+	dirty    map[v1.Hash]struct{}
+	stats    FetchStats
+	closed   bool
 
 	fetchedBytes  atomic.Int64
 	stallTimeout  time.Duration
@@ -153,6 +156,7 @@ func Open(opts Options) (*Store, error) {
 		maxSize:   opts.MaxSize,
 		blobs:     map[v1.Hash]*blobEntry{},
 		fetches:   map[v1.Hash]*fetch{},
+		claiming:  map[v1.Hash]bool{},
 		dirty:     map[v1.Hash]struct{}{},
 		closing:   make(chan struct{}),
 

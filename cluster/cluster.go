@@ -18,6 +18,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -127,6 +128,9 @@ func (h *held) renew() {
 	every := h.n.ttl / 3
 	t := time.NewTicker(every)
 	defer t.Stop()
+	// The lease was last known good at the start of the last renewal
+	// that succeeded: it expires (by the store's clock, close enough to
+	// ours) a TTL after that at the latest.
 	renewed := time.Now()
 	for {
 		select {
@@ -134,7 +138,8 @@ func (h *held) renew() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), every)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), every/2)
 		h.mu.Lock()
 		l := h.l
 		h.mu.Unlock()
@@ -142,7 +147,7 @@ func (h *held) renew() {
 		cancel()
 		switch {
 		case err == nil:
-			renewed = time.Now()
+			renewed = start
 			continue
 		case errors.Is(err, storage.ErrLeaseLost):
 		case time.Since(renewed)+every < h.n.ttl:
@@ -201,10 +206,20 @@ func (n *Node) ClaimFetch(ctx context.Context, dgst v1.Hash) (cache.Claim, *cach
 		return nil, nil, err
 	case h != nil:
 		return h, nil, nil
-	case other.Holder == n.id:
-		return nil, nil, nil
 	}
 	l := *other
+	if l.Holder == n.id {
+		// The cache asks only when no fetch of this replica runs or
+		// starts: this is the claim of an earlier fetch whose release
+		// failed. Wait for it to lapse, as for a replica that died.
+		return nil, &cache.Peer{
+			Name: "this replica's earlier claim",
+			Open: func(context.Context, int64) (io.ReadCloser, int64, int64, error) {
+				return nil, 0, 0, fmt.Errorf("%w: a claim of this replica that was not released", cache.ErrPeerGone)
+			},
+			Gone: func(ctx context.Context) error { return n.waitLapse(ctx, l) },
+		}, nil
+	}
 	return nil, &cache.Peer{
 		Name: l.Holder,
 		Open: n.peerSource(l, dgst),
@@ -252,6 +267,9 @@ func (n *Node) Once(ctx context.Context, kind, name string, have func(context.Co
 				}
 			}()
 			err := do(wctx)
+			if cause := context.Cause(wctx); err != nil && errors.Is(cause, cache.ErrClaimLost) {
+				err = fmt.Errorf("%w (%v)", cause, err)
+			}
 			cancel(nil)
 			h.Release()
 			return err

@@ -347,3 +347,23 @@ func TestOnce(t *testing.T) {
 		t.Fatalf("work ran %d times, want 1", runs.Load())
 	}
 }
+
+// A claim of this replica that was never released (PostgreSQL did not
+// answer the release) is waited out, not spun on: the next request
+// fetches once it lapsed.
+func TestStaleOwnClaim(t *testing.T) {
+	rs, leaser := newCluster(t, 1, 600*time.Millisecond)
+	a := rs[0]
+	data, d := testBlob(100 << 10)
+	if _, ok, err := leaser.Lease(t.Context(), "fetch/"+d.String(), a.node.ID(), a.node.addr, 3*time.Second); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	var calls atomic.Int32
+	got, err := readAll(t.Context(), a.store, d, slowSource(data, 0, 0, &calls))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("fetch behind a stale own claim: %v", err)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("%d upstream requests", calls.Load())
+	}
+}

@@ -99,6 +99,9 @@ func (n *Node) serveBlob(w http.ResponseWriter, r *http.Request, store PeerStore
 // peerSource streams dgst from the holder of the lease l.
 func (n *Node) peerSource(l storage.Lease, dgst v1.Hash) cache.Source {
 	return func(ctx context.Context, off int64) (io.ReadCloser, int64, int64, error) {
+		if !strings.HasPrefix(l.Addr, "http://") && !strings.HasPrefix(l.Addr, "https://") {
+			return nil, 0, 0, fmt.Errorf("%w: %s advertises %q, not an http(s) URL", cache.ErrPeerGone, l.Holder, l.Addr)
+		}
 		url := strings.TrimSuffix(l.Addr, "/") + blobPath + dgst.String()
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage"
 	"github.com/gatehouse/gatehouse/upstream"
 )
 
@@ -52,6 +53,9 @@ func (c *Content) Manifest(ctx context.Context, up, repo, ref string) (*Manifest
 		return c.byDigest(ctx, u, repo, dgst)
 	}
 	cached, terr := c.store.Tag(u.Name, repo, ref)
+	if errors.Is(terr, storage.ErrUnavailable) {
+		return nil, terr
+	}
 	if terr == nil && c.now().Sub(cached.Fetched) < u.TagTTL.D() {
 		metrics.CacheRequests.WithLabelValues("tag", "hit").Inc()
 		return c.byDigest(ctx, u, repo, cached.Digest)
@@ -125,6 +129,10 @@ func (c *Content) byDigest(ctx context.Context, u *config.Upstream, repo string,
 	if m, err := c.cached(dgst); err == nil {
 		metrics.CacheRequests.WithLabelValues("manifest", "hit").Inc()
 		return m, nil
+	} else if errors.Is(err, storage.ErrUnavailable) {
+		// The shared records do not answer: fail (503) rather than send
+		// every request of the outage to upstream.
+		return nil, err
 	} else if !errors.Is(err, cache.ErrNotFound) {
 		c.log.Error("reading cached manifest; fetching it again", "digest", dgst, "err", err)
 	}

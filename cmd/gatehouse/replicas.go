@@ -18,7 +18,7 @@ func runPeer(ctx context.Context, st *stack) error {
 	if err != nil {
 		return fmt.Errorf("cluster.peerListen: %w", err)
 	}
-	srv := &http.Server{Handler: st.node.Handler(st.store), ReadHeaderTimeout: 10 * time.Second,
+	srv := &http.Server{Handler: st.node.Handler(st.store), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(st.log.Handler(), slog.LevelDebug)}
 	st.log.Info("peer listener serving", "addr", ln.Addr().String(), "advertise", os.ExpandEnv(st.cfg.Cluster.Advertise), "replica", st.node.ID())
 	go func() {

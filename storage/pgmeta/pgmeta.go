@@ -161,10 +161,12 @@ type redactedError struct {
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
 
-// wrap prefixes err with pgmeta and what was being done, and removes any
-// secret of the DSN from its message.
+// wrap prefixes err with pgmeta and what was being done, marks it as
+// storage.ErrUnavailable (the database did not do what was asked: a 503
+// and a retry, never "not found"), and removes any secret of the DSN from
+// its message.
 func (s *Store) wrap(err error, format string, args ...any) error {
-	err = fmt.Errorf("pgmeta: "+format+": %w", append(args, err)...)
+	err = fmt.Errorf("pgmeta: "+format+": %w (%w)", append(args, err, storage.ErrUnavailable)...)
 	msg := err.Error()
 	redacted := msg
 	for _, secret := range s.secrets {

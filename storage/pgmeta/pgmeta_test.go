@@ -582,8 +582,13 @@ func TestWrapRedacts(t *testing.T) {
 
 func TestWrapWithoutSecrets(t *testing.T) {
 	s := &Store{secrets: secretsOf("", &pgx.ConnConfig{})}
-	if err := s.wrap(errors.New("boom"), "get"); err.Error() != "pgmeta: get: boom" {
+	err := s.wrap(errors.New("boom"), "get")
+	if err.Error() != "pgmeta: get: boom (storage unavailable)" {
 		t.Errorf("wrap with an empty DSN and no password = %q", err)
+	}
+	// A database that does not do what was asked is a 503 and a retry.
+	if !errors.Is(err, storage.ErrUnavailable) {
+		t.Errorf("wrap does not mark the error storage.ErrUnavailable: %v", err)
 	}
 }
 
