@@ -153,15 +153,31 @@ func (s *Store) PeerStream(dgst v1.Hash) (*Stream, error) {
 	if !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if f, ok := s.fetches[dgst]; ok {
-		// No upstream to go on from: if this fetch cannot write the
-		// store, the peer's transfer fails and it claims again.
-		return s.joinLocked(f, f.upstream, noSource)
+	// A peer may ask between this replica's claim and the start of its
+	// fetch (the writer is being created): wait for the fetch.
+	for deadline := time.Now().Add(peerWait); ; time.Sleep(retryDelay) {
+		s.mu.Lock()
+		if f, ok := s.fetches[dgst]; ok {
+			// No upstream to go on from: if this fetch cannot write the
+			// store, the peer's transfer fails and it claims again.
+			defer s.mu.Unlock()
+			return s.joinLocked(f, f.upstream, noSource)
+		}
+		claiming := s.claiming[dgst]
+		s.mu.Unlock()
+		if !claiming || time.Now().After(deadline) {
+			break
+		}
+	}
+	if b, err := s.OpenBlob(dgst); err == nil {
+		return &Stream{file: b.BlobReader, blob: b}, nil
 	}
 	return nil, ErrNotFound
 }
+
+// peerWait bounds how long a peer's request waits for this replica's
+// fetch to start after it claimed it.
+const peerWait = 10 * time.Second
 
 // loadRecords builds the in-memory index from the blob records alone: the
 // stores are shared, and the records are the truth (a blob is committed
