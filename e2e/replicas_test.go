@@ -186,15 +186,19 @@ func TestReplicas(t *testing.T) {
 		img := reg.PushImage(t, "e2e/big", "v1", ImageSpec{Seed: 1402, Layers: 1, LayerSize: 16 << 20, OCI: true,
 			Platform: v1.Platform{OS: "linux", Architecture: "amd64"}})
 		ref := slow + "/" + img.Repo + ":" + img.Tag
+		// The config, then the layer: once its second fetch started,
+		// replica 0 is fetching the layer (for about 2.5 s on this link).
+		fetches := rs.GH[0].Metric(t, "gatehouse_blob_fetches_total")
+		peered := rs.GH[1].Metric(t, "gatehouse_blob_fetches_from_peers_total")
 		first := make(chan CmdResult, 1)
 		go func() { first <- ctrds[0].Pull(t, ref, PullOptions{}) }()
 		waitFor(t, 30*time.Second, "replica 0 fetching the big layer", func() bool {
-			return rs.GH[0].MetricOrZero(t, "gatehouse_upstream_fetched_bytes_total") > 2<<20
+			return rs.GH[0].Metric(t, "gatehouse_blob_fetches_total") >= fetches+2
 		})
 		second := make(chan CmdResult, 1)
 		go func() { second <- ctrds[1].Pull(t, ref, PullOptions{}) }()
 		waitFor(t, 30*time.Second, "replica 1 streaming from replica 0", func() bool {
-			return rs.GH[1].Metric(t, "gatehouse_blob_fetches_from_peers_total") > 0
+			return rs.GH[1].Metric(t, "gatehouse_blob_fetches_from_peers_total") > peered
 		})
 		rs.GH[0].Kill(t)
 		<-first
@@ -272,4 +276,63 @@ func TestReplicas(t *testing.T) {
 			t.Errorf("cache ls of the shared store does not list %s:\n%s", layer, ls.Output())
 		}
 	})
+}
+
+// Replicas judge with one vulnerability DB: one of them finds a new DB
+// upstream and publishes it, every one imports that artifact, and the
+// cluster moves from V1 to V2 together.
+func TestReplicasShareTheDB(t *testing.T) {
+	requireGatehouse(t)
+	reg := StartRegistry(t, RegistryOptions{})
+	tw := StartTripwire(t, reg.URL)
+	v1DB, v2DB := scantest.V1(), scantest.V2()
+	art1 := pushDBArtifact(t, reg, dbRepo, dbTag, v1DB)
+	clean := reg.Push(t, "e2e/clean", "v1", scantest.CleanAlpine())
+	rs := StartReplicas(t, 2, GatehouseConfig{
+		Upstreams: []GatehouseUpstream{{Name: tw.Host, URL: tw.URL, TagTTL: "1h"}},
+		Gate: &GateConfig{MaxWait: "60s",
+			DB:     GateDB{Repository: tw.Host + "/" + dbRepo + ":" + dbTag, UpdateInterval: "2s"},
+			Policy: GatePolicy{Rules: []GateRule{{Name: "cluster-rule", Mode: "enforce", Block: []string{"CRITICAL"}}}}},
+	})
+	onDB := func(db scantest.DB) func() bool {
+		return func() bool {
+			for _, g := range rs.GH {
+				var policy struct {
+					DBVersion string `json:"dbVersion"`
+				}
+				g.API(t, "/api/v1/policy", &policy)
+				if !strings.HasSuffix(policy.DBVersion, dbVersionOf(db)) {
+					return false
+				}
+				if st := g.Run(t, "db status"); !strings.Contains(st.Output(), db.UpdatedAt.Format(time.RFC3339)) {
+					return false // published, not imported here yet
+				}
+			}
+			return true
+		}
+	}
+	waitFor(t, 90*time.Second, "every replica on the V1 DB", onDB(v1DB))
+	t.Logf("V1 artifact manifest GETs: %d by tag, %d by digest (adoptions)",
+		tw.Count(http.MethodGet, "/manifests/"+dbTag), tw.Count(http.MethodGet, "/manifests/"+art1.String()))
+	pushDBArtifact(t, reg, dbRepo, dbTag, v2DB)
+	waitFor(t, 90*time.Second, "every replica on the V2 DB", onDB(v2DB))
+
+	// Judged once for the cluster, with V2 (which knows a CRITICAL CVE of
+	// this image's musl that V1 did not): the same refusal everywhere.
+	path := "/v2/" + clean.Repo + "/manifests/" + clean.Tag + "?ns=" + tw.Host
+	var first string
+	for i, g := range rs.GH {
+		r := g.Do(t, http.MethodGet, path)
+		if r.Status != http.StatusForbidden || !strings.Contains(string(r.Body), "CVE-2099-9001") {
+			t.Fatalf("replica %d under V2: %s", i, r)
+		}
+		if i == 0 {
+			first = string(r.Body)
+		} else if string(r.Body) != first {
+			t.Errorf("replicas refuse differently:\n%s\n%s", first, r.Body)
+		}
+	}
+	if n := rs.Sum(t, "gatehouse_scan_duration_seconds_count"); n != 1 {
+		t.Errorf("%v scans of one image by the cluster, want 1", n)
+	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -35,6 +36,10 @@ type publishedDB struct {
 	Published time.Time `json:"published"`
 	By        string    `json:"by"` // the replica that published it
 }
+
+// errPublishedMeanwhile: another replica published a DB since this one
+// read the published one.
+var errPublishedMeanwhile = errors.New("another replica published a vulnerability DB meanwhile; adopting that one")
 
 // clusterDB tracks the published DB for the gate.
 type clusterDB struct {
@@ -75,15 +80,31 @@ func (c *clusterDB) refresh(ctx context.Context) (publishedDB, error) {
 	return p, nil
 }
 
-// publish makes this replica's DB the cluster's.
-func (c *clusterDB) publish(ctx context.Context) error {
+// publish makes this replica's DB the cluster's, unless the published one
+// is no longer prev (another replica, which took the update lease over
+// while this one was slow, published since): a compare-and-swap, so that
+// a replica that lost the lease never puts an older DB back.
+func (c *clusterDB) publish(ctx context.Context, prev publishedDB) error {
 	digest, _ := os.ReadFile(dbMarker(c.st.cfg))
 	p := publishedDB{Digest: string(digest), Version: c.st.scanner.DBVersion(), Published: time.Now().UTC(), By: c.st.node.ID()}
 	if p.Version == "" {
 		return nil
 	}
 	v, _ := json.Marshal(p)
-	err := c.st.stores.Gate.Update(ctx, func(tx storage.Tx) error { return tx.Put(clusterDBTable, []byte(clusterDBKey), v) })
+	err := c.st.stores.Gate.Update(ctx, func(tx storage.Tx) error {
+		var cur publishedDB
+		if old, err := tx.Get(clusterDBTable, []byte(clusterDBKey)); err != nil {
+			return err
+		} else if old != nil {
+			if err := json.Unmarshal(old, &cur); err != nil {
+				return err
+			}
+		}
+		if cur.Digest != prev.Digest || cur.Version != prev.Version {
+			return errPublishedMeanwhile
+		}
+		return tx.Put(clusterDBTable, []byte(clusterDBKey), v)
+	})
 	if err == nil {
 		c.mu.Lock()
 		c.cur = p
@@ -129,7 +150,9 @@ func clusterDBLoop(ctx context.Context, st *stack) error {
 		if interval > 0 && time.Since(lastCheck) >= interval {
 			lastCheck = time.Now()
 			err := st.node.Once(ctx, "db", "db/update", nil, func(ctx context.Context) error { return updateClusterDB(ctx, st, p) })
-			if err != nil && ctx.Err() == nil {
+			if errors.Is(err, errPublishedMeanwhile) {
+				st.log.Info(err.Error())
+			} else if err != nil && ctx.Err() == nil {
 				st.log.Error("vulnerability DB update failed; keeping the current one", "repository", st.cfg.Gate.DB.Repository, "err", err)
 			}
 		}
@@ -158,7 +181,7 @@ func updateClusterDB(ctx context.Context, st *stack, p publishedDB) error {
 		return nil
 	}
 	metrics.DBUpdates.WithLabelValues("updated").Inc()
-	if err := st.cdb.publish(ctx); err != nil {
+	if err := st.cdb.publish(ctx, p); err != nil {
 		return err
 	}
 	if updated {
