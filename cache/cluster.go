@@ -191,7 +191,7 @@ func (s *Store) loadRecords() error {
 			if err != nil || json.Unmarshal(v, &rec) != nil {
 				return true, nil
 			}
-			s.blobs[h] = &blobEntry{size: rec.Size, atime: rec.Accessed}
+			s.blobs[h] = &blobEntry{size: rec.Size, atime: rec.Accessed, stored: rec.Accessed}
 			s.size += rec.Size
 			return true, nil
 		})

@@ -1,11 +1,13 @@
 package cache
 
 import (
+	"encoding/json"
 	"log/slog"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/gatehouse/gatehouse/storage"
 	"github.com/gatehouse/gatehouse/storage/boltmeta"
 	"github.com/gatehouse/gatehouse/storage/localblob"
 )
@@ -152,5 +154,28 @@ func TestManifestMemo(t *testing.T) {
 	}
 	if c.bytes > 1600 || len(c.m) != 16 {
 		t.Fatalf("memo holds %d bytes in %d entries, bound 1600", c.bytes, len(c.m))
+	}
+}
+
+// A read on one replica makes the blob look read to another replica's
+// eviction at once, not only at the next flush of access times.
+func TestSharedReadIsSeenByEviction(t *testing.T) {
+	a, b := sharedPair(t, 1)
+	data, d := blob(1000, 42)
+	fetchAll(t, a, d, source(data))
+	waitRecords(t, b, 1)
+	// The record says the blob was last read an hour ago.
+	old, _ := json.Marshal(blobRecord{Size: 1000, Created: time.Now().Add(-time.Hour), Accessed: time.Now().Add(-time.Hour)})
+	if err := a.meta.Update(t.Context(), func(tx storage.Tx) error { return tx.Put(tableBlobs, []byte(d.String()), old) }); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := b.OpenBlob(d) // a read on replica b
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	n, _, err := a.EvictShared(t.Context(), 1, 10*time.Minute) // replica a evicts
+	if err != nil || n != 0 {
+		t.Fatalf("replica a evicted %d blobs (%v) while replica b was reading", n, err)
 	}
 }

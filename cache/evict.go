@@ -85,6 +85,7 @@ func (s *Store) FlushAccess() error {
 	for d := range s.dirty {
 		if e, ok := s.blobs[d]; ok {
 			ups = append(ups, upd{d.String(), e.atime})
+			e.stored = e.atime
 		}
 	}
 	clear(s.dirty)

@@ -121,7 +121,8 @@ type Store struct {
 type blobEntry struct {
 	size    int64
 	atime   time.Time
-	readers int // open readers; an entry in use is never evicted
+	stored  time.Time // the access time the record holds (shared records)
+	readers int       // open readers; an entry in use is never evicted
 }
 
 // blobRecord is the record of a blob in tableBlobs.
@@ -331,18 +332,66 @@ func (s *Store) reserve(dgst v1.Hash) (int64, error) {
 		if e, ok = s.blobs[dgst]; !ok {
 			s.addLocked(dgst, rec.Size)
 			e = s.blobs[dgst]
+			e.stored = rec.Accessed
 		}
 		s.mu.Unlock()
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.blobs[dgst] != e { // evicted or replaced meanwhile
+		s.mu.Unlock()
 		return 0, ErrNotFound
 	}
+	now := time.Now()
 	e.readers++
-	e.atime = time.Now()
+	e.atime = now
 	s.dirty[dgst] = struct{}{}
+	touch := s.shared && now.Sub(e.stored) > touchAfter
+	if touch {
+		e.stored = now
+	}
+	s.mu.Unlock()
+	if touch {
+		// Another replica's eviction judges by the record's access time:
+		// a blob read here must look read there before a byte is sent.
+		if err := s.touch(dgst, now); err != nil {
+			s.release(dgst)
+			if errors.Is(err, ErrNotFound) {
+				s.mu.Lock()
+				s.forgetLocked(dgst)
+				s.mu.Unlock()
+			}
+			return 0, err
+		}
+	}
 	return e.size, nil
+}
+
+// touchAfter is how stale the access time of a shared blob's record may be
+// when a read starts: well within the grace period shared eviction keeps
+// recently accessed blobs for (2 × cache.accessFlushInterval + 1 min).
+const touchAfter = 30 * time.Second
+
+// touch writes t as the access time of dgst's record at once; ErrNotFound
+// when the record is gone (evicted meanwhile).
+func (s *Store) touch(dgst v1.Hash, t time.Time) error {
+	err := s.meta.Update(bg, func(tx storage.Tx) error {
+		k := []byte(dgst.String())
+		v, err := tx.Get(tableBlobs, k)
+		if err != nil {
+			return err
+		}
+		var rec blobRecord
+		if v == nil || json.Unmarshal(v, &rec) != nil {
+			return ErrNotFound
+		}
+		rec.Accessed = t
+		v, _ = json.Marshal(rec)
+		return tx.Put(tableBlobs, k, v)
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return unavailable(err)
+	}
+	return err
 }
 
 // record reads the record of a committed blob (nil when there is none).
@@ -433,7 +482,8 @@ func (s *Store) addLocked(dgst v1.Hash, size int64) {
 	if old, ok := s.blobs[dgst]; ok {
 		s.size -= old.size
 	}
-	s.blobs[dgst] = &blobEntry{size: size, atime: time.Now()}
+	now := time.Now()
+	s.blobs[dgst] = &blobEntry{size: size, atime: now, stored: now}
 	s.size += size
 }
 
