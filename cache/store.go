@@ -319,8 +319,8 @@ func (s *Store) OpenBlob(dgst v1.Hash) (*Blob, error) {
 func (s *Store) reserve(dgst v1.Hash) (int64, error) {
 	s.mu.Lock()
 	e, ok := s.blobs[dgst]
-	s.mu.Unlock()
 	if !ok {
+		s.mu.Unlock()
 		if !s.shared {
 			return 0, ErrNotFound
 		}
@@ -334,12 +334,6 @@ func (s *Store) reserve(dgst v1.Hash) (int64, error) {
 			e = s.blobs[dgst]
 			e.stored = rec.Accessed
 		}
-		s.mu.Unlock()
-	}
-	s.mu.Lock()
-	if s.blobs[dgst] != e { // evicted or replaced meanwhile
-		s.mu.Unlock()
-		return 0, ErrNotFound
 	}
 	now := time.Now()
 	e.readers++

@@ -119,20 +119,8 @@ func (s *Server) Port() int { return s.port }
 func (s *Server) NewDatabase(t testing.TB) *PG {
 	t.Helper()
 	name := dbName(t.Name(), s.dbs.Add(1))
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	s.mu.Lock()
-	version := s.version
-	s.mu.Unlock()
-	create := "CREATE DATABASE " + name
-	if version >= 150000 {
-		// Copying the template's files is about twice as fast as
-		// WAL-logging them (the default since 15), and nothing here
-		// needs the WAL.
-		create += " STRATEGY FILE_COPY"
-	}
-	if err := s.admin(ctx, create); err != nil {
-		t.Fatalf("create database %s: %v", name, err)
+	if _, err := s.CreateDatabase(name); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		s.mu.Lock()

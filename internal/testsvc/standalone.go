@@ -46,6 +46,9 @@ func (s *Server) CreateDatabase(name string) (string, error) {
 	s.mu.Unlock()
 	create := "CREATE DATABASE " + name
 	if version >= 150000 {
+		// Copying the template's files is about twice as fast as
+		// WAL-logging them (the default since 15), and nothing here
+		// needs the WAL.
 		create += " STRATEGY FILE_COPY"
 	}
 	if err := s.admin(ctx, create); err != nil {
