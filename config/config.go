@@ -224,21 +224,41 @@ func (c *Config) parse(data []byte) error {
 
 // Environment overrides, for containers and quick experiments.
 var envVars = []struct {
-	name string
-	set  func(c *Config, v string) error
+	name, help string
+	set        func(c *Config, v string) error
 }{
-	{"GATEHOUSE_LISTEN", func(c *Config, v string) error { c.Listen = v; return nil }},
-	{"GATEHOUSE_DATA_DIR", func(c *Config, v string) error { c.DataDir = v; return nil }},
-	{"GATEHOUSE_LOG_FORMAT", func(c *Config, v string) error { c.Log.Format = v; return nil }},
-	{"GATEHOUSE_LOG_LEVEL", func(c *Config, v string) error { c.Log.Level = v; return nil }},
-	{"GATEHOUSE_DEFAULT_UPSTREAM", func(c *Config, v string) error { c.DefaultUpstream = v; return nil }},
-	{"GATEHOUSE_CACHE_MAX_SIZE", func(c *Config, v string) error { return c.Cache.MaxSize.parse(v) }},
-	{"GATEHOUSE_TLS_CERT_FILE", func(c *Config, v string) error { c.Server.TLS.CertFile = v; return nil }},
-	{"GATEHOUSE_TLS_KEY_FILE", func(c *Config, v string) error { c.Server.TLS.KeyFile = v; return nil }},
-	{"GATEHOUSE_TLS_CLIENT_CA_FILE", func(c *Config, v string) error { c.Server.TLS.ClientCAFile = v; return nil }},
-	{"GATEHOUSE_AUTH_HTPASSWD", func(c *Config, v string) error { c.Server.Auth.Htpasswd = v; return nil }},
-	{"GATEHOUSE_AUTH_TOKENS_FILE", func(c *Config, v string) error { c.Server.Auth.TokensFile = v; return nil }},
-	{"GATEHOUSE_AUTH_API_TOKEN_FILE", func(c *Config, v string) error { c.Server.Auth.APITokenFile = v; return nil }},
+	{"GATEHOUSE_LISTEN", "listen address, e.g. :5000", func(c *Config, v string) error { c.Listen = v; return nil }},
+	{"GATEHOUSE_DATA_DIR", "data directory (dataDir)", func(c *Config, v string) error { c.DataDir = v; return nil }},
+	{"GATEHOUSE_LOG_FORMAT", "log.format: text or json", func(c *Config, v string) error { c.Log.Format = v; return nil }},
+	{"GATEHOUSE_LOG_LEVEL", "log.level: debug, info, warn or error", func(c *Config, v string) error { c.Log.Level = v; return nil }},
+	{"GATEHOUSE_DEFAULT_UPSTREAM", "defaultUpstream: where names without a registry go", func(c *Config, v string) error { c.DefaultUpstream = v; return nil }},
+	{"GATEHOUSE_CACHE_MAX_SIZE", "cache.maxSize, e.g. 40GiB", func(c *Config, v string) error { return c.Cache.MaxSize.parse(v) }},
+	{"GATEHOUSE_TLS_CERT_FILE", "server.tls.certFile", func(c *Config, v string) error { c.Server.TLS.CertFile = v; return nil }},
+	{"GATEHOUSE_TLS_KEY_FILE", "server.tls.keyFile", func(c *Config, v string) error { c.Server.TLS.KeyFile = v; return nil }},
+	{"GATEHOUSE_TLS_CLIENT_CA_FILE", "server.tls.clientCAFile", func(c *Config, v string) error { c.Server.TLS.ClientCAFile = v; return nil }},
+	{"GATEHOUSE_AUTH_HTPASSWD", "server.auth.htpasswd", func(c *Config, v string) error { c.Server.Auth.Htpasswd = v; return nil }},
+	{"GATEHOUSE_AUTH_TOKENS_FILE", "server.auth.tokensFile", func(c *Config, v string) error { c.Server.Auth.TokensFile = v; return nil }},
+	{"GATEHOUSE_AUTH_API_TOKEN_FILE", "server.auth.apiTokenFile", func(c *Config, v string) error { c.Server.Auth.APITokenFile = v; return nil }},
+}
+
+// EnvVar is an environment variable gatehouse reads, for help texts.
+type EnvVar struct{ Name, Help string }
+
+// Environment lists every environment variable the configuration reads:
+// the overrides of file fields, then the secrets that may be given instead
+// of a file.
+func Environment() []EnvVar {
+	var out []EnvVar
+	for _, e := range envVars {
+		out = append(out, EnvVar{e.name, e.help})
+	}
+	return append(out,
+		EnvVar{"GATEHOUSE_POSTGRES_DSN", "PostgreSQL DSN when storage.metadata.postgres.dsnFile is unset"},
+		EnvVar{"GATEHOUSE_CLUSTER_SECRET", "peer secret (16+ bytes) when cluster.secretFile is unset"},
+		EnvVar{"AWS_ACCESS_KEY_ID", "S3 access key when storage.blobs.s3.accessKeyIdFile is unset"},
+		EnvVar{"AWS_SECRET_ACCESS_KEY", "S3 secret key when storage.blobs.s3.secretAccessKeyFile is unset"},
+		EnvVar{"AWS_SESSION_TOKEN", "S3 session token, with the AWS_* keys above"},
+	)
 }
 
 func (c *Config) applyEnv(lookup func(string) (string, bool)) error {
@@ -392,8 +412,26 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // number in YAML.
 type ByteSize int64
 
-// MarshalYAML writes the size in bytes.
-func (b ByteSize) MarshalYAML() (any, error) { return int64(b), nil }
+// MarshalYAML writes the size as String does, e.g. 40GiB.
+func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }
+
+// String writes the size in the largest binary unit that divides it
+// ("40GiB", "512MiB"), else in bytes ("1000B"); it parses back exactly.
+// 0 is "0".
+func (b ByteSize) String() string {
+	if b == 0 {
+		return "0"
+	}
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if int64(b)%u.mult == 0 {
+			return strconv.FormatInt(int64(b)/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(int64(b), 10) + "B"
+}
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {

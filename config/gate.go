@@ -111,6 +111,9 @@ type VulnDB struct {
 // applies, and the rule with no match constraints is the default.
 type Policy struct {
 	Rules []Rule `yaml:"rules"`
+	// BuiltIn is set by Finish when no rules were written and Rules is
+	// the built-in DefaultRule alone.
+	BuiltIn bool `yaml:"-" json:"-"`
 }
 
 // Rule is one policy rule.
@@ -392,6 +395,7 @@ func (g *Gate) finish() []error {
 	}
 	if len(g.Policy.Rules) == 0 {
 		g.Policy.Rules = []Rule{DefaultRule()}
+		g.Policy.BuiltIn = true
 	}
 	names := map[string]int{}
 	defaults := 0

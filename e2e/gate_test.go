@@ -399,6 +399,24 @@ func TestGate(t *testing.T) {
 		} else if !strings.Contains(string(res.Stdout), "ADMITTED") {
 			t.Errorf("gatehouse check %s (clean) does not print ADMITTED:\n%s", ref, res.Output())
 		}
+
+		// --server asks the running gatehouse: the pull goes through its
+		// registry API, so its verdict and its findings come back.
+		ref = pushed[0].Ref(reg.Host)
+		res = gh.Run(t, "check", "--server", gh.URL, "--format", "json", ref)
+		out.Vulns, out.Counts = nil, nil
+		if res.ExitCode() != 1 {
+			t.Errorf("gatehouse check --server %s: exit %d; want 1: %v", ref, res.ExitCode(), res)
+		} else if err := json.Unmarshal(res.Stdout, &out); err != nil {
+			t.Errorf("gatehouse check --server --format json %s: %v\n%s", ref, err, res.Stdout)
+		} else if out.Digest != pushed[0].Digest.String() || out.Verdict.Admitted || !strings.Contains(out.Verdict.Message, vulns[0].cve) ||
+			out.Counts["CRITICAL"] != 2 || !slices.ContainsFunc(out.Vulns, func(v apiVuln) bool { return v.ID == vulns[0].cve }) {
+			t.Errorf("gatehouse check --server %s: %+v; want %s denied for %s with its findings", ref, out, pushed[0].Digest, vulns[0].cve)
+		}
+		ref = clean.Ref(reg.Host)
+		if res = gh.Run(t, "check", "--server", gh.URL, ref); res.ExitCode() != 0 || !strings.Contains(string(res.Stdout), "ADMITTED") {
+			t.Errorf("gatehouse check --server %s (clean): exit %d; want 0 and ADMITTED: %v", ref, res.ExitCode(), res.Output())
+		}
 	})
 
 	t.Run("after restart", func(t *testing.T) {

@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
@@ -16,30 +16,24 @@ import (
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/internal/verify"
+	"github.com/gatehouse/gatehouse/storage/datadir"
 )
 
-func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: cache needs a subcommand: ls, verify or gc", errUsage)
-	}
-	var cf commonFlags
-	var remove bool
-	var maxSize string
-	sub := args[0]
-	if err := newFlagSet("cache "+sub, args[1:], func(fs *flag.FlagSet) {
-		cf.register(fs)
-		switch sub {
-		case "verify":
-			fs.BoolVar(&remove, "remove", false, "delete blobs whose content does not match their digest")
-		case "gc":
-			fs.StringVar(&maxSize, "max-size", "", "evict down to this `size` instead of cache.maxSize")
-		}
-	}); err != nil {
-		return err
-	}
+// cacheCLI is the cache a cache subcommand works on.
+type cacheCLI struct {
+	cfg    *config.Config
+	stores *stores
+	store  *cache.Store
+	stdout io.Writer
+}
+
+// openCacheCLI opens the configuration's cache. A local data directory
+// must already hold one: a mistyped --data-dir is refused, never created
+// and reported empty.
+func openCacheCLI(ctx context.Context, cf *commonFlags) (*cacheCLI, error) {
 	cfg, err := cf.load()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	log := slog.New(slog.DiscardHandler)
 	dir := cfg.DataDir
@@ -47,45 +41,68 @@ func cmdCache(ctx context.Context, args []string, stdout io.Writer) error {
 		// The data directory is a serving replica's (its spool of uploads
 		// in progress): work in a scratch one.
 		if dir, err = os.MkdirTemp("", "gatehouse-cache-"); err != nil {
-			return err
+			return nil, err
 		}
 		defer os.RemoveAll(dir)
+	} else if err := existingCache(dir); err != nil {
+		return nil, err
 	}
 	stores, err := openStores(ctx, cfg, dir, true, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	store, err := cache.Open(cache.Options{Blobs: stores.Blobs, Meta: stores.Cache, Closer: stores,
 		MaxSize: int64(cfg.Cache.MaxSize), Shared: stores.Shared, Log: log})
 	if err != nil {
 		stores.Close()
+		return nil, err
+	}
+	return &cacheCLI{cfg: cfg, stores: stores, store: store}, nil
+}
+
+// existingCache refuses a data directory that does not exist or holds
+// neither cache records nor blobs.
+func existingCache(dir string) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("data directory %s does not exist (check --data-dir, dataDir or GATEHOUSE_DATA_DIR)", dir)
+	case err != nil:
+		return err
+	case !fi.IsDir():
+		return fmt.Errorf("data directory %s is not a directory", dir)
+	}
+	for _, name := range []string{datadir.CacheFile, "blobs"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s holds no gatehouse cache (no %s, no blobs/): check --data-dir, dataDir or GATEHOUSE_DATA_DIR", dir, datadir.CacheFile)
+}
+
+func (cc *cacheCLI) ls(context.Context) error { return cacheLs(cc.store, cc.stdout) }
+
+func (cc *cacheCLI) verify(ctx context.Context, remove bool) error {
+	return cacheVerify(ctx, cc.store, remove, cc.stdout)
+}
+
+func (cc *cacheCLI) gc(ctx context.Context, maxSize string) error {
+	var limit config.ByteSize
+	if maxSize != "" {
+		if err := yaml.Unmarshal([]byte(maxSize), &limit); err != nil {
+			return fmt.Errorf("%w: --max-size: %v", errUsage, err)
+		}
+	}
+	if limit <= 0 && cc.cfg.Cache.MaxSize <= 0 {
+		return fmt.Errorf("%w: cache gc needs cache.maxSize in the configuration or --max-size", errUsage)
+	}
+	n, freed, err := evict(ctx, cc.cfg, cc.stores, cc.store, int64(limit))
+	if err != nil {
 		return err
 	}
-	defer store.Close()
-	switch sub {
-	case "ls":
-		return cacheLs(store, stdout)
-	case "verify":
-		return cacheVerify(ctx, store, remove, stdout)
-	case "gc":
-		var limit config.ByteSize
-		if maxSize != "" {
-			if err := yaml.Unmarshal([]byte(maxSize), &limit); err != nil {
-				return fmt.Errorf("%w: --max-size: %v", errUsage, err)
-			}
-		}
-		if limit <= 0 && cfg.Cache.MaxSize <= 0 {
-			return fmt.Errorf("%w: cache gc needs cache.maxSize in the configuration or --max-size", errUsage)
-		}
-		n, freed, err := evict(ctx, cfg, stores, store, int64(limit))
-		if err != nil {
-			return err
-		}
-		size, count := store.Usage()
-		fmt.Fprintf(stdout, "evicted %d blobs (%d bytes); %d blobs (%d bytes) remain\n", n, freed, count, size)
-		return nil
-	}
-	return fmt.Errorf("%w: unknown cache subcommand %q", errUsage, sub)
+	size, count := cc.store.Usage()
+	fmt.Fprintf(cc.stdout, "evicted %d blobs (%s); %d blobs (%s) remain\n", n, humanBytes(freed), count, humanBytes(size))
+	return nil
 }
 
 func cacheLs(store *cache.Store, stdout io.Writer) error {
@@ -100,7 +117,7 @@ func cacheLs(store *cache.Store, stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BLOB\tSIZE\tUPSTREAM\tLAST ACCESS")
 	for _, b := range blobs {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", b.Digest, b.Size, b.Upstream, b.Accessed.Format(time.RFC3339))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", b.Digest, humanBytes(b.Size), b.Upstream, b.Accessed.Format(time.RFC3339))
 	}
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "TAG\tDIGEST\tCONFIRMED")
@@ -108,7 +125,7 @@ func cacheLs(store *cache.Store, stdout io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", t.Name, t.Digest, t.Fetched.Format(time.RFC3339))
 	}
 	size, count := store.Usage()
-	fmt.Fprintf(tw, "\n%d blobs, %d bytes\n", count, size)
+	fmt.Fprintf(tw, "\n%d blobs, %s\n", count, humanBytes(size))
 	return tw.Flush()
 }
 
@@ -150,23 +167,6 @@ func cacheVerify(ctx context.Context, store *cache.Store, remove bool, stdout io
 	return nil
 }
 
-func cmdConfig(args []string, stdout io.Writer) error {
-	var cf commonFlags
-	if err := newFlagSet("config", args, cf.register); err != nil {
-		return err
-	}
-	cfg, err := cf.load()
-	if err != nil {
-		return err
-	}
-	out, err := yaml.Marshal(cfg.Redacted())
-	if err != nil {
-		return err
-	}
-	_, err = stdout.Write(out)
-	return err
-}
-
 // evict evicts down to limit (cache.maxSize when 0). A shared store is
 // evicted under the cluster's eviction lease, so that a replica's own
 // eviction never runs beside it.
@@ -197,4 +197,18 @@ func evict(ctx context.Context, cfg *config.Config, stores *stores, store *cache
 // never deleted.
 func evictGrace(cfg *config.Config) time.Duration {
 	return 2*cfg.Cache.AccessFlushInterval.D() + time.Minute
+}
+
+// humanBytes writes n for people: "0 B", "812 B", "3.4 MiB", "40.0 GiB".
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }

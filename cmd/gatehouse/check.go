@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -39,35 +40,64 @@ type checkResult struct {
 	Counts   map[string]int `json:"counts"`
 }
 
-func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var cf commonFlags
-	var format, platform string
-	var fs *flag.FlagSet
-	if err := newFlagSetArgs("check", args, func(f *flag.FlagSet) {
-		fs = f
-		cf.register(f)
-		f.StringVar(&format, "format", "table", "output `format`: table or json")
-		f.StringVar(&platform, "platform", "linux/amd64", "platform to judge when IMAGE is a multi-platform index")
-	}); err != nil {
-		return err
+// checkOptions are the flags of gatehouse check.
+type checkOptions struct {
+	cf       commonFlags
+	format   string
+	platform string
+	remote   remoteOptions
+	image    string
+}
+
+func (o *checkOptions) register(fs *flag.FlagSet) {
+	o.cf.register(fs)
+	fs.StringVar(&o.format, "format", "table", "output `FORMAT`: table, json or sarif")
+	fs.StringVar(&o.platform, "platform", "linux/amd64", "`OS/ARCH` to judge when IMAGE is a multi-platform index")
+	o.remote.register(fs)
+}
+
+func check(ctx context.Context, o *checkOptions, out *output) error {
+	switch o.format {
+	case "table", "json", "sarif":
+	default:
+		return fmt.Errorf("%w: --format must be table, json or sarif, not %q", errUsage, o.format)
 	}
-	if fs.NArg() != 1 {
-		return fmt.Errorf("%w: check needs one IMAGE, e.g. docker.io/library/alpine:3.22", errUsage)
-	}
-	if format != "table" && format != "json" {
-		return fmt.Errorf("%w: --format must be table or json", errUsage)
-	}
-	wantPlatform, err := v1.ParsePlatform(platform)
-	if err != nil {
+	if _, err := v1.ParsePlatform(o.platform); err != nil {
 		return fmt.Errorf("%w: --platform: %v", errUsage, err)
 	}
-	cfg, err := cf.load()
+	var res *checkResult
+	var err error
+	if o.remote.server != "" {
+		res, err = checkRemote(ctx, o, out.stderr)
+	} else {
+		res, err = checkLocal(ctx, o, out.stderr)
+	}
 	if err != nil {
 		return err
 	}
-	up, repo, ref, err := parseImage(cfg, fs.Arg(0))
-	if err != nil {
+	res.Counts = map[string]int{}
+	for _, vu := range res.Vulns {
+		res.Counts[vu.Severity]++
+	}
+	if err := writeCheck(out.stdout, o.format, res); err != nil {
 		return err
+	}
+	if !res.Verdict.Admitted {
+		return errDenied
+	}
+	return nil
+}
+
+// checkLocal judges the image in a scratch state under the configuration's
+// policy, with the data directory's vulnerability DB.
+func checkLocal(ctx context.Context, o *checkOptions, stderr io.Writer) (*checkResult, error) {
+	cfg, err := o.cf.load()
+	if err != nil {
+		return nil, err
+	}
+	up, repo, ref, err := parseImage(cfg, o.image)
+	if err != nil {
+		return nil, err
 	}
 	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
@@ -75,7 +105,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// serving gatehouse; the vulnerability DB comes from the data directory.
 	state, err := os.MkdirTemp("", "gatehouse-check-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer os.RemoveAll(state)
 	cfg.Gate.MaxWait = config.Duration(time.Hour)
@@ -84,34 +114,25 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg.Storage = config.Storage{Blobs: config.BlobStorage{Type: config.StorageLocal}, Metadata: config.MetadataStorage{Type: config.StorageBbolt}}
 	st, err := newStack(cfg, state, false, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer st.Close()
 
 	m, err := st.content.Manifest(ctx, up, repo, ref)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	res := checkResult{Image: fs.Arg(0), Digest: m.Digest.String()}
+	res := &checkResult{Image: o.image, Digest: m.Digest.String()}
 	if m.MediaType.IsIndex() {
-		idx, err := v1.ParseIndexManifest(strings.NewReader(string(m.Data)))
+		found, err := pickPlatform(m.Data, m.Digest.String(), o.platform)
 		if err != nil {
-			return fmt.Errorf("index %s: %w", m.Digest, err)
-		}
-		var found *v1.Descriptor
-		for i, d := range idx.Manifests {
-			if d.Platform != nil && d.Platform.Satisfies(*wantPlatform) {
-				found = &idx.Manifests[i]
-				break
-			}
-		}
-		if found == nil {
-			return fmt.Errorf("index %s has no manifest for %s", m.Digest, platform)
+			return nil, err
 		}
 		res.Platform = found.Platform.String()
 		if m, err = st.content.Manifest(ctx, up, repo, found.Digest.String()); err != nil {
-			return err
+			return nil, err
 		}
+		res.Digest = m.Digest.String()
 	}
 	tag := ""
 	if !strings.Contains(ref, ":") {
@@ -119,29 +140,45 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	v, err := st.gate.Check(ctx, gate.Subject{Upstream: up, Repo: repo, Tag: tag, Digest: m.Digest, MediaType: m.MediaType, Manifest: m.Data, Client: "gatehouse check"})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	res.Verdict = v
 	res.Vulns = []gate.Vuln{}
-	if d, err := st.gate.Image(ctx, m.Digest.String()); err == nil {
+	if d, err := st.gate.Image(ctx, m.Digest.String()); err == nil && d.Vulns != nil {
 		res.Vulns = d.Vulns
 	}
-	res.Counts = map[string]int{}
-	for _, vu := range res.Vulns {
-		res.Counts[vu.Severity]++
+	return res, nil
+}
+
+// pickPlatform returns the index's manifest for platform.
+func pickPlatform(index []byte, dgst, platform string) (*v1.Descriptor, error) {
+	want, err := v1.ParsePlatform(platform)
+	if err != nil {
+		return nil, err
 	}
-	if format == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
-			return err
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(index))
+	if err != nil {
+		return nil, fmt.Errorf("index %s: %w", dgst, err)
+	}
+	for i, d := range idx.Manifests {
+		if d.Platform != nil && d.Platform.Satisfies(*want) {
+			return &idx.Manifests[i], nil
 		}
-	} else {
-		printCheck(stdout, &res, m.Digest.String())
 	}
-	if !v.Admitted {
-		return errDenied
+	return nil, fmt.Errorf("index %s has no manifest for %s", dgst, platform)
+}
+
+// writeCheck prints the result in format.
+func writeCheck(w io.Writer, format string, res *checkResult) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	case "sarif":
+		return writeSARIF(w, res)
 	}
+	printCheck(w, res, res.Digest)
 	return nil
 }
 
@@ -178,13 +215,7 @@ func printCheck(w io.Writer, res *checkResult, dgst string) {
 // repository at that upstream and a tag or digest. A reference without a
 // registry host goes to the default upstream, as docker does.
 func parseImage(cfg *config.Config, s string) (up, repo, ref string, err error) {
-	name := s
-	ref = "latest"
-	if i := strings.LastIndex(name, "@"); i >= 0 {
-		name, ref = name[:i], name[i+1:]
-	} else if i := strings.LastIndexByte(name, ':'); i > strings.LastIndexByte(name, '/') {
-		name, ref = name[:i], name[i+1:]
-	}
+	name, ref := splitRef(s)
 	first, rest, ok := strings.Cut(name, "/")
 	if ok && (strings.ContainsAny(first, ".:") || first == "localhost") {
 		u := cfg.Upstream(first)

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -29,14 +30,104 @@ func TestUsageAndErrors(t *testing.T) {
 		{[]string{"version"}, 0, "gatehouse"},
 		{nil, 2, "Usage:"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
-		{[]string{"serve", "--nope"}, 2, "flag provided but not defined"},
-		{[]string{"check"}, 2, "check needs one IMAGE"},
-		{[]string{"cache"}, 2, "cache needs a subcommand"},
+		{[]string{"serve", "--nope"}, 2, "unknown flag --nope\nRun 'gatehouse serve --help' for usage."},
+		{[]string{"check"}, 2, "check needs IMAGE"},
+		{[]string{"check", "a", "b"}, 2, "check takes IMAGE, got 2 arguments"},
+		{[]string{"check", "--format", "xml", "alpine"}, 2, "--format must be table, json or sarif"},
+		{[]string{"cache"}, 2, "cache needs a subcommand: ls, verify, gc"},
+		{[]string{"cache", "nope"}, 2, `unknown cache subcommand "nope"`},
+		{[]string{"db", "status", "extra"}, 2, `db status takes no arguments, got "extra"`},
+		{[]string{"health", "--url"}, 2, "flag --url needs a value"},
 	} {
 		var out bytes.Buffer
 		if code := run(context.Background(), tc.args, &out, &out); code != tc.code || !strings.Contains(out.String(), tc.out) {
 			t.Errorf("%v: exit %d, want %d; output %q", tc.args, code, tc.code, out.String())
 		}
+	}
+}
+
+// Every command and subcommand answers --help and -h on stdout with exit
+// 0, with its usage, an example and double-dash flags, and touches no
+// file: not even the data directory of a config it would load.
+func TestEveryCommandHelp(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	t.Setenv("GATEHOUSE_DATA_DIR", filepath.Join(dir, "data"))
+	var walk func(c *command)
+	var paths [][]string
+	walk = func(c *command) {
+		paths = append(paths, strings.Fields(c.name))
+		for _, s := range c.subs {
+			walk(s)
+		}
+	}
+	walk(commands())
+	if len(paths) < 12 {
+		t.Fatalf("only %d commands found", len(paths))
+	}
+	for _, p := range paths {
+		for _, h := range []string{"--help", "-h"} {
+			var stdout, stderr bytes.Buffer
+			args := append(append([]string{}, p...), h)
+			code := run(context.Background(), args, &stdout, &stderr)
+			out := stdout.String()
+			if code != 0 || stderr.Len() != 0 || !strings.Contains(out, "Usage:\n  gatehouse") || !strings.Contains(out, "--help") {
+				t.Errorf("%v: exit %d, stdout %q, stderr %q", args, code, out, stderr.String())
+			}
+			if len(p) > 0 && !strings.Contains(out, "Examples:\n  gatehouse "+p[0]) && !strings.Contains(out, "Commands:") {
+				t.Errorf("%v: no example: %s", args, out)
+			}
+			for _, l := range strings.Split(out, "\n") {
+				if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], "-") && !strings.HasPrefix(f[0], "--") && f[0] != "-h," {
+					t.Errorf("%v: single-dash flag in help: %q", args, l)
+				}
+			}
+		}
+	}
+	// help COMMAND is COMMAND --help.
+	var a, b bytes.Buffer
+	run(context.Background(), []string{"help", "cache", "gc"}, &a, io.Discard)
+	run(context.Background(), []string{"cache", "gc", "--help"}, &b, io.Discard)
+	if a.String() != b.String() || !strings.Contains(a.String(), "--max-size SIZE") {
+		t.Errorf("help cache gc:\n%s\ncache gc --help:\n%s", a.String(), b.String())
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		t.Errorf("--help created %s", e.Name())
+	}
+}
+
+// The top-level help lists every environment variable gatehouse reads:
+// every "GATEHOUSE_..." or "AWS_..." string in the code is in it.
+func TestHelpListsEveryEnvironmentVariable(t *testing.T) {
+	var help bytes.Buffer
+	run(context.Background(), []string{"--help"}, &help, io.Discard)
+	re := regexp.MustCompile(`"((GATEHOUSE|AWS)_[A-Z_]+)"`)
+	found := 0
+	err := filepath.WalkDir("../..", func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "e2e" || d.Name() == "bench" || d.Name() == "testsvc" || d.Name() == ".git") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+			found++
+			if !strings.Contains(help.String(), "  "+m[1]+" ") {
+				t.Errorf("%s reads %s, which gatehouse --help does not list", p, m[1])
+			}
+		}
+		return nil
+	})
+	if err != nil || found < 15 {
+		t.Fatalf("walk: %v; %d variables found", err, found)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -29,62 +28,6 @@ import (
 	"github.com/gatehouse/gatehouse/ui"
 )
 
-// commonFlags are the flags every command that reads the configuration has.
-type commonFlags struct {
-	config  string
-	dataDir string
-}
-
-func (c *commonFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.config, "config", "", "YAML configuration `file` (default: embedded defaults)")
-	fs.StringVar(&c.dataDir, "data-dir", "", "data `directory` (overrides dataDir)")
-}
-
-func (c *commonFlags) load() (*config.Config, error) {
-	cfg, err := config.Load(c.config)
-	if err != nil {
-		return nil, err
-	}
-	if c.dataDir != "" {
-		cfg.DataDir = c.dataDir
-	}
-	return cfg, nil
-}
-
-// newFlagSet parses args of a command that takes flags only.
-func newFlagSet(name string, args []string, register func(*flag.FlagSet)) error {
-	var fs *flag.FlagSet
-	if err := newFlagSetArgs(name, args, func(f *flag.FlagSet) { fs = f; register(f) }); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: %s: unexpected argument %q", errUsage, name, fs.Arg(0))
-	}
-	return nil
-}
-
-// newFlagSetArgs parses args; positional arguments are left in the set.
-// Flags may also follow the positional arguments.
-func newFlagSetArgs(name string, args []string, register func(*flag.FlagSet)) error {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	register(fs)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return err
-			}
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
-	}
-	return fs.Parse(append([]string{"--"}, pos...))
-}
-
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.Log.Level))
@@ -95,15 +38,8 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
-	var cf commonFlags
-	var listen string
-	if err := newFlagSet("serve", args, func(fs *flag.FlagSet) {
-		cf.register(fs)
-		fs.StringVar(&listen, "listen", "", "listen `address` (overrides listen), e.g. :5000")
-	}); err != nil {
-		return err
-	}
+// serve runs the proxy until ctx ends.
+func serve(ctx context.Context, cf *commonFlags, listen string, stderr io.Writer) error {
 	cfg, err := cf.load()
 	if err != nil {
 		return err
@@ -273,7 +209,7 @@ func runServer(ctx context.Context, st *stack, srv *http.Server, ln net.Listener
 	})
 	g.Go(func() error { flushLoop(gctx, st); return nil })
 	g.Go(func() error {
-		// Close (deferred by cmdServe) writes the denials still queued.
+		// Close (deferred by serve) writes the denials still queued.
 		st.gate.RunDenials(gctx)
 		return nil
 	})

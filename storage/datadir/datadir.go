@@ -41,6 +41,9 @@ type Stores struct {
 	Gate  storage.MetaStore // verdicts, reports, images, denials; nil with NoGate
 }
 
+// CacheFile is the data directory's file of cache records (and its lock).
+const CacheFile = "meta.db"
+
 // Open opens (creating if needed) the stores of dir. The lock of meta.db is
 // the directory's: it is taken first, so that a second gatehouse on the
 // same directory fails before it could remove the partial downloads the
@@ -49,7 +52,7 @@ func Open(dir string, opts Options) (*Stores, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	meta, err := boltmeta.Open(filepath.Join(dir, "meta.db"), opts.LockTimeout)
+	meta, err := boltmeta.Open(filepath.Join(dir, CacheFile), opts.LockTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("%w (is another gatehouse using this data directory?)", err)
 	}
