@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"debug/elf"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -322,6 +321,10 @@ func checkGatehouse(t *testing.T, m manifests, wantServiceMonitor bool) {
 		t.Fatalf("args = %v, want serve --config FILE", c.Args)
 	}
 	configPath := c.Args[slices.Index(c.Args, "--config")+1]
+	// A command run with kubectl exec reads the file serve reads.
+	if !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GATEHOUSE_CONFIG" && e.Value == configPath }) {
+		t.Errorf("env = %+v, want GATEHOUSE_CONFIG=%s (the --config of serve)", c.Env, configPath)
+	}
 
 	// The config file comes from the ConfigMap mounted on its directory.
 	var cmName string
@@ -518,10 +521,16 @@ func checkHostsTOML(t *testing.T, source string, data []byte, wantServer string)
 	return h
 }
 
+// The default kustomization installs gatehouse alone; the node-hosts
+// DaemonSet and the ServiceMonitor are opt-in components
+// (TestKustomizeOptInComponents, TestDefaultInstallChangesNoNode).
 func TestKustomizeManifests(t *testing.T) {
 	m := kustomizeBuild(t)
-	for _, kind := range []string{"Namespace", "StatefulSet", "Service", "ServiceMonitor", "DaemonSet"} {
+	for _, kind := range []string{"Namespace", "ConfigMap", "StatefulSet", "Service"} {
 		m.one(t, kind)
+	}
+	if len(m) != 4 {
+		t.Errorf("kustomize build deploy/kubernetes renders %d objects, want 4 (Namespace, ConfigMap, Service, StatefulSet)", len(m))
 	}
 	for _, o := range m {
 		if o.kind == "Namespace" {
@@ -532,28 +541,36 @@ func TestKustomizeManifests(t *testing.T) {
 			t.Errorf("%s %s: namespace %v, want gatehouse", o.kind, o.name, meta["namespace"])
 		}
 	}
-	checkGatehouse(t, m, true)
+	checkGatehouse(t, m, false)
 	// Nodes reach gatehouse on the Service's fixed ClusterIP.
 	svc := m.one(t, "Service").typed.(*corev1.Service)
 	if svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
 		t.Fatalf("Service clusterIP = %q, want a fixed address the nodes' hosts.toml names", svc.Spec.ClusterIP)
 	}
-	checkNodeHosts(t, m, fmt.Sprintf("http://%s:5000", svc.Spec.ClusterIP))
 
-	// Every file listed is a resource; no manifest is left out by mistake.
-	files, _ := filepath.Glob("kubernetes/*.yaml")
-	for _, f := range files {
-		if filepath.Base(f) == "kustomization.yaml" {
-			continue
-		}
-		data, err := os.ReadFile(f)
+	// Every file of the kustomization and of each component is listed in
+	// its directory's kustomization.yaml (as a resource or a patch); no
+	// manifest is left out by mistake.
+	dirs, _ := filepath.Glob("kubernetes/*/kustomization.yaml")
+	dirs = append(dirs, "kubernetes/kustomization.yaml")
+	for _, kf := range dirs {
+		k, err := os.ReadFile(kf)
 		if err != nil {
 			t.Fatal(err)
 		}
-		decodeAll(t, f, data) // strict schema check per file too
-		k, _ := os.ReadFile("kubernetes/kustomization.yaml")
-		if !bytes.Contains(k, []byte("- "+filepath.Base(f))) {
-			t.Errorf("%s is not listed in kustomization.yaml", f)
+		files, _ := filepath.Glob(filepath.Join(filepath.Dir(kf), "*.yaml"))
+		for _, f := range files {
+			if filepath.Base(f) == "kustomization.yaml" {
+				continue
+			}
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			decodeAll(t, f, data) // strict schema check per file too
+			if !bytes.Contains(k, []byte("- "+filepath.Base(f))) && !bytes.Contains(k, []byte("path: "+filepath.Base(f))) {
+				t.Errorf("%s is not listed in %s", f, kf)
+			}
 		}
 	}
 }

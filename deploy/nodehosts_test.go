@@ -7,8 +7,6 @@ package deploy
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -255,7 +253,7 @@ func TestHelmNodeHostsChecksum(t *testing.T) {
 // The chart's script is the one the plain manifests run.
 func TestNodeHostsScriptMatchesManifests(t *testing.T) {
 	chart := renderNodeHosts(t, tlsAuthValues(nil)).ds
-	plain := kustomizeBuild(t).one(t, "DaemonSet").typed.(*appsv1.DaemonSet)
+	plain := kustomizeOverlay(t, "node-hosts").one(t, "DaemonSet").typed.(*appsv1.DaemonSet)
 	cs, ps := chart.Spec.Template.Spec.Containers[0].Command, plain.Spec.Template.Spec.Containers[0].Command
 	if len(cs) != 3 || len(ps) != 3 || cs[2] != ps[2] {
 		t.Errorf("the chart's and deploy/kubernetes' node-hosts scripts differ:\nchart: %q\nplain: %q", cs, ps)
@@ -282,21 +280,7 @@ func kustomizeBuildDir(t *testing.T, dir string) manifests {
 // The plain manifests' TLS+auth component renders the node side exactly as
 // the chart does for the same Secrets: the same files, volumes and mounts.
 func TestKustomizeNodeHostsTLSAuth(t *testing.T) {
-	base, err := filepath.Abs("kubernetes")
-	if err != nil {
-		t.Fatal(err)
-	}
-	overlay := t.TempDir()
-	// kustomize takes only relative paths to bases and components.
-	rel, err := filepath.Rel(overlay, base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kust := fmt.Sprintf("resources: [%q]\ncomponents: [%q]\n", rel, filepath.Join(rel, "node-hosts-tls-auth"))
-	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m := kustomizeBuildDir(t, overlay)
+	m := kustomizeOverlay(t, "node-hosts", "node-hosts-tls-auth")
 	plain := nodeHosts{ds: m.one(t, "DaemonSet").typed.(*appsv1.DaemonSet)}
 	for _, o := range m.byKind("ConfigMap") {
 		if o.name == "gatehouse-node-hosts" {

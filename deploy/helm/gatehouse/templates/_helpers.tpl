@@ -216,6 +216,9 @@ spec:
       env:
         - name: GATEHOUSE_DATA_DIR
           value: /var/lib/gatehouse
+        # `kubectl exec ... gatehouse check|db|cache` reads the same file.
+        - name: GATEHOUSE_CONFIG
+          value: /etc/gatehouse/gatehouse.yaml
         {{- if $shared }}
         # cluster.advertise names it: the other replicas reach this pod's
         # peer listener at its own address.
