@@ -20,6 +20,8 @@ ENV GATEHOUSE_DATA_DIR=/var/lib/gatehouse GATEHOUSE_LOG_FORMAT=json
 VOLUME /var/lib/gatehouse
 EXPOSE 5000
 USER 65532:65532
-HEALTHCHECK --interval=30s --timeout=3s CMD ["/usr/local/bin/gatehouse", "health", "--url", "http://127.0.0.1:5000/healthz"]
+# gatehouse health asks the listen address of the configuration (GATEHOUSE_CONFIG,
+# GATEHOUSE_LISTEN), over https when TLS is configured.
+HEALTHCHECK --interval=30s --timeout=3s CMD ["/usr/local/bin/gatehouse", "health"]
 ENTRYPOINT ["/usr/local/bin/gatehouse"]
 CMD ["serve"]
