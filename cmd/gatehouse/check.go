@@ -99,6 +99,10 @@ func checkLocal(ctx context.Context, o *checkOptions, stderr io.Writer) (*checkR
 	if err != nil {
 		return nil, err
 	}
+	if _, err := os.Stat(dbDir(cfg)); errors.Is(err, os.ErrNotExist) {
+		// Only read the data directory: a mistyped --data-dir is not created.
+		return nil, fmt.Errorf("no vulnerability DB in %s: run 'gatehouse db update' or 'gatehouse db import FILE' first, or point --data-dir (dataDir, GATEHOUSE_DATA_DIR) at a gatehouse data directory", dbDir(cfg))
+	}
 	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
 	// check judges in a scratch state directory, so it can run next to a

@@ -166,6 +166,13 @@ func TestCacheRefusesMissingDataDir(t *testing.T) {
 			t.Errorf("cache %s created %s", sub, missing)
 		}
 	}
+	missing := filepath.Join(t.TempDir(), "gatehouse-dtaa")
+	if code, _, errOut := runOut(t, "check", "--data-dir", missing, "alpine:3"); code != 2 || !strings.Contains(errOut, "no vulnerability DB in "+missing) {
+		t.Errorf("check on a missing data dir: exit %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(missing); !os.IsNotExist(err) {
+		t.Errorf("check created %s", missing)
+	}
 	empty := t.TempDir()
 	if code, _, errOut := runOut(t, "cache", "ls", "--data-dir", empty); code != 1 || !strings.Contains(errOut, "holds no gatehouse cache") {
 		t.Errorf("cache ls on an empty dir: exit %d: %s", code, errOut)
