@@ -7,7 +7,9 @@ package api
 
 import (
 	"context"
-	"encoding/json"
+	jsonv1 "encoding/json"
+	"encoding/json/jsontext"
+	"encoding/json/v2"
 	"errors"
 	"fmt"
 	"net/http"
@@ -123,7 +125,7 @@ func (h *Handler) denials(w http.ResponseWriter, r *http.Request) {
 // policy serves GET /api/v1/policy.
 func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
 	cfg := h.opts.Config
-	writeJSON(w, map[string]any{"rules": h.opts.Model.Policy().Rules(), "dbVersion": h.opts.Model.DBVersion(),
+	writeJSON(w, map[string]any{"rules": rulesJSON(h.opts.Model.Policy().Rules()), "dbVersion": h.opts.Model.DBVersion(),
 		"blobs": cfg.Blobs, "maxWait": cfg.MaxWait.D().String()})
 }
 
@@ -155,16 +157,25 @@ func paging(w http.ResponseWriter, l, o string) (limit, offset int, ok bool) {
 	return limit, offset, true
 }
 
+// responseOptions encode the API's answers as encoding/json does, except
+// that an empty list or map is [] or {}, never null, however the record
+// holding it was built.
+var responseOptions = json.JoinOptions(jsonv1.DefaultOptionsV1(), json.FormatNilSliceAsNull(false), json.FormatNilMapAsNull(false),
+	jsontext.WithIndent("  "))
+
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
+	b, err := json.Marshal(v, responseOptions)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "encoding the answer: "+err.Error())
+		return
+	}
+	w.Write(append(b, '\n'))
 }
 
 // writeError is the one writer of the API's errors: {"error": msg}.
 func writeError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+	jsonv1.NewEncoder(w).Encode(map[string]string{"error": msg})
 }

@@ -1,0 +1,76 @@
+package api
+
+import "github.com/gatehouse/gatehouse/gate/policy"
+
+// The rules as GET /api/v1/policy shows them: every field under its name
+// in the YAML configuration (camelCase). These are the
+// API's own types rather than JSON tags on the config types: a rule's hash,
+// which keys every stored verdict, is computed from the config type's JSON
+// encoding, and must not change with the API's field names.
+// (TestAPIRuleMirrorsConfigKeys keeps the two in step.)
+
+// ruleJSON is a rule of the policy in force.
+type ruleJSON struct {
+	Name          string          `json:"name"`
+	Upstreams     []string        `json:"upstreams"`
+	Repositories  []string        `json:"repositories"`
+	Mode          string          `json:"mode"`
+	Block         []string        `json:"block"`
+	IgnoreUnfixed bool            `json:"ignoreUnfixed"`
+	Allowlist     []allowJSON     `json:"allowlist"`
+	Signatures    *signaturesJSON `json:"signatures,omitempty"` // absent: no signature check
+	// Hash identifies the rule's content; it keys the rule's verdicts.
+	Hash string `json:"hash"`
+}
+
+// dateLayout is how the configuration writes an allowlist entry's expiry.
+const dateLayout = "2006-01-02"
+
+// allowJSON is an allowlist entry.
+type allowJSON struct {
+	ID      string `json:"id"`
+	Reason  string `json:"reason"`
+	Expires string `json:"expires"`
+}
+
+// signaturesJSON is a rule's signature check.
+type signaturesJSON struct {
+	Required            bool         `json:"required"`
+	Identities          []signerJSON `json:"identities"`
+	TrustedRoot         string       `json:"trustedRoot"`
+	RequireTlog         bool         `json:"requireTlog"`
+	RequireSCT          bool         `json:"requireSCT"`
+	AllowIndexSignature bool         `json:"allowIndexSignature"`
+}
+
+// signerJSON is a trusted identity.
+type signerJSON struct {
+	PublicKey     string `json:"publicKey"`
+	Issuer        string `json:"issuer"`
+	Subject       string `json:"subject"`
+	IssuerRegexp  string `json:"issuerRegexp"`
+	SubjectRegexp string `json:"subjectRegexp"`
+}
+
+// rulesJSON converts the policy's rules for the API.
+func rulesJSON(rules []*policy.Rule) []ruleJSON {
+	out := make([]ruleJSON, 0, len(rules))
+	for _, r := range rules {
+		rj := ruleJSON{Name: r.Name, Upstreams: r.Upstreams, Repositories: r.Repositories, Mode: r.Mode,
+			Block: r.Block, IgnoreUnfixed: r.IgnoreUnfixed, Hash: r.Hash}
+		for _, a := range r.Allowlist {
+			rj.Allowlist = append(rj.Allowlist, allowJSON{ID: a.ID, Reason: a.Reason, Expires: a.Expires.Format(dateLayout)})
+		}
+		if s := r.Signatures; s != nil {
+			sj := &signaturesJSON{Required: s.Required, TrustedRoot: s.TrustedRoot,
+				RequireTlog: s.RequireTlog, RequireSCT: s.RequireSCT, AllowIndexSignature: s.AllowIndexSignature == nil || *s.AllowIndexSignature}
+			for _, id := range s.Identities {
+				sj.Identities = append(sj.Identities, signerJSON{PublicKey: id.PublicKey, Issuer: id.Issuer, Subject: id.Subject,
+					IssuerRegexp: id.IssuerRegexp, SubjectRegexp: id.SubjectRegexp})
+			}
+			rj.Signatures = sj
+		}
+		out = append(out, rj)
+	}
+	return out
+}
