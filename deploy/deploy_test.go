@@ -7,6 +7,7 @@ package deploy
 
 import (
 	"encoding/json"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,51 +21,144 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"gopkg.in/yaml.v3"
 
+	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/metrics"
+	"github.com/gatehouse/gatehouse/storage/boltmeta"
+	"github.com/gatehouse/gatehouse/upstream"
 )
 
-// exportedMetrics registers gatehouse's collectors on a fresh registry (as
-// the server does, with every gauge source set), observes each vector once
-// so that it is gathered, and returns the metric families by name.
-func exportedMetrics(t *testing.T) map[string]dto.MetricType {
+// exportedMetrics returns the metric families a freshly started gatehouse
+// exports before any request, by name: the default configuration's
+// upstream clients and gate are built (their constructors create their
+// series at 0, as at start-up) and the collectors are registered on a
+// fresh registry with every gauge source set, as serve does. Nothing is
+// observed: a family that only appears with its first event is missing,
+// and a dashboard panel or alert querying it would show "No data" on a
+// fresh start. (The collectors are package variables; no other test of
+// this package touches them.)
+func exportedMetrics(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
+	cfg, err := config.Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	rate := map[string]func() int64{}
+	for i := range cfg.Upstreams {
+		c, err := upstream.New(&cfg.Upstreams[i], log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rate[c.Name()] = c.RateLimitRemaining
+	}
+	meta, err := boltmeta.Open(filepath.Join(t.TempDir(), "gate.db"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { meta.Close() })
+	g, err := gate.New(gate.Options{Config: &cfg.Gate, Meta: meta, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
 	reg := prometheus.NewRegistry()
-	err := metrics.Register(reg, metrics.Sources{
-		CacheUsage:         func() (int64, int) { return 1, 1 },
-		RateLimitRemaining: map[string]func() int64{"docker.io": func() int64 { return 1 }},
-		DB:                 func() (string, time.Time) { return "v", time.Now() },
+	err = metrics.Register(reg, metrics.Sources{
+		CacheUsage:         func() (int64, int) { return 0, 0 },
+		CacheLimit:         int64(cfg.Cache.MaxSize),
+		RateLimitRemaining: rate,
+		DB:                 func() (string, time.Time) { return "", time.Time{} },
 		Disk:               func() (uint64, uint64, error) { return 1, 2, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics.Requests.WithLabelValues("blob", "GET", "200").Add(0)
-	metrics.RequestDuration.WithLabelValues("blob", "GET").Observe(0)
-	metrics.ServedBytes.WithLabelValues("cache").Add(0)
-	metrics.CacheRequests.WithLabelValues("blob", "hit").Add(0)
-	metrics.UpstreamRequests.WithLabelValues("docker.io", "200").Add(0)
-	metrics.UpstreamDuration.WithLabelValues("docker.io").Observe(0)
-	metrics.UpstreamBytes.WithLabelValues("docker.io").Add(0)
-	metrics.UpstreamRetries.WithLabelValues("docker.io", "429").Add(0)
-	metrics.UpstreamInFlight.WithLabelValues("docker.io").Add(0)
-	metrics.UpstreamQueued.WithLabelValues("docker.io").Add(0)
-	metrics.UpstreamQueueTimeouts.WithLabelValues("docker.io").Add(0)
-	metrics.UpstreamAddressesRefused.WithLabelValues("docker.io").Add(0)
-	metrics.ManifestFetchesFailed.WithLabelValues("docker.io", "read").Add(0)
-	metrics.BlobFetchResumes.WithLabelValues("docker.io", "ok").Add(0) // pre-initialised per configured upstream
-	metrics.GateDecisions.WithLabelValues("denied", "vulnerable", "default").Add(0)
-	metrics.DBUpdates.WithLabelValues("updated").Add(0)
-	metrics.SignatureVerifications.WithLabelValues("verified").Add(0)
-	metrics.AccessReloads.WithLabelValues("tls", "ok").Add(0) // exported from the first reload on
 	fams, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]dto.MetricType{}
+	out := map[string]*dto.MetricFamily{}
 	for _, f := range fams {
-		out[f.GetName()] = f.GetType()
+		out[f.GetName()] = f
 	}
 	return out
+}
+
+// typesOf returns the type of each family by name.
+func typesOf(fams map[string]*dto.MetricFamily) map[string]dto.MetricType {
+	out := map[string]dto.MetricType{}
+	for name, f := range fams {
+		out[name] = f.GetType()
+	}
+	return out
+}
+
+// selectorRE matches a selector with label matchers, matcherRE one
+// matcher in it.
+var (
+	selectorRE = regexp.MustCompile(`\b((?:gatehouse|go|process)_[A-Za-z0-9_]+)\{([^}]*)\}`)
+	matcherRE  = regexp.MustCompile(`([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"`)
+)
+
+// unmatchedSelectors returns the selectors of expr that match no series of
+// fams: a panel or rule filtering on a label value that does not exist
+// before its first event shows "No data" (matchers on dashboard variables,
+// $job and $instance, are left out).
+func unmatchedSelectors(expr string, fams map[string]*dto.MetricFamily) []string {
+	var out []string
+	for _, sel := range selectorRE.FindAllStringSubmatch(expr, -1) {
+		f := fams[sel[1]]
+		for _, suf := range []string{"_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(sel[1], suf); ok && f == nil {
+				f = fams[base]
+			}
+		}
+		if f == nil {
+			continue // missingMetrics reports it
+		}
+		matches := func(m *dto.Metric) bool {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for _, mt := range matcherRE.FindAllStringSubmatch(sel[2], -1) {
+				name, op, val := mt[1], mt[2], mt[3]
+				if strings.Contains(val, "$") {
+					continue
+				}
+				var ok bool
+				switch op {
+				case "=", "!=":
+					ok = labels[name] == val
+				default:
+					ok = regexp.MustCompile("^(?:" + val + ")$").MatchString(labels[name])
+				}
+				if ok == strings.HasPrefix(op, "!") {
+					return false
+				}
+			}
+			return true
+		}
+		if !slices.ContainsFunc(f.GetMetric(), matches) {
+			out = append(out, sel[0])
+		}
+	}
+	return out
+}
+
+func TestUnmatchedSelectorsHelper(t *testing.T) {
+	name, value := "code", "error"
+	fams := map[string]*dto.MetricFamily{"gatehouse_y_total": {Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: &name, Value: &value}}}}}}
+	for expr, want := range map[string][]string{
+		`rate(gatehouse_y_total{job=~"$job", code=~"error|5.."}[5m])`:      nil,
+		`gatehouse_y_total{code="error"} + gatehouse_y_total{code!="200"}`: nil,
+		`gatehouse_y_total{code="200"}`:                                    {`gatehouse_y_total{code="200"}`},
+		`gatehouse_y_total{code!~"err.*"} or gatehouse_nope{a="b"}`:        {`gatehouse_y_total{code!~"err.*"}`},
+	} {
+		if got := unmatchedSelectors(expr, fams); !slices.Equal(got, want) {
+			t.Errorf("unmatchedSelectors(%q) = %q, want %q", expr, got, want)
+		}
+	}
 }
 
 // metricNameRE matches the metric names a query can use: gatehouse's own
@@ -153,7 +247,8 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 	}) {
 		t.Errorf("no DS_PROMETHEUS datasource input: %+v", dash.Inputs)
 	}
-	exported := exportedMetrics(t)
+	fams := exportedMetrics(t)
+	exported := typesOf(fams)
 	used := map[string]bool{}
 	ids := map[int]string{}
 	var exprs int
@@ -174,6 +269,9 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 				}
 				if m := missingMetrics(tg.Expr, exported); len(m) > 0 {
 					t.Errorf("panel %q queries metrics gatehouse does not export: %q\n  expr: %s", p.Title, m, tg.Expr)
+				}
+				if u := unmatchedSelectors(tg.Expr, fams); len(u) > 0 {
+					t.Errorf("panel %q selects series a fresh gatehouse does not have: %q", p.Title, u)
 				}
 				for _, n := range metricNameRE.FindAllString(tg.Expr, -1) {
 					used[n] = true
@@ -259,7 +357,8 @@ func TestRulesQueryExportedMetrics(t *testing.T) {
 	if err := yaml.Unmarshal(b, &file); err != nil {
 		t.Fatal(err)
 	}
-	exported := exportedMetrics(t)
+	fams := exportedMetrics(t)
+	exported := typesOf(fams)
 	var alerts []string
 	for _, g := range file.Groups {
 		for _, r := range g.Rules {
@@ -267,6 +366,9 @@ func TestRulesQueryExportedMetrics(t *testing.T) {
 			alerts = append(alerts, name)
 			if m := missingMetrics(r.Expr, exported); len(m) > 0 {
 				t.Errorf("rule %s queries metrics gatehouse does not export: %q", name, m)
+			}
+			if u := unmatchedSelectors(r.Expr, fams); len(u) > 0 {
+				t.Errorf("rule %s selects series a fresh gatehouse does not have: %q", name, u)
 			}
 			if r.Alert == "" {
 				continue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -135,7 +136,36 @@ func New(opts Options) (*Gate, error) {
 	for _, t := range opts.Config.PassArtifactTypes {
 		g.pass[t] = true
 	}
+	metrics.InitGateDecisions(decisionSeries(opts.Config.Policy.Rules))
 	return g, nil
+}
+
+// decisionSeries lists the decisions each rule in force can give on a
+// scanned image (the built-in default rule too, unless a rule matches
+// every repository), whose gatehouse_gate_decisions_total series are
+// created at 0 so that a dashboard shows the rules before their first pull.
+func decisionSeries(rules []config.Rule) []metrics.Decision {
+	catchAll := slices.ContainsFunc(rules, func(r config.Rule) bool { return len(r.Upstreams) == 0 && len(r.Repositories) == 0 })
+	if !catchAll {
+		rules = append(slices.Clip(rules), config.DefaultRule())
+	}
+	var ds []metrics.Decision
+	for _, r := range rules {
+		switch r.Mode {
+		case config.ModeOff:
+			ds = append(ds, metrics.Decision{Result: "admitted", Reason: ReasonOff, Rule: r.Name})
+		case config.ModeAudit:
+			ds = append(ds, metrics.Decision{Result: "admitted", Reason: ReasonClean, Rule: r.Name},
+				metrics.Decision{Result: "admitted", Reason: ReasonAudit, Rule: r.Name})
+		default:
+			ds = append(ds, metrics.Decision{Result: "admitted", Reason: ReasonClean, Rule: r.Name},
+				metrics.Decision{Result: "denied", Reason: ReasonVulnerable, Rule: r.Name})
+			if r.Signatures != nil && r.Signatures.Required {
+				ds = append(ds, metrics.Decision{Result: "denied", Reason: ReasonUnsigned, Rule: r.Name})
+			}
+		}
+	}
+	return ds
 }
 
 // Close stops running scans and writes the pulls and denials not yet

@@ -36,9 +36,10 @@ var (
 	EvictedBytes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_evicted_bytes_total",
 		Help: "Bytes of blobs evicted to keep the cache within cache.maxSize."})
 	// UpstreamRequests counts requests to upstreams by upstream and code
-	// ("error" for a network failure).
+	// ("error" for a network failure). A request stopped by a failed
+	// registry ping or token exchange counts with that step's status.
 	UpstreamRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "upstream_requests_total",
-		Help: "Requests to upstream registries by upstream and status code (error: no response)."}, []string{"upstream", "code"})
+		Help: "Requests to upstream registries by upstream and status code (error: no response); a request stopped by a failed registry ping or token exchange counts with that step's status."}, []string{"upstream", "code"})
 	// UpstreamDuration observes the time to upstream response headers.
 	UpstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "upstream_request_duration_seconds",
 		Help:    "Time to upstream response headers by upstream.",
@@ -135,9 +136,10 @@ var (
 	// DBUpdates counts vulnerability DB update attempts by result.
 	DBUpdates = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "vulndb_updates_total",
 		Help: "Vulnerability DB update attempts by result (updated, current, error)."}, []string{"result"})
-	// SignatureVerifications counts signature checks by result.
+	// SignatureVerifications counts signature checks by result: verified,
+	// not_verified (no signature by a trusted identity) or error.
 	SignatureVerifications = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "signature_verifications_total",
-		Help: "Signature verifications by result (verified, unsigned, untrusted, error)."}, []string{"result"})
+		Help: "Signature verifications by result (verified; not_verified: no valid signature by a trusted identity; error: the check failed)."}, []string{"result"})
 	// AuthFailures counts refused client requests by realm (pull, api) and
 	// reason (missing, malformed, invalid).
 	AuthFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "auth_failures_total",
@@ -260,7 +262,69 @@ func Register(reg prometheus.Registerer, src Sources) error {
 			AuthFailures.WithLabelValues(realm, r)
 		}
 	}
+	for _, r := range []string{"verified", "not_verified", "error"} {
+		SignatureVerifications.WithLabelValues(r)
+	}
+	for _, f := range []string{"tls", "clientCA", "htpasswd", "tokens", "apiTokens"} {
+		for _, r := range []string{"ok", "error"} {
+			AccessReloads.WithLabelValues(f, r)
+		}
+	}
+	// The routes of a pull; the others appear with their first request.
+	for _, rm := range [][2]string{{"manifest", "HEAD"}, {"manifest", "GET"}, {"blob", "GET"}} {
+		Requests.WithLabelValues(rm[0], rm[1], "200")
+		RequestDuration.WithLabelValues(rm[0], rm[1])
+	}
+	InitGateDecisions(nil)
 	return nil
+}
+
+// upstreamCodes are the status codes whose gatehouse_upstream_requests_total
+// series exist for every configured upstream before its first request: a
+// success, no response at all, and the 5xx a failing registry or its load
+// balancer answers. A series that appears at its first failure already
+// holds 1, and rate() sees no increase in it; GatehouseUpstreamFailing
+// would miss an upstream that fails from the start.
+var upstreamCodes = []string{"200", "error", "500", "502", "503", "504"}
+
+// InitUpstream creates, at 0, the series of every upstream-labelled family
+// for one configured upstream, so that dashboards and alerts see the
+// upstream (and the first increase of each counter) from the start.
+// upstream.New calls it.
+func InitUpstream(upstream string) {
+	for _, c := range upstreamCodes {
+		UpstreamRequests.WithLabelValues(upstream, c)
+	}
+	UpstreamDuration.WithLabelValues(upstream)
+	UpstreamBytes.WithLabelValues(upstream)
+	for _, r := range []string{"network", "5xx", "429"} {
+		UpstreamRetries.WithLabelValues(upstream, r)
+	}
+	UpstreamInFlight.WithLabelValues(upstream)
+	UpstreamQueued.WithLabelValues(upstream)
+	UpstreamQueueTimeouts.WithLabelValues(upstream)
+	UpstreamAddressesRefused.WithLabelValues(upstream)
+	for _, r := range []string{"read", "digest", "invalid", "too_large"} {
+		ManifestFetchesFailed.WithLabelValues(upstream, r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		BlobFetchResumes.WithLabelValues(upstream, r)
+	}
+}
+
+// Decision is one label combination of gatehouse_gate_decisions_total.
+type Decision struct{ Result, Reason, Rule string }
+
+// InitGateDecisions creates, at 0, the decision series of the rules in
+// force (the gate knows which results and reasons each rule can give) and
+// the rule-less error and pending ones. gate.New calls it.
+func InitGateDecisions(ds []Decision) {
+	for _, r := range []string{"error", "pending"} {
+		GateDecisions.WithLabelValues(r, r, "")
+	}
+	for _, d := range ds {
+		GateDecisions.WithLabelValues(d.Result, d.Reason, d.Rule)
+	}
 }
 
 // dbInfo exports gatehouse_vulndb_info{version="..."} 1.

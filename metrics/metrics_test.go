@@ -1,10 +1,13 @@
 package metrics
 
 import (
+	"regexp"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gatehouse/gatehouse/metrics/metricstest"
 )
 
 func TestRegisterExportsEveryFamily(t *testing.T) {
@@ -72,5 +75,64 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 	}
 	if age := got["gatehouse_vulndb_age_seconds"]; age < 3500 || age > 3700 {
 		t.Errorf("vulndb age %v", age)
+	}
+}
+
+// recorder is a Registerer that remembers what was registered.
+type recorder struct {
+	prometheus.Registerer
+	cs []prometheus.Collector
+}
+
+func (r *recorder) Register(c prometheus.Collector) error {
+	r.cs = append(r.cs, c)
+	return r.Registerer.Register(c)
+}
+
+// InitUpstream creates a series of every registered family labelled by
+// upstream (a family added later without its pre-creation fails here),
+// and the request counts by the codes GatehouseUpstreamFailing counts as
+// failures.
+func TestInitUpstreamCoversEveryUpstreamFamily(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	rec := &recorder{Registerer: reg}
+	if err := Register(rec, Sources{}); err != nil {
+		t.Fatal(err)
+	}
+	const up = "init.example"
+	InitUpstream(up)
+	found := map[string]bool{}
+	codes := map[string]bool{}
+	for _, s := range metricstest.Gather(t, reg) {
+		if s.Labels["upstream"] == up {
+			found[s.Family] = true
+			if s.Family == "gatehouse_upstream_requests_total" {
+				codes[s.Labels["code"]] = true
+			}
+		}
+	}
+	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
+	upstreamLabel := regexp.MustCompile(`variableLabels: \{[^}]*\bupstream\b`)
+	var checked int
+	for _, c := range rec.cs {
+		ch := make(chan *prometheus.Desc, 16)
+		go func() { c.Describe(ch); close(ch) }()
+		for d := range ch {
+			if !upstreamLabel.MatchString(d.String()) {
+				continue
+			}
+			checked++
+			if name := fqName.FindStringSubmatch(d.String())[1]; !found[name] {
+				t.Errorf("%s has no series for upstream %s", name, up)
+			}
+		}
+	}
+	if checked < 10 {
+		t.Errorf("only %d families with an upstream label found; the Desc format changed?", checked)
+	}
+	for _, c := range upstreamCodes {
+		if !codes[c] {
+			t.Errorf("gatehouse_upstream_requests_total{code=%q} missing for %s", c, up)
+		}
 	}
 }

@@ -132,6 +132,7 @@ func New(u *config.Upstream, log *slog.Logger) (*Client, error) {
 		repos:   map[string]http.RoundTripper{},
 	}
 	c.rateRemaining.Store(-1)
+	metrics.InitUpstream(u.Name)
 	return c, nil
 }
 
@@ -262,6 +263,7 @@ func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Valu
 	rt, err := c.transport(ctx, repo)
 	if err != nil {
 		release()
+		c.countHandshakeFailure(err)
 		return nil, err
 	}
 	hc := &http.Client{Transport: rt, CheckRedirect: c.guard.checkRedirect}
@@ -289,6 +291,24 @@ func (c *Client) Do(ctx context.Context, method, repo, suffix string, q url.Valu
 	defer release()
 	defer resp.Body.Close()
 	return nil, c.scrub(readError(c.name, resp))
+}
+
+// countHandshakeFailure counts a failed registry ping or token exchange in
+// gatehouse_upstream_requests_total, as the request it stopped: by the
+// status the ping or token endpoint answered, or "error" when it did not
+// answer. An upstream that is down from the start never gets as far as a
+// request, and would otherwise not show as failing at all. A request the
+// client gave up on says nothing about the upstream and is not counted.
+func (c *Client) countHandshakeFailure(err error) {
+	var e *Error
+	if !errors.As(err, &e) || errors.Is(err, context.Canceled) {
+		return
+	}
+	code := "error"
+	if e.Status > 0 {
+		code = strconv.Itoa(e.Status)
+	}
+	metrics.UpstreamRequests.WithLabelValues(c.name, code).Inc()
 }
 
 // wrapErr turns a transport failure (also a failed ping or token exchange)
