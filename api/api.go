@@ -125,8 +125,14 @@ func (h *Handler) denials(w http.ResponseWriter, r *http.Request) {
 // policy serves GET /api/v1/policy.
 func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
 	cfg := h.opts.Config
-	writeJSON(w, map[string]any{"rules": rulesJSON(h.opts.Model.Policy().Rules()), "dbVersion": h.opts.Model.DBVersion(),
-		"blobs": cfg.Blobs, "maxWait": cfg.MaxWait.D().String()})
+	p := h.opts.Model.Policy()
+	out := map[string]any{"rules": rulesJSON(p.Rules()), "dbVersion": h.opts.Model.DBVersion(),
+		"blobs": cfg.Blobs, "maxWait": cfg.MaxWait.D().String()}
+	if def := p.BuiltIn(); def != nil {
+		// The built-in rule judges what no configured rule matches.
+		out["builtInRule"] = rulesJSON([]*policy.Rule{def})[0]
+	}
+	writeJSON(w, out)
 }
 
 // Bounds of the paging parameters of GET /api/v1/images. An offset past

@@ -210,8 +210,17 @@ func TestAPIPolicyKeysAreCamelCase(t *testing.T) {
 				Subject: "me@example.com", IssuerRegexp: "x", SubjectRegexp: "y"}}}}
 	h := New(Options{Model: &sparseModel{rules: []config.Rule{rule}}, Config: &cfg.Gate})
 	body := serveJSON(t, h, "/api/v1/policy").(map[string]any)
-	if got, want := keys(t, body, "policy"), []string{"blobs", "dbVersion", "maxWait", "rules"}; !slices.Equal(got, want) {
+	// The one rule matches ghcr.io/team/** only: the built-in rule judges
+	// the rest, and the policy shows it.
+	if got, want := keys(t, body, "policy"), []string{"blobs", "builtInRule", "dbVersion", "maxWait", "rules"}; !slices.Equal(got, want) {
 		t.Errorf("policy keys %q, want %q", got, want)
+	}
+	if b, _ := body["builtInRule"].(map[string]any); b["name"] != "default" || b["mode"] != "enforce" || b["ignoreUnfixed"] != true {
+		t.Errorf("builtInRule %v, want the built-in default rule", body["builtInRule"])
+	}
+	catchAll := New(Options{Model: &sparseModel{rules: []config.Rule{{Name: "all", Mode: config.ModeAudit}}}, Config: &cfg.Gate})
+	if _, ok := serveJSON(t, catchAll, "/api/v1/policy").(map[string]any)["builtInRule"]; ok {
+		t.Error("builtInRule shown although a configured rule matches everything")
 	}
 	rules, ok := body["rules"].([]any)
 	if !ok || len(rules) != 1 {

@@ -86,16 +86,7 @@ type policyData struct {
 }
 
 func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
-	d := policyData{Rules: h.opts.Source.Policy().Rules(), Now: h.opts.Now()}
-	catchAll := false
-	for _, r := range d.Rules {
-		if len(r.Upstreams) == 0 && len(r.Repositories) == 0 {
-			catchAll = true
-		}
-	}
-	if !catchAll {
-		d.Default = policy.New([]config.Rule{config.DefaultRule()}).Rules()[0]
-	}
+	d := policyData{Rules: h.opts.Source.Policy().Rules(), Default: h.opts.Source.Policy().BuiltIn(), Now: h.opts.Now()}
 	if db, err := h.opts.DB(); err != nil {
 		d.DBErr = err.Error()
 	} else {

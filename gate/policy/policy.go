@@ -87,6 +87,18 @@ func writeMaterial(h hash.Hash, what string, b []byte, err error) {
 // Rules returns the rules in configuration order.
 func (p *Policy) Rules() []*Rule { return p.rules }
 
+// BuiltIn returns the built-in default rule when it judges something: the
+// repositories no configured rule matches. It is nil when a configured
+// rule (no upstreams, no repositories) matches everything.
+func (p *Policy) BuiltIn() *Rule {
+	for _, r := range p.rules {
+		if len(r.Upstreams) == 0 && len(r.Repositories) == 0 {
+			return nil
+		}
+	}
+	return p.def
+}
+
 // Match returns the most specific rule matching upstream/repo: one that
 // names the upstream beats one that does not, then the longer literal
 // repository pattern wins; the default rule (no constraints) comes last.
