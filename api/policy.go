@@ -1,6 +1,9 @@
 package api
 
-import "github.com/gatehouse/gatehouse/gate/policy"
+import (
+	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/gate/policy"
+)
 
 // The rules as GET /api/v1/policy shows them: every field under its name
 // in the YAML configuration (camelCase). These are the
@@ -19,6 +22,8 @@ type ruleJSON struct {
 	IgnoreUnfixed bool            `json:"ignoreUnfixed"`
 	Allowlist     []allowJSON     `json:"allowlist"`
 	Signatures    *signaturesJSON `json:"signatures,omitempty"` // absent: no signature check
+	// Vulnerabilities is "on" (scanned) or "off" (signatures only).
+	Vulnerabilities string `json:"vulnerabilities"`
 	// Hash identifies the rule's content; it keys the rule's verdicts.
 	Hash string `json:"hash"`
 }
@@ -57,7 +62,10 @@ func rulesJSON(rules []*policy.Rule) []ruleJSON {
 	out := make([]ruleJSON, 0, len(rules))
 	for _, r := range rules {
 		rj := ruleJSON{Name: r.Name, Upstreams: r.Upstreams, Repositories: r.Repositories, Mode: r.Mode,
-			Block: r.Block, IgnoreUnfixed: r.IgnoreUnfixed, Hash: r.Hash}
+			Block: r.Block, IgnoreUnfixed: r.IgnoreUnfixed, Hash: r.Hash, Vulnerabilities: config.VulnerabilitiesOn}
+		if r.Vulnerabilities == config.VulnerabilitiesOff {
+			rj.Vulnerabilities = config.VulnerabilitiesOff
+		}
 		for _, a := range r.Allowlist {
 			rj.Allowlist = append(rj.Allowlist, allowJSON{ID: a.ID, Reason: a.Reason, Expires: a.Expires.Format(dateLayout)})
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -90,6 +91,8 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"gate: {scanLimits: {maxLayerFiles: -1}}", "gate.scanLimits.maxLayerFiles"},
 		{"gate: {scanLimits: {maxLayerSize: -1}}", "-1"},
 		{"gate: {scanLimits: {maxLayerSize: big}}", "big"},
+		{"gate: {policy: {rules: [{name: a, vulnerabilities: off}]}}", "gate.policy.rules[0].vulnerabilities: off checks nothing"},
+		{"gate: {policy: {rules: [{name: a, vulnerabilities: maybe}]}}", `gate.policy.rules[0].vulnerabilities: "maybe" is not on or off`},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.field) {
@@ -327,5 +330,23 @@ func TestPublicKeyFileBounded(t *testing.T) {
 	pem, err := cfg.Gate.Policy.Rules[0].Signatures.Identities[0].PublicKeyPEM()
 	if err != nil || !bytes.HasPrefix(pem, []byte("-----BEGIN PUBLIC KEY-----")) {
 		t.Fatalf("small key file: %q, %v", pem, err)
+	}
+}
+
+// vulnerabilities: on is the default spelled out: the rule is the same
+// (same hash) as one that does not say it; off with required signatures
+// is a rule that does not scan.
+func TestVulnerabilitiesOnIsTheDefault(t *testing.T) {
+	on, err := Parse([]byte("gate: {policy: {rules: [{name: a, vulnerabilities: on}]}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unset, _ := Parse([]byte("gate: {policy: {rules: [{name: a}]}}"))
+	if !reflect.DeepEqual(on.Gate.Policy.Rules, unset.Gate.Policy.Rules) || !on.Gate.Policy.Rules[0].Scans() {
+		t.Errorf("vulnerabilities: on %+v differs from unset %+v", on.Gate.Policy.Rules, unset.Gate.Policy.Rules)
+	}
+	off, err := Parse([]byte(`gate: {policy: {rules: [{name: a, vulnerabilities: off, signatures: {required: true, identities: [{publicKey: "-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----"}]}}]}}`))
+	if err != nil || off.Gate.Policy.Rules[0].Scans() {
+		t.Errorf("signature-only rule: %v, scans %v", err, off != nil && off.Gate.Policy.Rules[0].Scans())
 	}
 }

@@ -138,7 +138,24 @@ type Rule struct {
 	Allowlist []Allow `yaml:"allowlist"`
 	// Signatures, when set, verifies cosign signatures of the images.
 	Signatures *Signatures `yaml:"signatures"`
+	// Vulnerabilities is "on" (the default: images are scanned, and a
+	// vulnerability DB is needed) or "off": the rule checks signatures
+	// only, scans nothing and needs no DB. Off needs signatures.
+	// (Empty in the JSON a rule's hash is made of when on, so that rules
+	// written before this field keep their hash.)
+	Vulnerabilities string `yaml:"vulnerabilities" json:",omitempty"`
 }
+
+// Scans reports whether the rule scans images for vulnerabilities (and so
+// needs a vulnerability DB): not when it is off, nor when it checks
+// signatures only.
+func (r *Rule) Scans() bool { return r.Mode != ModeOff && r.Vulnerabilities != VulnerabilitiesOff }
+
+// Values of Rule.Vulnerabilities.
+const (
+	VulnerabilitiesOn  = "on"
+	VulnerabilitiesOff = "off"
+)
 
 // Signatures is the signature part of a rule.
 type Signatures struct {
@@ -414,6 +431,17 @@ func (g *Gate) finish() []error {
 		case ModeEnforce, ModeAudit, ModeOff:
 		default:
 			bad(field+".mode", "%q is not enforce, audit or off", r.Mode)
+		}
+		switch r.Vulnerabilities {
+		case VulnerabilitiesOn:
+			r.Vulnerabilities = "" // the default, spelled out
+		case "":
+		case VulnerabilitiesOff:
+			if (r.Signatures == nil || !r.Signatures.Required) && r.Mode != ModeOff {
+				bad(field+".vulnerabilities", "off checks nothing unless signatures.required is true: require signatures, or use mode: off")
+			}
+		default:
+			bad(field+".vulnerabilities", "%q is not on or off", r.Vulnerabilities)
 		}
 		if r.Block == nil {
 			r.Block = []string{"CRITICAL"}

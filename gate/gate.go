@@ -195,7 +195,7 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	}
 	rule := g.policy.Match(s.Upstream, s.Repo)
 	dbv := ""
-	if rule.Mode != config.ModeOff {
+	if rule.Scans() {
 		dbv = g.DBVersion()
 	}
 	key := verdictKey(&s, rule.Hash, dbv)
@@ -218,7 +218,7 @@ func (g *Gate) Check(ctx context.Context, s Subject) (*Verdict, error) {
 	case rule.Mode == config.ModeOff:
 		v = &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: true, Kind: "image", Rule: rule.Name,
 			Reason: ReasonOff, Message: fmt.Sprintf("rule %q is off", rule.Name), PolicyHash: rule.Hash, JudgedAt: g.now()}
-	case dbv == "":
+	case dbv == "" && rule.Scans():
 		return g.failed(ctx, &s, info, rule, dbv, ErrNoDB)
 	}
 	if v == nil {

@@ -28,6 +28,10 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		}
 		return nil, err
 	}
+	if !rule.Scans() {
+		// Signatures only: no scan, no DB, no report.
+		return g.conclude(ctx, &s, info, rule, key, &records.StoredReport{}, g.verifySignature(ctx, &s, rule)), nil
+	}
 	rep, err := g.report(ctx, s.Digest.String(), dbv)
 	sigc := make(chan sigOutcome, 1)
 	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
@@ -47,23 +51,29 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 	if err := g.records.PutReport(ctx, s.Digest.String(), rep); err != nil {
 		g.log.Error("storing scan report", "err", err)
 	}
-	v := g.decide(&s, info, rule, rep, sig.res)
+	return g.conclude(ctx, &s, info, rule, key, rep, sig), nil
+}
+
+// conclude decides on a report and a signature outcome and stores the
+// verdict, unless it is a denial that must not outlast the request.
+func (g *Gate) conclude(ctx context.Context, s *Subject, info *manifestInfo, rule *policy.Rule, key string, rep *records.StoredReport, sig sigOutcome) *Verdict {
+	v := g.decide(s, info, rule, rep, sig.res)
 	if !sig.lasting() && !v.Admitted {
 		// Refuse this request, but judge again next time: an upstream
 		// outage, or an index not seen (yet), must not become a lasting
 		// denial. The image record shows the refusal meanwhile.
-		g.recordImage(ctx, &s, info, v)
-		return v, nil
+		g.recordImage(ctx, s, info, v)
+		return v
 	}
 	if sig.lasting() {
-		if err := g.putSignature(ctx, &s, rule, sig.res); err != nil {
+		if err := g.putSignature(ctx, s, rule, sig.res); err != nil {
 			g.log.Error("storing signature result", "err", err)
 		}
 	}
-	if err := g.store(ctx, key, &s, info, v); err != nil {
+	if err := g.store(ctx, key, s, info, v); err != nil {
 		g.log.Error("storing verdict", "err", err)
 	}
-	return v, nil
+	return v
 }
 
 // scanOnce scans the image with the DB of version dbv, once for the
@@ -169,11 +179,16 @@ func (g *Gate) overLimit(ctx context.Context, s *Subject, info *manifestInfo, ru
 // decide applies rule to a scan report and a signature result (nil: not
 // checked).
 func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *records.StoredReport, sig *SignatureResult) *Verdict {
-	findings := make([]policy.Finding, len(rep.Vulns))
-	for i, v := range rep.Vulns {
-		findings[i] = policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed}
+	var findings []policy.Finding
+	if rule.Scans() { // a report kept from an earlier rule does not count under one that does not scan
+		for _, v := range rep.Vulns {
+			findings = append(findings, policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed})
+		}
 	}
 	d := rule.Evaluate(findings, g.now())
+	if !rule.Scans() && rule.Mode != config.ModeOff {
+		d.Message = fmt.Sprintf("rule %q checks signatures only (vulnerabilities: off)", rule.Name)
+	}
 	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: d.Admitted, Kind: info.kind, Rule: rule.Name,
 		Message: d.Message, Decision: &d, PolicyHash: rule.Hash, DBVersion: rep.DBVersion, ScannedAt: rep.ScannedAt, JudgedAt: g.now()}
 	switch {

@@ -141,3 +141,44 @@ func TestSignatureRuleNeedsVerifier(t *testing.T) {
 		t.Fatalf("a rule with signatures and no verifier: %v", err)
 	}
 }
+
+const sigOnlyPolicy = `
+upstreams: [{name: up.example}]
+gate:
+  policy:
+    rules:
+      - name: signed-only
+        repositories: ["signed/*"]
+        vulnerabilities: off
+        signatures: {required: true, identities: [{publicKey: "-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----"}]}
+      - name: default
+`
+
+// A rule with vulnerabilities: off judges by signature alone: with no
+// vulnerability DB loaded a signed image is admitted and an unsigned one
+// refused, nothing is scanned, and a CRITICAL the scanner would find does
+// not count; a rule that scans still fails closed without a DB.
+func TestSignatureOnlyRuleNeedsNoDB(t *testing.T) {
+	sigs := &fakeSigs{results: map[string]*SignatureResult{}}
+	f := newFixtureWith(t, sigOnlyPolicy, sigs)
+	f.scanner.mu.Lock()
+	f.scanner.db = "" // no vulnerability DB loaded
+	f.scanner.mu.Unlock()
+	sigs.results["signed/good"] = &SignatureResult{Verified: true, Format: "bundle", Identity: "key=sha256:ab"}
+	f.scanner.vulns["up.example/signed/good"] = []Vuln{{ID: "CVE-2026-1", Severity: "CRITICAL", PkgName: "openssl", Installed: "1", Fixed: "2"}}
+
+	v, err := f.g.Check(context.Background(), f.image(t, "signed/good"))
+	if err != nil || !v.Admitted || v.Signature == nil || !v.Signature.Verified || !strings.Contains(v.Message, "checks signatures only") {
+		t.Fatalf("signed image under a signature-only rule without a DB: %+v %v", v, err)
+	}
+	v, err = f.g.Check(context.Background(), f.image(t, "signed/none"))
+	if err != nil || v.Admitted || !strings.Contains(v.Message, `denied by rule "signed-only": signature required: no signature found`) {
+		t.Fatalf("unsigned image under a signature-only rule: %+v %v", v, err)
+	}
+	if n := f.scanner.scans.Load(); n != 0 {
+		t.Fatalf("%d scans under a signature-only rule", n)
+	}
+	if _, err := f.g.Check(context.Background(), f.image(t, "other/app")); !errors.Is(err, ErrNoDB) {
+		t.Fatalf("a scanning rule without a DB: %v, want ErrNoDB", err)
+	}
+}

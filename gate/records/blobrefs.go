@@ -6,7 +6,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate/policy"
 	"github.com/gatehouse/gatehouse/storage"
 )
@@ -184,5 +183,5 @@ func (ref *blobRef) current(rule *policy.Rule, dbv string) bool {
 	if ref.Rule != rule.Hash {
 		return false
 	}
-	return ref.Kind == refArtifact || rule.Mode == config.ModeOff || ref.DB == dbv
+	return ref.Kind == refArtifact || !rule.Scans() || ref.DB == dbv
 }
