@@ -396,7 +396,20 @@ type Duration time.Duration
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // MarshalYAML writes the duration as "30s".
-func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// String writes the duration as it would be written by hand: "6h", "2m",
+// "1h30m", "1.5s" (time.Duration's form without zero units).
+func (d Duration) String() string {
+	s := time.Duration(d).String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
@@ -413,10 +426,16 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 type ByteSize int64
 
 // MarshalYAML writes the size as String does, e.g. 40GiB.
-func (b ByteSize) MarshalYAML() (any, error) { return b.String(), nil }
+func (b ByteSize) MarshalYAML() (any, error) {
+	if b == 0 {
+		return 0, nil
+	}
+	return b.String(), nil
+}
 
-// String writes the size in the largest binary unit that divides it
-// ("40GiB", "512MiB"), else in bytes ("1000B"); it parses back exactly.
+// String writes the size in the largest unit that divides it, binary
+// first ("40GiB", "512MiB", "1GB"), else in bytes ("1001B"); it parses
+// back exactly.
 // 0 is "0".
 func (b ByteSize) String() string {
 	if b == 0 {
@@ -425,7 +444,7 @@ func (b ByteSize) String() string {
 	for _, u := range []struct {
 		suffix string
 		mult   int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KiB", 1 << 10}, {"KB", 1e3}} {
 		if int64(b)%u.mult == 0 {
 			return strconv.FormatInt(int64(b)/u.mult, 10) + u.suffix
 		}

@@ -137,13 +137,13 @@ type Rule struct {
 	// Allowlist entries are ignored until they expire.
 	Allowlist []Allow `yaml:"allowlist"`
 	// Signatures, when set, verifies cosign signatures of the images.
-	Signatures *Signatures `yaml:"signatures"`
+	Signatures *Signatures `yaml:"signatures,omitempty"`
 	// Vulnerabilities is "on" (the default: images are scanned, and a
 	// vulnerability DB is needed) or "off": the rule checks signatures
 	// only, scans nothing and needs no DB. Off needs signatures.
 	// (Empty in the JSON a rule's hash is made of when on, so that rules
 	// written before this field keep their hash.)
-	Vulnerabilities string `yaml:"vulnerabilities" json:",omitempty"`
+	Vulnerabilities string `yaml:"vulnerabilities,omitempty" json:",omitempty"`
 }
 
 // Scans reports whether the rule scans images for vulnerabilities (and so

@@ -130,3 +130,21 @@ func storedPulls(t *testing.T, f *fixture, dgst string) int64 {
 	}
 	return rec.Pulls
 }
+
+// An image admitted unscanned (audit mode, no DB) names its rule in the
+// image list as in its record: the rule is on the verdict, not only in a
+// scan decision.
+func TestImagesNameTheRuleOfUnscannedImages(t *testing.T) {
+	f := newFixtureWith(t, "upstreams: [{name: up.example}]\ngate: {policy: {rules: [{name: watch, mode: audit}]}}\n", nil)
+	f.scanner.mu.Lock()
+	f.scanner.db = ""
+	f.scanner.mu.Unlock()
+	v, err := f.g.Check(context.Background(), f.image(t, "lib/app"))
+	if err != nil || !v.Admitted || v.Reason != ReasonScanError {
+		t.Fatalf("%+v %v", v, err)
+	}
+	imgs, err := f.g.Images(context.Background())
+	if err != nil || len(imgs) != 1 || imgs[0].Rule != "watch" {
+		t.Fatalf("Images() = %+v, %v; want the rule watch", imgs, err)
+	}
+}

@@ -32,12 +32,16 @@ var errDenied = errors.New("denied")
 
 // checkResult is the --format json output.
 type checkResult struct {
-	Image    string         `json:"image"`
-	Digest   string         `json:"digest"`
-	Platform string         `json:"platform,omitempty"`
-	Verdict  *gate.Verdict  `json:"verdict"`
-	Vulns    []gate.Vuln    `json:"vulnerabilities"`
-	Counts   map[string]int `json:"counts"`
+	Image    string        `json:"image"`
+	Digest   string        `json:"digest"`
+	Platform string        `json:"platform,omitempty"`
+	Verdict  *gate.Verdict `json:"verdict"`
+	// Scanned is false when the image was not scanned (no DB under audit,
+	// a rule that does not scan, a scan limit) or its findings could not
+	// be read: Vulns is then null, never an empty list that reads as clean.
+	Scanned bool           `json:"scanned"`
+	Vulns   []gate.Vuln    `json:"vulnerabilities"`
+	Counts  map[string]int `json:"counts"`
 }
 
 // checkOptions are the flags of gatehouse check.
@@ -75,7 +79,11 @@ func check(ctx context.Context, o *checkOptions, out *output) error {
 	if err != nil {
 		return err
 	}
+	res.Scanned = res.Verdict != nil && !res.Verdict.ScannedAt.IsZero()
 	res.Counts = map[string]int{}
+	if !res.Scanned {
+		res.Vulns = nil
+	}
 	for _, vu := range res.Vulns {
 		res.Counts[vu.Severity]++
 	}
@@ -192,6 +200,10 @@ func printCheck(w io.Writer, res *checkResult, dgst string) {
 		verdict = "DENIED"
 	}
 	fmt.Fprintf(w, "%s %s@%s\n%s\n\n", verdict, res.Image, dgst, res.Verdict.Message)
+	if !res.Scanned {
+		fmt.Fprintln(w, "Vulnerabilities unknown: the image was not scanned (or its findings could not be read).")
+		return
+	}
 	if len(res.Vulns) == 0 {
 		fmt.Fprintln(w, "No known vulnerabilities.")
 		return

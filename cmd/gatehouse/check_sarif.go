@@ -56,6 +56,10 @@ type sarifLocation struct {
 	} `json:"physicalLocation"`
 }
 
+// notScannedRule is the SARIF rule of an image whose vulnerabilities are
+// not known.
+const notScannedRule = "gatehouse-not-scanned"
+
 // sarifLevel maps a severity to a SARIF level, as Trivy's SARIF output does.
 func sarifLevel(severity string) string {
 	switch severity {
@@ -75,6 +79,17 @@ func writeSARIF(w io.Writer, res *checkResult) error {
 	d.Name, d.Version, d.InformationURI = "gatehouse", version, "https://github.com/gatehouse/gatehouse"
 	run.Results = []sarifResult{}
 	run.Properties = map[string]any{"image": res.Image, "digest": res.Digest, "admitted": res.Verdict.Admitted, "verdict": res.Verdict.Message}
+	run.Properties["scanned"] = res.Scanned
+	if !res.Scanned {
+		// No findings must never read as a clean scan.
+		d.Rules = append(d.Rules, sarifRule{ID: notScannedRule, ShortDescription: sarifText{"image not scanned for vulnerabilities"},
+			Properties: map[string]any{"tags": []string{"security"}}})
+		r := sarifResult{RuleID: notScannedRule, Level: "error", Message: sarifText{"Not scanned: " + res.Verdict.Message}}
+		var loc sarifLocation
+		loc.PhysicalLocation.ArtifactLocation.URI = res.Image
+		r.Locations = []sarifLocation{loc}
+		run.Results = append(run.Results, r)
+	}
 	seen := map[string]bool{}
 	for _, v := range res.Vulns {
 		if !seen[v.ID] {

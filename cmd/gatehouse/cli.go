@@ -74,8 +74,14 @@ func dispatch(ctx context.Context, root *command, args []string, out *output) er
 			printHelp(out.stdout, cmd)
 			return nil
 		}
+		if cmd == root && args[0] == "--version" {
+			args[0] = "version"
+		}
 		next := cmd.sub(args[0])
 		if next == nil {
+			if strings.HasPrefix(args[0], "-") {
+				return usagef(cmd, "unknown flag %s", args[0])
+			}
 			if cmd == root {
 				return usagef(cmd, "unknown command %q", args[0])
 			}

@@ -59,7 +59,8 @@ func TestConfigPrintsSizesAndDefaultRule(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"maxSize: 40GiB", "maxLayerSize: 16GiB", "maxImageSize: 128GiB",
+	for _, want := range []string{"maxSize: 40GiB", "maxLayerSize: 16GiB", "maxImageSize: 128GiB", "maxSize: 0 # no limit",
+		"updateInterval: 6h\n", "idleTimeout: 2m\n", "tagTTL: 5m\n",
 		"# No rules are configured: the built-in default rule below judges every image.",
 		"# A rule you write has ignoreUnfixed: false unless it sets it.", "ignoreUnfixed: true"} {
 		if !strings.Contains(out, want) {
@@ -75,6 +76,10 @@ func TestConfigPrintsSizesAndDefaultRule(t *testing.T) {
 		t.Errorf("read back: maxSize %d, maxLayerSize %d", back.Cache.MaxSize, back.Gate.ScanLimits.MaxLayerSize)
 	}
 
+	t.Setenv("GATEHOUSE_CACHE_MAX_SIZE", "1GB")
+	if _, out, _ = runOut(t, "config"); !strings.Contains(out, "maxSize: 1GB\n") || strings.Contains(out, "signatures: null") {
+		t.Errorf("config with GATEHOUSE_CACHE_MAX_SIZE=1GB:\n%s", out)
+	}
 	_, out, _ = runOut(t, "config", "--config", writeConfig(t, "gate: {policy: {rules: [{name: apps, repositories: ['apps/**']}]}}\n"))
 	if !strings.Contains(out, "# Images no rule below matches are judged by the built-in default rule:\n") ||
 		!strings.Contains(out, "name: default, mode: enforce, block: [CRITICAL], ignoreUnfixed: true") {
@@ -131,15 +136,24 @@ func TestHealthFollowsListen(t *testing.T) {
 	}
 }
 
-// db status with no DB is a status: exit 0, a hint, and no file created.
+// db status with no DB is a status: exit 0, a hint, and no file created;
+// a data directory that does not exist is refused.
 func TestDBStatusWithoutDB(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	code, out, errOut := runOut(t, "db", "status", "--data-dir", data)
-	if code != 0 || !strings.Contains(out, "No vulnerability DB loaded") || !strings.Contains(out, "gatehouse db update") || !strings.Contains(out, "gatehouse db import") {
-		t.Errorf("db status without a DB: exit %d\n%s%s", code, out, errOut)
+	if code != 1 || !strings.Contains(errOut, "data directory "+data+" does not exist") {
+		t.Errorf("db status on a missing data directory: exit %d\n%s%s", code, out, errOut)
 	}
 	if _, err := os.Stat(data); !os.IsNotExist(err) {
 		t.Errorf("db status created %s: %v", data, err)
+	}
+	os.Mkdir(data, 0o750)
+	code, out, errOut = runOut(t, "db", "status", "--data-dir", data)
+	if code != 0 || !strings.Contains(out, "No vulnerability DB loaded") || !strings.Contains(out, "gatehouse db update") || !strings.Contains(out, "gatehouse db import") {
+		t.Errorf("db status without a DB: exit %d\n%s%s", code, out, errOut)
+	}
+	if entries, _ := os.ReadDir(data); len(entries) != 0 {
+		t.Errorf("db status wrote into %s: %v", data, entries)
 	}
 	// An existing but empty DB directory reads the same.
 	if err := os.MkdirAll(filepath.Join(data, "trivy", "db"), 0o750); err != nil {
@@ -181,7 +195,11 @@ func TestCacheRefusesMissingDataDir(t *testing.T) {
 
 // fakeGatehouse answers the registry and JSON API as a gatehouse does:
 // the index, then 503 + Retry-After while "scanning", then the verdict.
-func fakeGatehouse(t *testing.T, deny bool) (*httptest.Server, *atomic.Int32) {
+func fakeGatehouse(t *testing.T, deny bool, scanned ...bool) (*httptest.Server, *atomic.Int32) {
+	scannedAt := "2026-12-01T10:00:00Z"
+	if len(scanned) > 0 && !scanned[0] {
+		scannedAt = "0001-01-01T00:00:00Z"
+	}
 	const child = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 	var childGets atomic.Int32
 	mux := http.NewServeMux()
@@ -214,7 +232,7 @@ func fakeGatehouse(t *testing.T, deny bool) (*httptest.Server, *atomic.Int32) {
 	})
 	mux.HandleFunc("GET /api/v1/images/"+child, func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{"digest": child,
-			"verdict":         map[string]any{"admitted": !deny, "message": "judged by the server's rule"},
+			"verdict":         map[string]any{"admitted": !deny, "message": "judged by the server's rule", "scannedAt": scannedAt},
 			"vulnerabilities": []map[string]any{{"id": "CVE-2099-0001", "severity": "CRITICAL", "pkgName": "libfoo"}}})
 	})
 	srv := httptest.NewServer(mux)
@@ -257,6 +275,21 @@ func TestCheckServer(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &sarif); err != nil || code != 1 || sarif.Version != "2.1.0" || len(sarif.Runs) != 1 ||
 		len(sarif.Runs[0].Results) != 1 || sarif.Runs[0].Results[0].RuleID != "CVE-2099-0001" || sarif.Runs[0].Results[0].Level != "error" {
 		t.Errorf("--format sarif: exit %d, %v\n%s", code, err, out)
+	}
+	// An image admitted unscanned (audit without a DB) never reads as
+	// clean: scanned false, no list of vulnerabilities, and a SARIF error.
+	srv, _ = fakeGatehouse(t, false, false)
+	code, out, _ = runOut(t, "check", "--server", srv.URL, "--token-file", token, "--format", "json", "app:1.0")
+	if code != 0 || !strings.Contains(out, `"scanned": false`) || !strings.Contains(out, `"vulnerabilities": null`) {
+		t.Errorf("unscanned image, json: exit %d\n%s", code, out)
+	}
+	_, out, _ = runOut(t, "check", "--server", srv.URL, "--token-file", token, "app:1.0")
+	if !strings.Contains(out, "Vulnerabilities unknown: the image was not scanned") || strings.Contains(out, "No known vulnerabilities") {
+		t.Errorf("unscanned image, table:\n%s", out)
+	}
+	_, out, _ = runOut(t, "check", "--server", srv.URL, "--token-file", token, "--format", "sarif", "app:1.0")
+	if !strings.Contains(out, `"ruleId": "gatehouse-not-scanned"`) {
+		t.Errorf("unscanned image, sarif has no not-scanned result:\n%s", out)
 	}
 	if code, _, errOut := runOut(t, "check", "--server", "ftp://x", "app"); code != 2 || !strings.Contains(errOut, "is not an http(s) URL") {
 		t.Errorf("--server ftp://x: exit %d: %s", code, errOut)

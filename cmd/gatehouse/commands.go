@@ -86,7 +86,10 @@ func serveCmd() *command {
 		long: `With no configuration it listens on :5000, keeps its data in ./gatehouse-data
 and proxies docker.io, ghcr.io, quay.io, registry.k8s.io, gcr.io,
 mcr.microsoft.com and public.ecr.aws, denying images with a fixable
-CRITICAL vulnerability (load the vulnerability DB first: gatehouse db update).`,
+CRITICAL vulnerability. It downloads the vulnerability DB at start and every
+gate.db.updateInterval through the matching upstream; until one is loaded,
+images under a rule that scans are refused with 503 (air-gapped: load one
+with gatehouse db import).`,
 		example: "gatehouse serve\ngatehouse serve --config /etc/gatehouse/gatehouse.yaml\nGATEHOUSE_LISTEN=:5443 gatehouse serve --data-dir /var/lib/gatehouse",
 		flags: func(fs *flag.FlagSet) {
 			cf.register(fs)

@@ -23,6 +23,7 @@ func printConfig(cf *commonFlags, w io.Writer) error {
 	if rules, _ := mapEntry(mapValue(mapValue(&doc, "gate"), "policy"), "rules"); rules != nil {
 		rules.HeadComment = defaultRuleComment(cfg.Gate.Policy)
 	}
+	noteUnlimited(&doc)
 	enc := yaml.NewEncoder(w)
 	enc.SetIndent(2)
 	if err := enc.Encode(&doc); err != nil {
@@ -71,4 +72,18 @@ func mapEntry(n *yaml.Node, key string) (k, v *yaml.Node) {
 		}
 	}
 	return nil, nil
+}
+
+// noteUnlimited comments every maxSize of 0: no limit.
+func noteUnlimited(n *yaml.Node) {
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k, v := n.Content[i], n.Content[i+1]; k.Value == "maxSize" && v.Value == "0" {
+				v.LineComment = "no limit"
+			}
+		}
+	}
+	for _, c := range n.Content {
+		noteUnlimited(c)
+	}
 }

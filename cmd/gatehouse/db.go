@@ -65,12 +65,16 @@ func dbImport(ctx context.Context, cf *commonFlags, file string, out *output) er
 	return printDBStatus(out.stdout, cfg, sc)
 }
 
-// dbStatus shows the loaded DB. It only reads: with no DB in the data
-// directory it says so and how to load one, and exits 0.
+// dbStatus shows the loaded DB. It only reads: a data directory that does
+// not exist (a typo) is refused; with no DB in it, it says so and how to
+// load one, and exits 0.
 func dbStatus(_ context.Context, cf *commonFlags, out *output) error {
 	cfg, err := cf.load()
 	if err != nil {
 		return err
+	}
+	if _, err := os.Stat(cfg.DataDir); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("data directory %s does not exist (check --data-dir, dataDir or GATEHOUSE_DATA_DIR)", cfg.DataDir)
 	}
 	if _, err := os.Stat(dbDir(cfg)); errors.Is(err, os.ErrNotExist) {
 		return printNoDB(out.stdout, cfg)

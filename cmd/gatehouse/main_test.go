@@ -30,6 +30,8 @@ func TestUsageAndErrors(t *testing.T) {
 		{[]string{"version"}, 0, "gatehouse"},
 		{nil, 2, "Usage:"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"--bogus"}, 2, "gatehouse: unknown flag --bogus\nRun 'gatehouse --help' for usage."},
+		{[]string{"--version"}, 0, "gatehouse dev"},
 		{[]string{"serve", "--nope"}, 2, "unknown flag --nope\nRun 'gatehouse serve --help' for usage."},
 		{[]string{"check"}, 2, "check needs IMAGE"},
 		{[]string{"check", "a", "b"}, 2, "check takes IMAGE, got 2 arguments"},

@@ -48,7 +48,7 @@ func summary(rec *ImageRecord) ImageSummary {
 		ArtifactType: rec.ArtifactType, Platform: rec.Platform, FirstSeen: rec.FirstSeen, LastPulled: rec.LastPulled,
 		Pulls: rec.Pulls, Counts: map[string]int{}}
 	if v := rec.Latest; v != nil {
-		s.Verdict, s.Reason, s.ScannedAt, s.DBVersion = "denied", v.Reason, v.ScannedAt, v.DBVersion
+		s.Verdict, s.Reason, s.ScannedAt, s.DBVersion, s.Rule = "denied", v.Reason, v.ScannedAt, v.DBVersion, v.Rule
 		s.Signature = v.Signature
 		if v.Admitted {
 			s.Verdict = "admitted"
