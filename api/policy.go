@@ -23,9 +23,33 @@ type ruleJSON struct {
 	Allowlist     []allowJSON     `json:"allowlist"`
 	Signatures    *signaturesJSON `json:"signatures,omitempty"` // absent: no signature check
 	// Vulnerabilities is "on" (scanned) or "off" (signatures only).
-	Vulnerabilities string `json:"vulnerabilities"`
+	Vulnerabilities string            `json:"vulnerabilities"`
+	Attestations    *attestationsJSON `json:"attestations,omitempty"` // absent: none required
+	VEX             *vexJSON          `json:"vex,omitempty"`          // absent: no VEX
 	// Hash identifies the rule's content; it keys the rule's verdicts.
 	Hash string `json:"hash"`
+}
+
+// attestationsJSON are the attestations a rule requires.
+type attestationsJSON struct {
+	Provenance        *provenanceJSON `json:"provenance,omitempty"`
+	SBOM              bool            `json:"sbom"`
+	VulnerabilityScan *scanAttJSON    `json:"vulnerabilityScan,omitempty"`
+}
+
+type provenanceJSON struct {
+	BuilderIDs         []string `json:"builderIds"`
+	SourceRepositories []string `json:"sourceRepositories"`
+}
+
+type scanAttJSON struct {
+	MaxAge string `json:"maxAge"`
+}
+
+// vexJSON are the VEX sources a rule accepts.
+type vexJSON struct {
+	Files        []string `json:"files"`
+	Attestations bool     `json:"attestations"`
 }
 
 // dateLayout is how the configuration writes an allowlist entry's expiry.
@@ -65,6 +89,18 @@ func rulesJSON(rules []*policy.Rule) []ruleJSON {
 			Block: r.Block, IgnoreUnfixed: r.IgnoreUnfixed, Hash: r.Hash, Vulnerabilities: config.VulnerabilitiesOn}
 		if r.Vulnerabilities == config.VulnerabilitiesOff {
 			rj.Vulnerabilities = config.VulnerabilitiesOff
+		}
+		if a := r.Attestations; a != nil {
+			rj.Attestations = &attestationsJSON{SBOM: a.SBOM}
+			if p := a.Provenance; p != nil {
+				rj.Attestations.Provenance = &provenanceJSON{BuilderIDs: p.BuilderIDs, SourceRepositories: p.SourceRepositories}
+			}
+			if v := a.VulnerabilityScan; v != nil {
+				rj.Attestations.VulnerabilityScan = &scanAttJSON{MaxAge: v.MaxAge.String()}
+			}
+		}
+		if v := r.VEX; v != nil {
+			rj.VEX = &vexJSON{Files: v.Files, Attestations: v.Attestations}
 		}
 		for _, a := range r.Allowlist {
 			rj.Allowlist = append(rj.Allowlist, allowJSON{ID: a.ID, Reason: a.Reason, Expires: a.Expires.Format(dateLayout)})

@@ -144,6 +144,12 @@ type Rule struct {
 	// (Empty in the JSON a rule's hash is made of when on, so that rules
 	// written before this field keep their hash.)
 	Vulnerabilities string `yaml:"vulnerabilities,omitempty" json:",omitempty"`
+	// Attestations, when set, are required of every image (with the
+	// signatures' identities). Empty in the JSON of a rule without them,
+	// like VEX, so that the rule's hash does not change.
+	Attestations *Attestations `yaml:"attestations,omitempty" json:",omitempty"`
+	// VEX, when set, are the VEX statements the rule accepts.
+	VEX *VEX `yaml:"vex,omitempty" json:",omitempty"`
 }
 
 // Scans reports whether the rule scans images for vulnerabilities (and so
@@ -437,8 +443,11 @@ func (g *Gate) finish() []error {
 			r.Vulnerabilities = "" // the default, spelled out
 		case "":
 		case VulnerabilitiesOff:
-			if (r.Signatures == nil || !r.Signatures.Required) && r.Mode != ModeOff {
-				bad(field+".vulnerabilities", "off checks nothing unless signatures.required is true: require signatures, or use mode: off")
+			if (r.Signatures == nil || !r.Signatures.Required) && r.Attestations == nil && r.Mode != ModeOff {
+				bad(field+".vulnerabilities", "off checks nothing unless signatures.required is true or attestations are required: require them, or use mode: off")
+			}
+			if r.VEX != nil {
+				bad(field+".vex", "applies to vulnerabilities, which this rule does not scan (vulnerabilities: off)")
 			}
 		default:
 			bad(field+".vulnerabilities", "%q is not on or off", r.Vulnerabilities)
@@ -466,6 +475,12 @@ func (g *Gate) finish() []error {
 		}
 		if r.Signatures != nil {
 			errs = append(errs, r.Signatures.finish(field+".signatures")...)
+		}
+		if r.Attestations != nil {
+			errs = append(errs, r.Attestations.finish(field, r)...)
+		}
+		if r.VEX != nil {
+			errs = append(errs, r.VEX.finish(field, r)...)
 		}
 		for j, a := range r.Allowlist {
 			af := fmt.Sprintf("%s.allowlist[%d]", field, j)

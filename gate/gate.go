@@ -37,7 +37,13 @@ type Options struct {
 	// Signatures verifies signatures for rules that have a signatures
 	// section; required when any rule has one.
 	Signatures SignatureVerifier
-	Blobs      BlobOpener
+	// Attestations finds verified attestations for rules that require
+	// them or accept attached VEX; required when any rule does.
+	Attestations AttestationVerifier
+	// VEX applies the VEX statements of rules with a vex section;
+	// required when any rule has one.
+	VEX   VEXFilter
+	Blobs BlobOpener
 	// Cluster, when set, makes each scan one for the whole cluster of
 	// replicas sharing Meta (package cluster). Nil: one replica.
 	Cluster Cluster
@@ -65,6 +71,8 @@ type Gate struct {
 	policy  *policy.Policy
 	scanner Scanner
 	sigs    SignatureVerifier
+	atts    AttestationVerifier
+	vex     VEXFilter
 	blobs   BlobOpener
 	cluster Cluster
 	dbv     func() string
@@ -107,6 +115,12 @@ func New(opts Options) (*Gate, error) {
 		if r.Signatures != nil && opts.Signatures == nil {
 			return nil, fmt.Errorf("gate: rule %q verifies signatures but no signature verifier is configured", r.Name)
 		}
+		if needsAttestations(&policy.Rule{Rule: r}) && opts.Attestations == nil {
+			return nil, fmt.Errorf("gate: rule %q reads attestations but no attestation verifier is configured", r.Name)
+		}
+		if r.VEX != nil && opts.VEX == nil {
+			return nil, fmt.Errorf("gate: rule %q applies VEX but no VEX filter is configured", r.Name)
+		}
 	}
 	recs, err := records.Open(context.Background(), opts.Meta, records.Options{Denials: opts.Config.Denials, Log: opts.Log, Now: opts.Now,
 		Shared: opts.Cluster != nil})
@@ -118,6 +132,8 @@ func New(opts Options) (*Gate, error) {
 		policy:    policy.New(opts.Config.Policy.Rules, opts.Config.PassArtifactTypes...),
 		scanner:   opts.Scanner,
 		sigs:      opts.Signatures,
+		atts:      opts.Attestations,
+		vex:       opts.VEX,
 		blobs:     opts.Blobs,
 		cluster:   opts.Cluster,
 		dbv:       opts.DBVersion,
@@ -162,6 +178,9 @@ func decisionSeries(rules []config.Rule) []metrics.Decision {
 				metrics.Decision{Result: "denied", Reason: ReasonVulnerable, Rule: r.Name})
 			if r.Signatures != nil && r.Signatures.Required {
 				ds = append(ds, metrics.Decision{Result: "denied", Reason: ReasonUnsigned, Rule: r.Name})
+			}
+			if r.Attestations != nil {
+				ds = append(ds, metrics.Decision{Result: "denied", Reason: ReasonAttestation, Rule: r.Name})
 			}
 		}
 	}

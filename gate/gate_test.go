@@ -158,6 +158,8 @@ type fixture struct {
 	dir     string // the data directory, kept across open
 	meta    storage.MetaStore
 	sigs    SignatureVerifier
+	atts    AttestationVerifier
+	vex     VEXFilter
 	log     *slog.Logger // default: discard
 }
 
@@ -225,7 +227,7 @@ func (f *fixture) openOn(t testing.TB, cfg *config.Config, wrap func(storage.Met
 		meta = wrap(meta)
 	}
 	g, err := New(Options{Config: &cfg.Gate, Meta: meta, Scanner: f.scanner, Blobs: f.blobs, Signatures: f.sigs,
-		Log: log, Now: func() time.Time { return f.now }})
+		Attestations: f.atts, VEX: f.vex, Log: log, Now: func() time.Time { return f.now }})
 	if err != nil {
 		t.Fatal(err)
 	}

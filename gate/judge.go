@@ -29,16 +29,16 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 		return nil, err
 	}
 	if !rule.Scans() {
-		// Signatures only: no scan, no DB, no report.
-		return g.conclude(ctx, &s, info, rule, key, &records.StoredReport{}, g.verifySignature(ctx, &s, rule)), nil
+		// Signatures and attestations only: no scan, no DB, no report.
+		return g.conclude(ctx, &s, info, rule, key, &records.StoredReport{}, g.evidence(ctx, &s, rule)), nil
 	}
 	rep, err := g.report(ctx, s.Digest.String(), dbv)
-	sigc := make(chan sigOutcome, 1)
-	go func() { sigc <- g.verifySignature(ctx, &s, rule) }()
+	evc := make(chan evidence, 1)
+	go func() { evc <- g.evidence(ctx, &s, rule) }()
 	if err != nil {
 		var serr error
 		if rep, serr = g.scanOnce(ctx, &s, info, dbv); serr != nil {
-			<-sigc
+			<-evc
 			var le *LimitError
 			if errors.As(serr, &le) {
 				metrics.ScanLimitsExceeded.WithLabelValues(le.Limit).Inc()
@@ -47,18 +47,34 @@ func (g *Gate) judge(ctx context.Context, s Subject, info *manifestInfo, rule *p
 			return nil, serr
 		}
 	}
-	sig := <-sigc
+	ev := <-evc
 	if err := g.records.PutReport(ctx, s.Digest.String(), rep); err != nil {
 		g.log.Error("storing scan report", "err", err)
 	}
-	return g.conclude(ctx, &s, info, rule, key, rep, sig), nil
+	return g.conclude(ctx, &s, info, rule, key, rep, ev), nil
+}
+
+// evidence is what an image carries besides its layers: its signature and
+// attestations, as the rule asks for them.
+type evidence struct {
+	sig sigOutcome
+	att *attOutcome // nil: the rule reads none
+}
+
+// lasting reports whether a denial made with this evidence may be stored:
+// not when a signature or attestations could not be fetched.
+func (e evidence) lasting() bool { return e.sig.lasting() && (e.att == nil || e.att.err == nil) }
+
+func (g *Gate) evidence(ctx context.Context, s *Subject, rule *policy.Rule) evidence {
+	return evidence{sig: g.verifySignature(ctx, s, rule), att: g.fetchAttestations(ctx, s, rule)}
 }
 
 // conclude decides on a report and a signature outcome and stores the
 // verdict, unless it is a denial that must not outlast the request.
-func (g *Gate) conclude(ctx context.Context, s *Subject, info *manifestInfo, rule *policy.Rule, key string, rep *records.StoredReport, sig sigOutcome) *Verdict {
-	v := g.decide(s, info, rule, rep, sig.res)
-	if !sig.lasting() && !v.Admitted {
+func (g *Gate) conclude(ctx context.Context, s *Subject, info *manifestInfo, rule *policy.Rule, key string, rep *records.StoredReport, ev evidence) *Verdict {
+	sig := ev.sig
+	v := g.decide(s, info, rule, rep, sig.res, ev.att)
+	if !ev.lasting() && !v.Admitted {
 		// Refuse this request, but judge again next time: an upstream
 		// outage, or an index not seen (yet), must not become a lasting
 		// denial. The image record shows the refusal meanwhile.
@@ -178,10 +194,13 @@ func (g *Gate) overLimit(ctx context.Context, s *Subject, info *manifestInfo, ru
 
 // decide applies rule to a scan report and a signature result (nil: not
 // checked).
-func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *records.StoredReport, sig *SignatureResult) *Verdict {
+func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *records.StoredReport, sig *SignatureResult, att *attOutcome) *Verdict {
 	var findings []policy.Finding
+	var suppressed []Suppression
 	if rule.Scans() { // a report kept from an earlier rule does not count under one that does not scan
-		for _, v := range rep.Vulns {
+		var vulns []Vuln
+		vulns, suppressed = g.applyVEX(s, rule, rep.Vulns, att)
+		for _, v := range vulns {
 			findings = append(findings, policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed})
 		}
 	}
@@ -190,7 +209,8 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *re
 		d.Message = fmt.Sprintf("rule %q checks signatures only (vulnerabilities: off)", rule.Name)
 	}
 	v := &Verdict{Digest: s.Digest.String(), Upstream: s.Upstream, Repo: s.Repo, Admitted: d.Admitted, Kind: info.kind, Rule: rule.Name,
-		Message: d.Message, Decision: &d, PolicyHash: rule.Hash, DBVersion: rep.DBVersion, ScannedAt: rep.ScannedAt, JudgedAt: g.now()}
+		Message: d.Message, Decision: &d, PolicyHash: rule.Hash, DBVersion: rep.DBVersion, ScannedAt: rep.ScannedAt, JudgedAt: g.now(),
+		Suppressed: suppressed}
 	switch {
 	case !d.Admitted:
 		v.Reason = ReasonVulnerable
@@ -205,17 +225,26 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *re
 	}
 	v.Signature = sig
 	if sig != nil && rule.Signatures != nil && rule.Signatures.Required && !sig.Verified {
-		why := "signature required: " + sig.Reason
-		switch {
-		case rule.Mode == config.ModeAudit:
-			v.Reason = ReasonAudit
-			v.Message += "; " + why + " (audit mode)"
-		case v.Admitted:
-			v.Admitted, v.Reason = false, ReasonUnsigned
-			v.Message = fmt.Sprintf("denied by rule %q: %s", rule.Name, why)
-		default:
-			v.Message += "; " + why
-		}
+		refuse(v, rule, ReasonUnsigned, "signature required: "+sig.Reason)
+	}
+	v.Attestations = checkAttestations(rule.Attestations, att, g.now())
+	for _, c := range failedChecks(v.Attestations) {
+		refuse(v, rule, ReasonAttestation, "attestation required: "+c.Requirement+": "+c.Reason)
 	}
 	return v
+}
+
+// refuse adds a failed requirement to v: a denial for reason (the first
+// one gives the message), a note in audit mode or on a denial already.
+func refuse(v *Verdict, rule *policy.Rule, reason, why string) {
+	switch {
+	case rule.Mode == config.ModeAudit:
+		v.Reason = ReasonAudit
+		v.Message += "; " + why + " (audit mode)"
+	case v.Admitted:
+		v.Admitted, v.Reason = false, reason
+		v.Message = fmt.Sprintf("denied by rule %q: %s", rule.Name, why)
+	default:
+		v.Message += "; " + why
+	}
 }

@@ -91,7 +91,12 @@ func (g *Gate) reevaluate(ctx context.Context, rec *records.ImageRecord, dbv str
 			}
 		}
 	}
-	v := g.decide(s, info, rule, rep, sig)
+	att := g.fetchAttestations(ctx, s, rule)
+	if att != nil && att.err != nil {
+		// No verdict: the next pull judges it again.
+		return false, fmt.Errorf("attestations: %w", att.err)
+	}
+	v := g.decide(s, info, rule, rep, sig, att)
 	wasAdmitted := rec.Latest == nil || rec.Latest.Admitted
 	if err := g.store(ctx, verdictKey(s, rule.Hash, rep.DBVersion), s, info, v); err != nil {
 		return false, err

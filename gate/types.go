@@ -90,6 +90,8 @@ const (
 	ReasonScanError  = "scan_error"
 	ReasonScanLimit  = "scan_limit"
 	ReasonUnsigned   = "signature"
+	// ReasonAttestation: a required attestation is missing or fails.
+	ReasonAttestation = "attestation"
 )
 
 // Pending is returned when a verdict was not ready within gate.maxWait:

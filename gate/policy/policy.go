@@ -71,6 +71,13 @@ func newRule(r config.Rule, passTypes []string) *Rule {
 		root, err := s.TrustedRootJSON()
 		writeMaterial(h, "root", root, err)
 	}
+	if v := r.VEX; v != nil {
+		// The statements, not the file names: a VEX file changed (and
+		// gatehouse restarted) judges every image of the rule again.
+		for _, d := range v.Documents() {
+			writeMaterial(h, "vex", d.Data, nil)
+		}
+	}
 	return &Rule{Rule: r, Hash: hex.EncodeToString(h.Sum(nil)[:8])}
 }
 

@@ -29,7 +29,12 @@ type Vuln struct {
 	PkgType string `json:"pkgType"`
 	// PkgPath is the file a language package was found in, when it has its
 	// own (a Go binary, a jar, a node_modules package.json).
-	PkgPath   string `json:"pkgPath,omitempty"`
+	PkgPath string `json:"pkgPath,omitempty"`
+	// PURL is the package URL Trivy gave the installed package, e.g.
+	// "pkg:apk/alpine/busybox@1.37.0-r18?arch=x86_64&distro=3.22.1"; VEX
+	// statements name packages by it. Empty in reports stored before it was
+	// recorded, and for the few package types Trivy has no PURL for.
+	PURL      string `json:"purl,omitempty"`
 	Installed string `json:"installed"`
 	// Fixed lists the versions that fix it, comma-separated; empty when no
 	// fix exists.
@@ -91,20 +96,24 @@ type SignatureResult struct {
 
 // Verdict is the gate's judgement of one manifest.
 type Verdict struct {
-	Digest     string           `json:"digest"`
-	Upstream   string           `json:"upstream"`
-	Repo       string           `json:"repository"`
-	Admitted   bool             `json:"admitted"`
-	Kind       string           `json:"kind"` // image, index, artifact
-	Rule       string           `json:"rule,omitempty"`
-	Reason     string           `json:"reason"`
-	Message    string           `json:"message"`
-	Decision   *policy.Decision `json:"decision,omitempty"`
-	Signature  *SignatureResult `json:"signature,omitempty"`
-	PolicyHash string           `json:"policyHash,omitempty"`
-	DBVersion  string           `json:"dbVersion,omitempty"`
-	ScannedAt  time.Time        `json:"scannedAt,omitzero"`
-	JudgedAt   time.Time        `json:"judgedAt"`
+	Digest    string           `json:"digest"`
+	Upstream  string           `json:"upstream"`
+	Repo      string           `json:"repository"`
+	Admitted  bool             `json:"admitted"`
+	Kind      string           `json:"kind"` // image, index, artifact
+	Rule      string           `json:"rule,omitempty"`
+	Reason    string           `json:"reason"`
+	Message   string           `json:"message"`
+	Decision  *policy.Decision `json:"decision,omitempty"`
+	Signature *SignatureResult `json:"signature,omitempty"`
+	// Attestations are the rule's required attestations, checked.
+	Attestations []AttestationCheck `json:"attestations,omitempty"`
+	// Suppressed are the vulnerabilities VEX statements removed.
+	Suppressed []Suppression `json:"suppressed,omitempty"`
+	PolicyHash string        `json:"policyHash,omitempty"`
+	DBVersion  string        `json:"dbVersion,omitempty"`
+	ScannedAt  time.Time     `json:"scannedAt,omitzero"`
+	JudgedAt   time.Time     `json:"judgedAt"`
 }
 
 // ImageRecord describes a judged manifest.

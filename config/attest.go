@@ -1,0 +1,146 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Attestations are the in-toto attestations a rule requires of an image:
+// each must be attached to the image (legacy .att tag or OCI 1.1 referrer
+// with a sigstore bundle), signed by an identity of the rule's signatures
+// and made for the image's digest. Verified offline, like signatures.
+type Attestations struct {
+	// Provenance requires a SLSA provenance attestation (v0.2 or v1) whose
+	// builder and source match.
+	Provenance *Provenance `yaml:"provenance,omitempty"`
+	// SBOM requires an SBOM attestation (SPDX or CycloneDX).
+	SBOM bool `yaml:"sbom,omitempty"`
+	// VulnerabilityScan requires a vulnerability-scan attestation (cosign's
+	// vuln predicate) no older than MaxAge.
+	VulnerabilityScan *ScanAttestation `yaml:"vulnerabilityScan,omitempty"`
+}
+
+// Provenance is what a SLSA provenance must say. Patterns are globs whose
+// "*" matches any run of characters, "/" included; an empty list matches
+// anything.
+type Provenance struct {
+	// BuilderIDs are the trusted builders (builder.id), e.g.
+	// "https://github.com/actions/runner/*" or a reusable workflow
+	// "https://github.com/slsa-framework/slsa-github-generator/.github/workflows/generator_container_slsa3.yml@refs/tags/v*".
+	BuilderIDs []string `yaml:"builderIds"`
+	// SourceRepositories are the repositories the image may be built
+	// from, e.g. "git+https://github.com/our-org/*".
+	SourceRepositories []string `yaml:"sourceRepositories,omitempty"`
+}
+
+// ScanAttestation bounds the age of a vulnerability-scan attestation.
+type ScanAttestation struct {
+	MaxAge Duration `yaml:"maxAge"`
+}
+
+// VEX are the VEX statements a rule accepts: a not_affected or fixed
+// statement removes a vulnerability from the verdict for the products it
+// names.
+type VEX struct {
+	// Files are OpenVEX or CSAF documents: files, or directories whose
+	// *.json files are read. Read when the configuration is loaded.
+	Files []string `yaml:"files,omitempty"`
+	// Attestations accepts OpenVEX attestations attached to the image and
+	// signed by an identity of the rule's signatures; unsigned ones, or
+	// ones by anyone else, count for nothing.
+	Attestations bool `yaml:"attestations,omitempty"`
+
+	docs []VEXFile
+}
+
+// VEXFile is a VEX document as read when the configuration was loaded.
+type VEXFile struct {
+	Path string
+	Data []byte
+}
+
+// maxVEXFile bounds one VEX document.
+const maxVEXFile = 16 << 20
+
+// Documents returns the VEX files as read when the configuration was
+// loaded, in path order.
+func (v *VEX) Documents() []VEXFile { return v.docs }
+
+func (a *Attestations) finish(field string, r *Rule) []error {
+	var errs []error
+	bad := func(sub, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
+	}
+	if r.Signatures == nil {
+		bad("attestations", "needs signatures.identities: attestations are trusted when signed by one of them")
+	}
+	if p := a.Provenance; p != nil {
+		if len(p.BuilderIDs) == 0 {
+			bad("attestations.provenance.builderIds", "required: the builders you trust")
+		}
+		for i, b := range append(append([]string{}, p.BuilderIDs...), p.SourceRepositories...) {
+			if strings.TrimSpace(b) == "" || b == "*" {
+				bad("attestations.provenance", "pattern %d %q matches anything: name the builder or repository", i, b)
+			}
+		}
+	}
+	if s := a.VulnerabilityScan; s != nil && s.MaxAge <= 0 {
+		bad("attestations.vulnerabilityScan.maxAge", "required and positive, e.g. 168h")
+	}
+	if a.Provenance == nil && !a.SBOM && a.VulnerabilityScan == nil {
+		bad("attestations", "requires nothing: set provenance, sbom or vulnerabilityScan")
+	}
+	return errs
+}
+
+func (v *VEX) finish(field string, r *Rule) []error {
+	var errs []error
+	bad := func(sub, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("config: %s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
+	}
+	if v.Attestations && r.Signatures == nil {
+		bad("vex.attestations", "needs signatures.identities: a VEX attestation counts only when signed by one of them")
+	}
+	if len(v.Files) == 0 && !v.Attestations {
+		bad("vex", "set files or attestations")
+	}
+	v.docs = nil
+	for i, f := range v.Files {
+		docs, err := readVEXFiles(f)
+		if err != nil {
+			bad(fmt.Sprintf("vex.files[%d]", i), "%v", err)
+		}
+		v.docs = append(v.docs, docs...)
+	}
+	return errs
+}
+
+// readVEXFiles reads a VEX file, or the *.json files of a directory.
+func readVEXFiles(path string) ([]VEXFile, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	paths := []string{path}
+	if fi.IsDir() {
+		if paths, err = filepath.Glob(filepath.Join(path, "*.json")); err != nil {
+			return nil, err
+		}
+		if len(paths) == 0 {
+			return nil, fmt.Errorf("%s holds no *.json file", path)
+		}
+		sort.Strings(paths)
+	}
+	var out []VEXFile
+	for _, p := range paths {
+		b, err := readBounded(p, maxVEXFile, "MiB: not a VEX document")
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, VEXFile{Path: p, Data: b})
+	}
+	return out, nil
+}
