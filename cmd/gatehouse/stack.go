@@ -116,7 +116,7 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 		return nil, err
 	}
 	if sv != nil {
-		opts.Signatures = sv
+		opts.Signatures, opts.Attestations = sv, sv
 	}
 	s.gate, err = gate.New(opts)
 	if err != nil {
