@@ -264,6 +264,24 @@ func TestImagePage(t *testing.T) {
 	contains(t, "signed image", get(t, newServer(t, src), "/ui/images/"+digest(6), 200),
 		"s-verified", "bundle", "https://github.com/team/app/.github/workflows/release.yml@refs/tags/v1", digest(5), "2026-11-23 11:59:00Z")
 
+	// Attestation checks and VEX suppressions show what was found and
+	// from where.
+	att := *src.details[digest(2)]
+	latest = *att.Latest
+	latest.Attestations = []records.AttestationCheck{
+		{Requirement: "provenance", Reason: `builder "https://ci.example/attacker" is not one of https://ci.example/trusted*`,
+			Found: "SLSA provenance by builder " + hostile},
+		{Requirement: "sbom", Passed: true, Found: "https://spdx.dev/Document signed by key=sha256:ab"}}
+	latest.Suppressed = []records.Suppression{{ID: "CVE-2026-3333", PkgName: "libcrypto3", PURL: "pkg:apk/alpine/libcrypto3@3.5.0-r0",
+		Status: "not_affected", Justification: "vulnerable_code_not_in_execute_path", Source: "attestation signed by key=sha256:ab"}}
+	att.Latest, att.Digest = &latest, digest(7)
+	src.details[digest(7)] = &att
+	body = get(t, newServer(t, src), "/ui/images/"+digest(7), 200)
+	contains(t, "attested image", body, "Attestations", "provenance", "failed", "https://ci.example/attacker", "sbom", "passed",
+		"Suppressed by VEX", "CVE-2026-3333", "pkg:apk/alpine/libcrypto3@3.5.0-r0", "not_affected (vulnerable_code_not_in_execute_path)",
+		"attestation signed by key=sha256:ab")
+	lacks(t, "attested image", body, hostile)
+
 	contains(t, "bad digest", get(t, srv, "/ui/images/nope", 400), "&#34;nope&#34; is not a digest")
 	contains(t, "bad severity", get(t, srv, path+"?severity=SEVERE", 400), "severity: &#34;SEVERE&#34;")
 	contains(t, "unknown digest", get(t, srv, "/ui/images/"+digest(99), 404), "gatehouse has not judged a manifest "+digest(99))
@@ -280,6 +298,13 @@ func TestPolicyPage(t *testing.T) {
 		"Repositories no rule matches fall under the built-in rule", "default", "ignored",
 		"2:2026-11-22T06:00:00Z", "30h ago", "3.0 GiB used of 12.0 GiB (25%)")
 	lacks(t, "policy page", body, hostile)
+	src := newSource()
+	src.policy = policy.New([]config.Rule{{Name: "attested", Mode: config.ModeEnforce, Vulnerabilities: config.VulnerabilitiesOff,
+		Signatures:   &config.Signatures{Required: true, Identities: []config.Signer{{PublicKey: "/k.pub"}}},
+		Attestations: &config.Attestations{Provenance: &config.Provenance{BuilderIDs: []string{"https://ci.example/trusted*"}}, SBOM: true},
+		VEX:          &config.VEX{Files: []string{"/etc/gatehouse/vex"}}}})
+	contains(t, "policy page with attestations", get(t, newServer(t, src), "/ui/policy", 200), "none: not scanned",
+		"Attestations required", "SLSA provenance by", "https://ci.example/trusted*", "an SBOM", "VEX", "/etc/gatehouse/vex")
 	if strings.Count(body, "expired") != 1 {
 		t.Errorf("policy page: want exactly the past allowlist entry marked expired")
 	}
