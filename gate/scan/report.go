@@ -167,6 +167,7 @@ func vulnsFrom(results types.Results) []Vuln {
 				PkgName:        dv.PkgName,
 				PkgType:        string(res.Type),
 				PkgPath:        dv.PkgPath,
+				PURL:           purlOf(dv),
 				Installed:      dv.InstalledVersion,
 				Fixed:          dv.FixedVersion,
 				Status:         dv.Status.String(),
@@ -195,4 +196,13 @@ func vulnsFrom(results types.Results) []Vuln {
 		)
 	})
 	return vulns
+}
+
+// purlOf is the package URL of the vulnerable package, empty when Trivy has
+// none for its type.
+func purlOf(dv types.DetectedVulnerability) string {
+	if dv.PkgIdentifier.PURL == nil {
+		return ""
+	}
+	return dv.PkgIdentifier.PURL.String()
 }
