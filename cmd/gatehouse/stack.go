@@ -118,6 +118,13 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	if sv != nil {
 		opts.Signatures, opts.Attestations = sv, sv
 	}
+	vf, err := newVEXFilter(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	if vf != nil {
+		opts.VEX = vf
+	}
 	s.gate, err = gate.New(opts)
 	if err != nil {
 		return nil, err
