@@ -48,8 +48,10 @@ type scanAttJSON struct {
 
 // vexJSON are the VEX sources a rule accepts.
 type vexJSON struct {
-	Files        []string `json:"files"`
-	Attestations bool     `json:"attestations"`
+	Files           []string `json:"files"`
+	Repositories    []string `json:"repositories"`
+	RefreshInterval string   `json:"refreshInterval"`
+	Attestations    bool     `json:"attestations"`
 }
 
 // dateLayout is how the configuration writes an allowlist entry's expiry.
@@ -100,7 +102,7 @@ func rulesJSON(rules []*policy.Rule) []ruleJSON {
 			}
 		}
 		if v := r.VEX; v != nil {
-			rj.VEX = &vexJSON{Files: v.Files, Attestations: v.Attestations}
+			rj.VEX = &vexJSON{Files: v.Files, Repositories: v.Repositories, RefreshInterval: v.RefreshInterval.String(), Attestations: v.Attestations}
 		}
 		for _, a := range r.Allowlist {
 			rj.Allowlist = append(rj.Allowlist, allowJSON{ID: a.ID, Reason: a.Reason, Expires: a.Expires.Format(dateLayout)})

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Attestations are the in-toto attestations a rule requires of an image:
@@ -48,6 +49,14 @@ type VEX struct {
 	// Files are OpenVEX or CSAF documents: files, or directories whose
 	// *.json files are read. Read when the configuration is loaded.
 	Files []string `yaml:"files,omitempty"`
+	// Repositories are OCI artifacts whose layers are VEX documents
+	// ("ghcr.io/vendor/vex:latest"), fetched through gatehouse's own
+	// upstream of that registry at start and every RefreshInterval; the
+	// operator trusts them by naming them, as files.
+	Repositories []string `yaml:"repositories,omitempty"`
+	// RefreshInterval is how often Repositories are fetched again
+	// (default 1h); a change judges the rule's images again.
+	RefreshInterval Duration `yaml:"refreshInterval,omitempty"`
 	// Attestations accepts OpenVEX attestations attached to the image and
 	// signed by an identity of the rule's signatures; unsigned ones, or
 	// ones by anyone else, count for nothing.
@@ -104,8 +113,18 @@ func (v *VEX) finish(field string, r *Rule) []error {
 	if v.Attestations && r.Signatures == nil {
 		bad("vex.attestations", "needs signatures.identities: a VEX attestation counts only when signed by one of them")
 	}
-	if len(v.Files) == 0 && !v.Attestations {
-		bad("vex", "set files or attestations")
+	if len(v.Files) == 0 && len(v.Repositories) == 0 && !v.Attestations {
+		bad("vex", "set files, repositories or attestations")
+	}
+	setDur(&v.RefreshInterval, time.Hour)
+	if v.RefreshInterval < Duration(time.Minute) {
+		bad("vex.refreshInterval", "must be 1m or more")
+	}
+	for i, ref := range v.Repositories {
+		host, rest, ok := strings.Cut(ref, "/")
+		if !ok || ValidHost(host) != nil || rest == "" || strings.Contains(ref, "@") && !strings.Contains(ref, "@sha256:") {
+			bad(fmt.Sprintf("vex.repositories[%d]", i), "%q is not host/repository:tag or host/repository@sha256:...", ref)
+		}
 	}
 	v.docs = nil
 	for i, f := range v.Files {

@@ -514,6 +514,13 @@ func (c *Config) finishGate() []error {
 			// written with an alias (or another case) must still match.
 			r.Upstreams[j] = up.Name
 		}
+		if r.VEX != nil {
+			for j, ref := range r.VEX.Repositories {
+				if host, _, _ := strings.Cut(ref, "/"); c.Upstream(host) == nil {
+					errs = append(errs, fmt.Errorf("config: gate.policy.rules[%d].vex.repositories[%d]: %q is not a configured upstream", i, j, host))
+				}
+			}
+		}
 	}
 	return errs
 }

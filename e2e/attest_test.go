@@ -13,6 +13,9 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	ggcrstatic "github.com/google/go-containerregistry/pkg/v1/static"
 	cosignmutate "github.com/sigstore/cosign/v2/pkg/oci/mutate"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
@@ -199,6 +202,71 @@ func TestAttestVEX(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAttestVEXRepository: a rule taking VEX from an OCI repository reads
+// it through gatehouse's upstream at start; a CRITICAL CVE its statement
+// covers no longer refuses the image it names (the verdict names the
+// repository and digest as the source), while its twin, which the
+// statement does not name, is refused.
+func TestAttestVEXRepository(t *testing.T) {
+	requireGatehouse(t)
+	reg := StartRegistry(t, RegistryOptions{})
+	probe := reg.Push(t, "e2e/probe-alpine", "v1", vulnerableAlpine("probe"))
+	named := reg.Push(t, "e2e/vexrepo-named", "v1", vulnerableAlpine("vexrepo-named"))
+	twin := reg.Push(t, "e2e/vexrepo-twin", "v1", vulnerableAlpine("vexrepo-twin"))
+	rules := []attestRule{{
+		GateRule: GateRule{Name: "probe", Mode: "audit", Repositories: []string{"e2e/probe-*"}},
+	}, {
+		GateRule: GateRule{Name: "vendor", Repositories: []string{"e2e/vexrepo-*"}},
+		VEX:      &attestVEX{Repositories: []string{reg.Host + "/e2e/vex-docs:v1"}},
+	}, {
+		GateRule: GateRule{Name: "default", Mode: "off"},
+	}}
+	cfg := GatehouseConfig{Upstreams: []GatehouseUpstream{reg.Upstream()}, Gate: &GateConfig{DB: GateDB{UpdateInterval: "0s"}}, DBArchive: writeTestDB(t)}
+	gh := startGatehouseWithRules(t, cfg, rules)
+	ns := "?ns=" + url.QueryEscape(reg.Host)
+	accept := "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+	if get := gh.Do(t, http.MethodGet, "/v2/"+probe.Repo+"/manifests/"+probe.Tag+ns, accept); get.Status != http.StatusOK {
+		t.Fatalf("GET %s through gatehouse under an audit rule: %s", probe.Repo, get)
+	}
+	var probed attestImageDetail
+	gh.API(t, "/api/v1/images/"+probe.Digest.String(), &probed)
+	var purls []string
+	for _, v := range probed.Vulns {
+		if v.ID == scantest.CVEAlpineOpenSSL {
+			purls = append(purls, v.PURL)
+		}
+	}
+	if len(purls) != 2 {
+		t.Fatalf("want the PURLs of %s in two packages: %+v", scantest.CVEAlpineOpenSSL, probed.Vulns)
+	}
+	// The vendor publishes its statement about the named image, as an
+	// artifact whose layer is the document; gatehouse reads it at start.
+	doc, err := json.Marshal(openVEX(reg, named, purls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	art, err := mutate.Append(empty.Image, mutate.Addendum{Layer: ggcrstatic.NewLayer(doc, "application/vnd.openvex+json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := reg.Push(t, "e2e/vex-docs", "v1", art)
+	gh.Restart(t)
+
+	ctrd := StartContainerd(t)
+	ctrd.SetHosts(t, reg.Host, Hosts{Server: gh.URL})
+	ctrd.MustPull(t, named.Ref(reg.Host), PullOptions{})
+	var d attestImageDetail
+	gh.API(t, "/api/v1/images/"+named.Digest.String(), &d)
+	source := "repository " + reg.Host + "/e2e/vex-docs:v1@" + docs.Digest.String()
+	if d.Verdict == nil || !d.Verdict.Admitted || len(d.Verdict.Suppressed) != 2 || d.Verdict.Suppressed[0].Source != source {
+		t.Fatalf("GET /api/v1/images/%s: verdict %+v; want admitted with 2 suppressions from %s", named.Digest, d.Verdict, source)
+	}
+	res := ctrd.Pull(t, twin.Ref(reg.Host), PullOptions{})
+	if res.Err == nil || !strings.Contains(res.Output(), scantest.CVEAlpineOpenSSL) {
+		t.Fatalf("ctr pull of %s, which the statement does not name: %v\n%s", twin.Ref(reg.Host), res.Err, res.Output())
 	}
 }
 
@@ -419,6 +487,7 @@ type attestRule struct {
 // attestVEX is a rule's vex section.
 type attestVEX struct {
 	Files        []string `yaml:"files,omitempty"`
+	Repositories []string `yaml:"repositories,omitempty"`
 	Attestations bool     `yaml:"attestations,omitempty"`
 }
 

@@ -37,6 +37,7 @@ type stack struct {
 	stores  *stores       // blobs, the cache's and the gate's records
 	node    *cluster.Node // this replica in its cluster; nil on one replica
 	cdb     *clusterDB    // the cluster's vulnerability DB; nil on one replica
+	vex     *vexFilter    // nil when no rule has VEX
 }
 
 // dbDir is where the vulnerability DB lives: shared by serve, check and db.
@@ -123,7 +124,12 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 		return nil, err
 	}
 	if vf != nil {
-		opts.VEX = vf
+		opts.VEX, s.vex = vf, vf
+		// Before the first verdict: VEX repositories read once now, then
+		// by serve's refresh loop.
+		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		vf.refreshRepos(rctx, s.content, time.Now())
+		cancel()
 	}
 	s.gate, err = gate.New(opts)
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
@@ -14,7 +15,11 @@ import (
 // attestations of the image being judged.
 type vexFilter struct {
 	files map[string][]*vex.Document // by rule
+	repos []*vexRepo
 	log   *slog.Logger
+
+	mu       sync.Mutex
+	repoDocs map[string][]*vex.Document // by repository reference, as last read
 }
 
 var _ gate.VEXFilter = (*vexFilter)(nil)
@@ -22,7 +27,7 @@ var _ gate.VEXFilter = (*vexFilter)(nil)
 // newVEXFilter parses every rule's VEX files; nil when no rule has VEX. A
 // document that does not parse is a start-up error naming the rule.
 func newVEXFilter(cfg *config.Config, log *slog.Logger) (*vexFilter, error) {
-	f := &vexFilter{files: map[string][]*vex.Document{}, log: log}
+	f := &vexFilter{files: map[string][]*vex.Document{}, repoDocs: map[string][]*vex.Document{}, log: log}
 	any := false
 	for i, r := range cfg.Gate.Policy.Rules {
 		if r.VEX == nil {
@@ -36,6 +41,9 @@ func newVEXFilter(cfg *config.Config, log *slog.Logger) (*vexFilter, error) {
 			}
 			f.files[r.Name] = append(f.files[r.Name], doc)
 		}
+		for _, ref := range r.VEX.Repositories {
+			f.repos = append(f.repos, &vexRepo{rule: r.Name, ref: ref, every: r.VEX.RefreshInterval.D()})
+		}
 	}
 	if !any {
 		return nil, nil
@@ -46,7 +54,14 @@ func newVEXFilter(cfg *config.Config, log *slog.Logger) (*vexFilter, error) {
 // Apply removes the vulnerabilities the rule's statements cover. An
 // attached document that does not parse suppresses nothing (logged).
 func (f *vexFilter) Apply(rule string, img gate.VEXImage, vulns []gate.Vuln, attached []gate.Attestation) ([]gate.Vuln, []gate.Suppression) {
-	docs := f.files[rule]
+	docs := append([]*vex.Document(nil), f.files[rule]...)
+	f.mu.Lock()
+	for _, r := range f.repos {
+		if r.rule == rule {
+			docs = append(docs, f.repoDocs[r.ref]...)
+		}
+	}
+	f.mu.Unlock()
 	for _, a := range attached {
 		doc, err := vex.Parse("attestation signed by "+a.Identity, a.Predicate)
 		if err != nil {
