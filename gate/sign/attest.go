@@ -369,19 +369,27 @@ func (st *statement) names(dgst v1.Hash) bool {
 	return false
 }
 
-// dsseEnvelope is a DSSE envelope as cosign stores it in a .att layer.
+// dsseEnvelope is a DSSE envelope as cosign stores it in a .att layer:
+// every member it may have, so that any other is refused.
 type dsseEnvelope struct {
 	PayloadType string `json:"payloadType"`
 	Payload     string `json:"payload"`
 	Signatures  []struct {
-		Sig string `json:"sig"`
+		KeyID string `json:"keyid"`
+		Sig   string `json:"sig"`
 	} `json:"signatures"`
 }
 
 // parseEnvelope reads the statement of a legacy attestation layer.
+//
+// cosign verifies the envelope with encoding/json v1, which matches member
+// names case-insensitively and lets the last of them win; JSON v2 here is
+// exact. An envelope with a second, differently-cased "Payload" would have
+// cosign verify one statement and gatehouse read another: unknown members
+// (and a case variant is one) are refused, and so are duplicates.
 func parseEnvelope(b []byte) (*statement, error) {
 	var env dsseEnvelope
-	if err := json.Unmarshal(b, &env); err != nil {
+	if err := json.Unmarshal(b, &env, json.RejectUnknownMembers(true)); err != nil {
 		return nil, fmt.Errorf("DSSE envelope: %w", err)
 	}
 	// cosign's subject check decodes the payload this way.
