@@ -90,9 +90,14 @@ func (a *Attestations) finish(field string, r *Rule) []error {
 		if len(p.BuilderIDs) == 0 {
 			bad("attestations.provenance.builderIds", "required: the builders you trust")
 		}
-		for i, b := range append(append([]string{}, p.BuilderIDs...), p.SourceRepositories...) {
-			if strings.TrimSpace(b) == "" || b == "*" {
-				bad("attestations.provenance", "pattern %d %q matches anything: name the builder or repository", i, b)
+		for i, b := range p.BuilderIDs {
+			if err := checkPattern(b); err != nil {
+				bad(fmt.Sprintf("attestations.provenance.builderIds[%d]", i), "%q %v", b, err)
+			}
+		}
+		for i, b := range p.SourceRepositories {
+			if err := checkPattern(b); err != nil {
+				bad(fmt.Sprintf("attestations.provenance.sourceRepositories[%d]", i), "%q %v", b, err)
 			}
 		}
 	}
@@ -162,4 +167,27 @@ func readVEXFiles(path string) ([]VEXFile, error) {
 		out = append(out, VEXFile{Path: p, Data: b})
 	}
 	return out, nil
+}
+
+// checkPattern refuses a builder or source pattern that could match what
+// its author did not mean: its scheme and host must be literal, and a "*"
+// must start a path element or a ref ("https://github.com/our-org*" would
+// also match our-org-evil).
+func checkPattern(p string) error {
+	i := strings.IndexByte(p, '*')
+	if strings.TrimSpace(p) == "" {
+		return fmt.Errorf("is empty")
+	}
+	if i < 0 {
+		return nil
+	}
+	prefix := p[:i]
+	s := strings.Index(prefix, "://")
+	if s < 0 || !strings.Contains(prefix[s+3:], "/") {
+		return fmt.Errorf("must name the scheme and host literally before any *")
+	}
+	if !strings.HasSuffix(prefix, "/") && !strings.HasSuffix(prefix, "@") {
+		return fmt.Errorf("has a * that does not follow a / or @: it would match longer names too (our-org* matches our-org-evil)")
+	}
+	return nil
 }

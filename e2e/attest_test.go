@@ -48,9 +48,9 @@ const (
 // Provenance of TestAttestProvenance: what the rule trusts, and what the
 // attestations claim.
 const (
-	trustedBuilders = "https://ci.example/builders/trusted*"
+	trustedBuilders = "https://ci.example/builders/trusted/*"
 	trustedSources  = "git+https://git.example/our-org/*"
-	goodBuilder     = "https://ci.example/builders/trusted-1"
+	goodBuilder     = "https://ci.example/builders/trusted/1"
 	evilBuilder     = "https://ci.example/builders/attacker"
 	goodSource      = "git+https://git.example/our-org/app@refs/heads/main"
 	strangerSource  = "git+https://git.example/other-org/app@refs/heads/main"

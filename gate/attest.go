@@ -124,17 +124,19 @@ func (g *Gate) applyVEX(s *Subject, rule *policy.Rule, vulns []Vuln, att *attOut
 	return g.vex.Apply(rule.Name, VEXImage{Upstream: s.Upstream, Repo: s.Repo, Digest: s.Digest}, vulns, attached)
 }
 
-// checkAttestations judges the rule's required attestations.
-func checkAttestations(req *config.Attestations, att *attOutcome, now time.Time) []AttestationCheck {
+// checkAttestations judges the rule's required attestations. until is
+// when a passing vulnerability scan grows older than maxAge (zero: no such
+// bound): the verdict must be made again then.
+func checkAttestations(req *config.Attestations, att *attOutcome, now time.Time) (checks []AttestationCheck, until time.Time) {
 	if req == nil {
-		return nil
+		return nil, time.Time{}
 	}
 	if att == nil || att.err != nil {
 		why := "attestations could not be fetched"
 		if att != nil {
 			why += ": " + att.err.Error()
 		}
-		return []AttestationCheck{{Requirement: "attestations", Reason: why}}
+		return []AttestationCheck{{Requirement: "attestations", Reason: why}}, time.Time{}
 	}
 	var out []AttestationCheck
 	if p := req.Provenance; p != nil {
@@ -144,9 +146,13 @@ func checkAttestations(req *config.Attestations, att *attOutcome, now time.Time)
 		out = append(out, checkPresent("sbom", att, PredicateSPDX, PredicateCycloneDX))
 	}
 	if vs := req.VulnerabilityScan; vs != nil {
-		out = append(out, checkScanAge(vs.MaxAge.D(), att, now))
+		c, scanned := checkScanAge(vs.MaxAge.D(), att, now)
+		out = append(out, c)
+		if c.Passed {
+			until = scanned.Add(vs.MaxAge.D())
+		}
 	}
-	return out
+	return out, until
 }
 
 func checkProvenance(p *config.Provenance, att *attOutcome) AttestationCheck {
@@ -182,9 +188,10 @@ func checkPresent(req string, att *attOutcome, types ...string) AttestationCheck
 	return AttestationCheck{Requirement: req, Reason: missing("SBOM", att, types...)}
 }
 
-func checkScanAge(maxAge time.Duration, att *attOutcome, now time.Time) AttestationCheck {
+func checkScanAge(maxAge time.Duration, att *attOutcome, now time.Time) (AttestationCheck, time.Time) {
 	c := AttestationCheck{Requirement: "vulnerabilityScan"}
-	for _, a := range att.atts {
+	var best *Attestation
+	for i, a := range att.atts {
 		if a.PredicateType != PredicateVuln {
 			continue
 		}
@@ -197,14 +204,18 @@ func checkScanAge(maxAge time.Duration, att *attOutcome, now time.Time) Attestat
 			c.Found, c.Reason = found, fmt.Sprintf("the newest scan is %s old, more than %s", config.Duration(age.Round(time.Minute)), config.Duration(maxAge))
 		case age < -5*time.Minute:
 			c.Found, c.Reason = found, "the scan is dated in the future"
-		default:
-			return AttestationCheck{Requirement: c.Requirement, Passed: true, Found: found}
+		case best == nil || a.ScanTime.After(best.ScanTime):
+			best = &att.atts[i] // the newest fresh scan: the verdict holds longest
 		}
+	}
+	if best != nil {
+		return AttestationCheck{Requirement: c.Requirement, Passed: true,
+			Found: fmt.Sprintf("vulnerability scan of %s, signed by %s", best.ScanTime.UTC().Format(time.RFC3339), best.Identity)}, best.ScanTime
 	}
 	if c.Reason == "" {
 		c.Reason = missing("vulnerability-scan", att, PredicateVuln)
 	}
-	return c
+	return c, time.Time{}
 }
 
 // missing says why no attestation of types was accepted.

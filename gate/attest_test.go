@@ -229,6 +229,9 @@ func TestAttestationConfigErrors(t *testing.T) {
 		`gate: {policy: {rules: [{name: a, vex: {files: [/does/not/exist]}}]}}`:                                                "rules[0].vex.files[0]",
 		`gate: {policy: {rules: [{name: a, signatures: {identities: [` + key + `]}, attestations: {provenance: {}}}]}}`:        "rules[0].attestations.provenance.builderIds: required",
 		`gate: {policy: {rules: [{name: a, signatures: {identities: [` + key + `]}, attestations: {vulnerabilityScan: {}}}]}}`: "maxAge: required",
+		// "our-org*" would match our-org-evil; "https://*" any host.
+		`gate: {policy: {rules: [{name: a, signatures: {identities: [` + key + `]}, attestations: {provenance: {builderIds: ["https://github.com/our-org*"]}}}]}}`:        "builderIds[0]: \"https://github.com/our-org*\" has a * that does not follow a / or @",
+		`gate: {policy: {rules: [{name: a, signatures: {identities: [` + key + `]}, attestations: {provenance: {builderIds: [b], sourceRepositories: ["https://*"]}}}]}}`: "sourceRepositories[0]: \"https://*\" must name the scheme and host literally",
 	} {
 		if _, err := config.Parse([]byte(yml)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", yml, err, want)
@@ -253,5 +256,26 @@ func TestGlobMatch(t *testing.T) {
 		if got := globMatch(tc.p, tc.s); got != tc.want {
 			t.Errorf("globMatch(%q, %q) = %v", tc.p, tc.s, got)
 		}
+	}
+}
+
+// A verdict that relied on a vulnerability-scan attestation holds only
+// until that scan is older than maxAge: then the image is judged again
+// (and refused while no newer scan is attached).
+func TestScanAttestationAges(t *testing.T) {
+	f, _, atts, _ := attFixture(t, provenancePolicy)
+	atts.atts["app/good"] = goodAtts(f.now) // scanned an hour ago, maxAge 24h
+	s := f.image(t, "app/good")
+	if v, err := f.g.Check(context.Background(), s); err != nil || !v.Admitted {
+		t.Fatalf("fresh scan: %+v %v", v, err)
+	}
+	f.now = f.now.Add(22 * time.Hour)
+	if v, err := f.g.Check(context.Background(), s); err != nil || !v.Admitted {
+		t.Fatalf("scan 23h old: %+v %v", v, err)
+	}
+	f.now = f.now.Add(2 * time.Hour)
+	v, err := f.g.Check(context.Background(), s)
+	if err != nil || v.Admitted || !strings.Contains(v.Message, "vulnerabilityScan: the newest scan is 25h old, more than 24h") {
+		t.Fatalf("scan 25h old, verdict made when it was fresh: %+v %v", v, err)
 	}
 }

@@ -227,7 +227,12 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *re
 	if sig != nil && rule.Signatures != nil && rule.Signatures.Required && !sig.Verified {
 		refuse(v, rule, ReasonUnsigned, "signature required: "+sig.Reason)
 	}
-	v.Attestations = checkAttestations(rule.Attestations, att, g.now())
+	var until time.Time
+	v.Attestations, until = checkAttestations(rule.Attestations, att, g.now())
+	if !until.IsZero() && (d.ValidUntil.IsZero() || until.Before(d.ValidUntil)) {
+		// A scan attestation ages: judge again once it is too old.
+		v.Decision.ValidUntil = until
+	}
 	for _, c := range failedChecks(v.Attestations) {
 		refuse(v, rule, ReasonAttestation, "attestation required: "+c.Requirement+": "+c.Reason)
 	}

@@ -97,9 +97,12 @@ func ParseProvenance(predicateType string, predicate []byte) (builderID string, 
 			return "", nil, fmt.Errorf("SLSA provenance v0.2: %w", err)
 		}
 		builderID = p.GetBuilder().GetId()
+		// The source is what the build was configured from; materials are
+		// every dependency, which a build of anything can list: only the
+		// first stands for the source, and only without a configSource.
 		uris = append(uris, p.GetInvocation().GetConfigSource().GetUri())
-		for _, m := range p.GetMaterials() {
-			uris = append(uris, m.GetUri())
+		if ms := p.GetMaterials(); uris[0] == "" && len(ms) > 0 {
+			uris = append(uris, ms[0].GetUri())
 		}
 	case PredicateSLSAProvenanceV1:
 		var p provenance1.Provenance
@@ -110,8 +113,10 @@ func ParseProvenance(predicateType string, predicate []byte) (builderID string, 
 		ext := p.GetBuildDefinition().GetExternalParameters().GetFields()
 		uris = append(uris, ext["workflow"].GetStructValue().GetFields()["repository"].GetStringValue())
 		uris = append(uris, uriOf(ext["source"]))
-		for _, d := range p.GetBuildDefinition().GetResolvedDependencies() {
-			uris = append(uris, d.GetUri())
+		// Resolved dependencies are everything the build fetched: the first
+		// stands for the source only when the parameters name none.
+		if ds := p.GetBuildDefinition().GetResolvedDependencies(); uris[0] == "" && uris[1] == "" && len(ds) > 0 {
+			uris = append(uris, ds[0].GetUri())
 		}
 	default:
 		return "", nil, fmt.Errorf("predicate type %q is not SLSA provenance v0.2 or v1", predicateType)

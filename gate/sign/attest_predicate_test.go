@@ -79,7 +79,24 @@ func TestParseProvenance(t *testing.T) {
 		{
 			name: "v0.2", predicateType: sign.PredicateSLSAProvenanceV02, predicate: v02,
 			builder: "https://github.com/slsa-framework/slsa-github-generator/.github/workflows/generator_container_slsa3.yml@refs/tags/v2.0.0",
-			repos:   []string{"git+https://github.com/example/app@refs/heads/main", "pkg:docker/golang@1.26"},
+			repos:   []string{"git+https://github.com/example/app@refs/heads/main"},
+		},
+		{
+			// A material is any dependency: a build of anything can list
+			// the trusted organisation's repository among them.
+			name: "v0.2 materials are not the source", predicateType: sign.PredicateSLSAProvenanceV02,
+			predicate: `{"builder":{"id":"b"},"invocation":{"configSource":{"uri":"git+https://github.com/evil/app"}},"materials":[{"uri":"git+https://github.com/our-org/lib"}]}`,
+			builder:   "b", repos: []string{"git+https://github.com/evil/app"},
+		},
+		{
+			name: "v0.2 without configSource: the first material", predicateType: sign.PredicateSLSAProvenanceV02,
+			predicate: `{"builder":{"id":"b"},"materials":[{"uri":"git+https://git.example/app"},{"uri":"git+https://github.com/our-org/lib"}]}`,
+			builder:   "b", repos: []string{"git+https://git.example/app"},
+		},
+		{
+			name: "v1 dependencies are not the source", predicateType: sign.PredicateSLSAProvenanceV1,
+			predicate: `{"buildDefinition":{"externalParameters":{"source":"git+https://github.com/evil/app"},"resolvedDependencies":[{"uri":"git+https://github.com/our-org/lib"}]},"runDetails":{"builder":{"id":"b"}}}`,
+			builder:   "b", repos: []string{"git+https://github.com/evil/app"},
 		},
 		{
 			name: "v0.2 by cosign's short name", predicateType: "slsaprovenance", predicate: `{"builder":{"id":"b"}}`,
