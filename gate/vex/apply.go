@@ -72,8 +72,11 @@ type Suppression struct {
 //   - Within an OpenVEX document the statement with the latest timestamp
 //     (its own, else the document's) among all that match decides; when
 //     several share that time, all of them must suppress.
-//   - Documents are independent, as in Trivy: the first (in docs order)
-//     that suppresses a vulnerability is the one reported.
+//   - OpenVEX documents are weighed together (unlike Trivy, which takes
+//     each alone): the latest matching statement of any of them decides, so
+//     a vendor's later "affected" revokes its earlier "not_affected" even
+//     when both stay attached. CSAF advisories, without per-statement
+//     times, are asked after them, each alone.
 //   - A document whose code panics on a vulnerability does not suppress it.
 func Apply(img Image, vulns []records.Vuln, docs []*Document) (kept []records.Vuln, suppressed []Suppression) {
 	images := img.purls()
@@ -122,13 +125,38 @@ func suppress(v records.Vuln, images []*packageurl.PackageURL, decoy *packageurl
 	for _, img := range images {
 		queries = append(queries, query{product: component(img), sub: pkg, decoy: component(decoy)})
 	}
+	// OpenVEX documents are weighed together: the latest statement of any
+	// of them decides, so that a newer "affected" (a vendor revoking a
+	// not_affected) is not outweighed by an older document kept around.
+	// CSAF advisories, which carry no per-statement time, decide alone.
+	var stamped []stampedStatement
 	for _, d := range docs {
+		if d.openVEX != nil {
+			stamped = append(stamped, d.matchOpenVEX(dv, queries)...)
+		}
+	}
+	if s, ok := decideLatest(stamped); ok {
+		s.ID, s.PkgName, s.PURL = v.ID, v.PkgName, v.PURL
+		return s, true
+	}
+	for _, d := range docs {
+		if d.openVEX != nil {
+			continue
+		}
 		if s, ok := d.decide(dv, queries); ok {
 			s.ID, s.PkgName, s.PURL, s.Source = v.ID, v.PkgName, v.PURL, d.Source
 			return s, true
 		}
 	}
 	return Suppression{}, false
+}
+
+// stampedStatement is a statement that matched, when it was made, and the
+// document it is in.
+type stampedStatement struct {
+	st  openvex.Statement
+	at  time.Time
+	doc *Document
 }
 
 // decide says whether the document suppresses dv for any of queries; a
@@ -155,28 +183,44 @@ func suppresses(st openvex.Status) bool {
 // a later "affected" about the image would not undo a "not_affected" about
 // the package, nor one without a timestamp an earlier one.
 func (d *Document) decideOpenVEX(dv types.DetectedVulnerability, queries []query) (Suppression, bool) {
-	var (
-		matched []openvex.Statement
-		latest  time.Time
-	)
+	return decideLatest(d.matchOpenVEX(dv, queries))
+}
+
+// matchOpenVEX returns the statements that match any query, with their
+// time; none when the document's code panics.
+func (d *Document) matchOpenVEX(dv types.DetectedVulnerability, queries []query) (matched []stampedStatement) {
+	defer func() {
+		if r := recover(); r != nil {
+			matched = nil
+		}
+	}()
 	for _, q := range queries {
 		for _, st := range d.openVEX.Matches(dv, q.product, q.sub) {
 			if q.decoy != nil && suppresses(st.Status) &&
 				st.Matches(dv.VulnerabilityID, q.decoy.PkgIdentifier.PURL.String(), []string{q.sub.PkgIdentifier.PURL.String()}) {
 				continue // names no image in particular
 			}
-			matched = append(matched, st)
-			if t := d.timestamp(st); t.After(latest) {
-				latest = t
-			}
+			matched = append(matched, stampedStatement{st: st, at: d.timestamp(st), doc: d})
 		}
 	}
-	var decisive *openvex.Statement
-	for i, st := range matched {
-		if !d.timestamp(st).Equal(latest) {
+	return matched
+}
+
+// decideLatest: of the matched statements, those made last decide, and
+// all of them must suppress.
+func decideLatest(matched []stampedStatement) (Suppression, bool) {
+	var latest time.Time
+	for _, m := range matched {
+		if m.at.After(latest) {
+			latest = m.at
+		}
+	}
+	var decisive *stampedStatement
+	for i, m := range matched {
+		if !m.at.Equal(latest) {
 			continue
 		}
-		if !suppresses(st.Status) {
+		if !suppresses(m.st.Status) {
 			return Suppression{}, false
 		}
 		decisive = &matched[i]
@@ -185,8 +229,9 @@ func (d *Document) decideOpenVEX(dv types.DetectedVulnerability, queries []query
 		return Suppression{}, false
 	}
 	return Suppression{
-		Status:        string(decisive.Status),
-		Justification: cmp.Or(string(decisive.Justification), decisive.ImpactStatement),
+		Status:        string(decisive.st.Status),
+		Justification: cmp.Or(string(decisive.st.Justification), decisive.st.ImpactStatement),
+		Source:        decisive.doc.Source,
 	}, true
 }
 

@@ -285,14 +285,22 @@ func TestLatestStatementWins(t *testing.T) {
 		})
 	}
 
-	// Documents are independent: one that says affected does not undo
-	// another's not_affected, and the first that suppresses is reported.
+	// OpenVEX documents are weighed together: a later "affected" in
+	// another document (the vendor revoking its not_affected) undoes an
+	// older document's not_affected, whichever comes first; the latest
+	// suppressing statement is reported with its document.
 	yes := parse(t, "yes", openVEX(t, na("", trivyImagePURL, busyboxPURL)))
 	no := parse(t, "no", openVEX(t, aff(t2, trivyImagePURL, busyboxPURL)))
 	also := parse(t, "also", openVEX(t, stmt{status: "fixed", product: busyboxPURL}))
-	_, sup := vex.Apply(img, vulns, []*vex.Document{no, yes, also})
-	if len(sup) != 1 || sup[0].Source != "yes" {
-		t.Errorf("suppressions %+v, want one from yes", sup)
+	for _, order := range [][]*vex.Document{{no, yes, also}, {yes, also, no}} {
+		if _, sup := vex.Apply(img, vulns, order); len(sup) != 0 {
+			t.Errorf("suppressions %+v despite a later affected in another document", sup)
+		}
+	}
+	later := parse(t, "later", openVEX(t, na(t2, trivyImagePURL, busyboxPURL)))
+	older := parse(t, "older", openVEX(t, aff(t1, trivyImagePURL, busyboxPURL)))
+	if _, sup := vex.Apply(img, vulns, []*vex.Document{older, later}); len(sup) != 1 || sup[0].Source != "later" {
+		t.Errorf("suppressions %+v, want one from later", sup)
 	}
 }
 
