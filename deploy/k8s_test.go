@@ -593,7 +593,7 @@ func TestHelmChartDefaults(t *testing.T) {
 func TestHelmChartAllEnabled(t *testing.T) {
 	m := helmRender(t, map[string]any{
 		"serviceMonitor":     map[string]any{"enabled": true, "labels": map[string]any{"release": "kube-prometheus-stack"}},
-		"nodeHostsDaemonSet": map[string]any{"enabled": true},
+		"nodeHostsDaemonSet": map[string]any{"enabled": true, "registries": []any{"_default", "docker.io"}},
 		"service":            map[string]any{"clusterIP": "10.96.0.50"},
 		"persistence":        map[string]any{"size": "200Gi", "storageClass": "fast-ssd"},
 		"image":              map[string]any{"tag": "1.2.3"},

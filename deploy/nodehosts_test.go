@@ -25,7 +25,8 @@ const authMarker = "# Authorization = <written on the node from the Secret>"
 // tlsAuthValues turns on gatehouse's HTTPS and token-only pull credentials,
 // and the DaemonSet with a pull token for the nodes.
 func tlsAuthValues(nodeHosts map[string]any) map[string]any {
-	nh := map[string]any{"enabled": true, "auth": map[string]any{"secretName": "node-pull", "tokenKey": "token"}}
+	nh := map[string]any{"enabled": true, "auth": map[string]any{"secretName": "node-pull", "tokenKey": "token"},
+		"registries": []any{"_default", "docker.io"}}
 	for k, v := range nodeHosts {
 		nh[k] = v
 	}
@@ -151,7 +152,7 @@ func TestHelmNodeHostsTLSAuth(t *testing.T) {
 // before the DaemonSet learned about either, and nothing else is mounted.
 func TestHelmNodeHostsPlainUnchanged(t *testing.T) {
 	nh := renderNodeHosts(t, map[string]any{
-		"nodeHostsDaemonSet": map[string]any{"enabled": true},
+		"nodeHostsDaemonSet": map[string]any{"enabled": true, "registries": []any{"_default", "docker.io"}},
 		"service":            map[string]any{"clusterIP": "10.96.0.50"},
 		// API tokens alone do not make pulls need credentials.
 		"auth": map[string]any{"secretName": "gatehouse-auth", "apiTokensKey": "api-tokens"},

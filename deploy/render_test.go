@@ -230,8 +230,10 @@ func TestHelmNotesRolloutOrder(t *testing.T) {
 		want   []string
 	}{
 		{"defaults", nil, []string{"audit mode", "kubernetes, default", "No node pulls through gatehouse yet", "_default last"}},
+		// Turned on without naming registries: one registry, never
+		// _default at once (per registry first).
 		{"node-hosts on", map[string]any{"nodeHostsDaemonSet": map[string]any{"enabled": true}, "service": map[string]any{"clusterIP": "10.96.0.50"}},
-			[]string{"writes containerd hosts.toml for _default, docker.io", "Going back"}},
+			[]string{"writes containerd hosts.toml for docker.io on every", "Going back"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rendered, err := helmRenderFiles(t, tc.values)
