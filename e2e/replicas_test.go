@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -172,13 +173,14 @@ func TestReplicas(t *testing.T) {
 		if n := rs.Sum(t, "gatehouse_scan_duration_seconds_count") - before; n != 1 {
 			t.Errorf("%v scans of the vulnerable image across the cluster, want 1", n)
 		}
-		// Every replica's API shows the cluster's denials.
+		// Every replica's API shows the cluster's denials, once they are
+		// written to the database (every gate.denials.flushInterval).
 		for i, g := range rs.GH {
-			var d struct{ Denials []struct{ Repo string } }
-			g.API(t, "/api/v1/denials", &d)
-			if len(d.Denials) == 0 {
-				t.Errorf("replica %d shows no denial", i)
-			}
+			waitFor(t, 30*time.Second, fmt.Sprintf("replica %d showing a denial", i), func() bool {
+				var d struct{ Denials []struct{ Repo string } }
+				g.API(t, "/api/v1/denials", &d)
+				return len(d.Denials) > 0
+			})
 		}
 	})
 
