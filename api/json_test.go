@@ -228,7 +228,7 @@ func TestAPIPolicyKeysAreCamelCase(t *testing.T) {
 	}
 	r := rules[0].(map[string]any)
 	if got, want := keys(t, r, "rule"), []string{"allowlist", "block", "hash", "ignoreUnfixed", "mode", "name", "repositories",
-		"signatures", "upstreams", "vulnerabilities"}; !slices.Equal(got, want) {
+		"signatures", "staleDB", "upstreams", "vulnerabilities"}; !slices.Equal(got, want) {
 		t.Errorf("rule keys %q, want %q", got, want)
 	}
 	if t.Failed() {

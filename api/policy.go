@@ -1,6 +1,8 @@
 package api
 
 import (
+	"cmp"
+
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate/policy"
 )
@@ -26,6 +28,9 @@ type ruleJSON struct {
 	Vulnerabilities string            `json:"vulnerabilities"`
 	Attestations    *attestationsJSON `json:"attestations,omitempty"` // absent: none required
 	VEX             *vexJSON          `json:"vex,omitempty"`          // absent: no VEX
+	// StaleDB is deny or warn: what a new verdict does with a DB older
+	// than gate.db.maxAge.
+	StaleDB string `json:"staleDB"`
 	// Hash identifies the rule's content; it keys the rule's verdicts.
 	Hash string `json:"hash"`
 }
@@ -89,6 +94,7 @@ func rulesJSON(rules []*policy.Rule) []ruleJSON {
 	for _, r := range rules {
 		rj := ruleJSON{Name: r.Name, Upstreams: r.Upstreams, Repositories: r.Repositories, Mode: r.Mode,
 			Block: r.Block, IgnoreUnfixed: r.IgnoreUnfixed, Hash: r.Hash, Vulnerabilities: config.VulnerabilitiesOn}
+		rj.StaleDB = cmp.Or(r.StaleDB, config.StaleDBDeny)
 		if r.Vulnerabilities == config.VulnerabilitiesOff {
 			rj.Vulnerabilities = config.VulnerabilitiesOff
 		}

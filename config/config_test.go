@@ -93,6 +93,9 @@ func TestErrorsNameTheField(t *testing.T) {
 		{"gate: {scanLimits: {maxLayerSize: big}}", "big"},
 		{"gate: {policy: {rules: [{name: a, vulnerabilities: off}]}}", "gate.policy.rules[0].vulnerabilities: off checks nothing"},
 		{"gate: {policy: {rules: [{name: a, vulnerabilities: maybe}]}}", `gate.policy.rules[0].vulnerabilities: "maybe" is not on or off`},
+		{"gate: {policy: {rules: [{name: a, staleDB: ignore}]}}", `gate.policy.rules[0].staleDB: "ignore" is not deny or warn`},
+		{"gate: {db: {maxAge: 1h, updateInterval: 6h}}", "gate.db.maxAge: 1h is shorter than db.updateInterval 6h"},
+		{"gate: {db: {maxAge: -1h}}", "gate.db.maxAge: must not be negative"},
 	} {
 		_, err := Parse([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.field) {

@@ -105,6 +105,10 @@ type VulnDB struct {
 	// UpdateInterval is how often `serve` checks for a new DB. "0s"
 	// disables updates (air-gapped: use `gatehouse db import`). Default 6h.
 	UpdateInterval *Duration `yaml:"updateInterval"`
+	// MaxAge, when set, is how old (since it was built) the DB may be for
+	// new verdicts: past it, each rule's staleDB decides (deny, the
+	// default, or warn). 0: no limit.
+	MaxAge Duration `yaml:"maxAge,omitempty"`
 }
 
 // Policy is the ordered list of rules; the most specific matching rule
@@ -150,7 +154,17 @@ type Rule struct {
 	Attestations *Attestations `yaml:"attestations,omitempty" json:",omitempty"`
 	// VEX, when set, are the VEX statements the rule accepts.
 	VEX *VEX `yaml:"vex,omitempty" json:",omitempty"`
+	// StaleDB is what a new verdict does when the vulnerability DB is older
+	// than gate.db.maxAge: "deny" (the default) or "warn" (admit, with the
+	// warning in the verdict).
+	StaleDB string `yaml:"staleDB,omitempty" json:",omitempty"`
 }
+
+// Values of Rule.StaleDB.
+const (
+	StaleDBDeny = "deny"
+	StaleDBWarn = "warn"
+)
 
 // Scans reports whether the rule scans images for vulnerabilities (and so
 // needs a vulnerability DB): not when it is off, nor when it checks
@@ -403,6 +417,11 @@ func (g *Gate) finish() []error {
 	} else if *g.DB.UpdateInterval < 0 {
 		bad("db.updateInterval", "must not be negative")
 	}
+	if g.DB.MaxAge < 0 {
+		bad("db.maxAge", "must not be negative (0: no limit)")
+	} else if g.DB.MaxAge > 0 && *g.DB.UpdateInterval > 0 && g.DB.MaxAge < *g.DB.UpdateInterval {
+		bad("db.maxAge", "%s is shorter than db.updateInterval %s: the DB would be stale between updates", g.DB.MaxAge, *g.DB.UpdateInterval)
+	}
 	switch {
 	case g.Denials.Keep == 0:
 		g.Denials.Keep = DefaultDenialsKeep
@@ -437,6 +456,11 @@ func (g *Gate) finish() []error {
 		case ModeEnforce, ModeAudit, ModeOff:
 		default:
 			bad(field+".mode", "%q is not enforce, audit or off", r.Mode)
+		}
+		switch r.StaleDB {
+		case "", StaleDBDeny, StaleDBWarn:
+		default:
+			bad(field+".staleDB", "%q is not deny or warn", r.StaleDB)
 		}
 		switch r.Vulnerabilities {
 		case VulnerabilitiesOn:

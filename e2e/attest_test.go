@@ -482,6 +482,7 @@ type attestRule struct {
 	Vulnerabilities string              `yaml:"vulnerabilities,omitempty"` // on (default) or off
 	VEX             *attestVEX          `yaml:"vex,omitempty"`
 	Attestations    *attestRequirements `yaml:"attestations,omitempty"`
+	StaleDB         string              `yaml:"staleDB,omitempty"` // deny (default) or warn
 }
 
 // attestVEX is a rule's vex section.

@@ -279,3 +279,48 @@ func TestScanAttestationAges(t *testing.T) {
 		t.Fatalf("scan 25h old, verdict made when it was fresh: %+v %v", v, err)
 	}
 }
+
+const staleDBPolicy = `
+upstreams: [{name: up.example}]
+gate:
+  db: {maxAge: 48h, updateInterval: 6h}
+  policy:
+    rules:
+      - name: strict
+        repositories: ["strict/*"]
+      - name: lenient
+        repositories: ["lenient/*"]
+        staleDB: warn
+      - name: signed-only
+        repositories: ["signed/*"]
+        vulnerabilities: off
+        signatures: {required: true, identities: [` + key + `]}
+      - name: default
+        mode: off
+`
+
+// gate.db.maxAge: with a DB older than it, a new verdict under a rule
+// whose staleDB is deny (the default) is a denial that says so, and under
+// warn an admission with the warning recorded; rules that do not scan do
+// not care, and a fresh DB changes nothing.
+func TestStaleDB(t *testing.T) {
+	f, sigs, _, _ := attFixture(t, staleDBPolicy)
+	sigs.results["signed/app"] = &SignatureResult{Verified: true}
+	built := f.now.Add(-72 * time.Hour)
+	f.g.dbBuilt = func() time.Time { return built }
+	v, err := f.g.Check(context.Background(), f.image(t, "strict/app"))
+	if err != nil || v.Admitted || v.Reason != ReasonStaleDB || !strings.Contains(v.Message, `denied by rule "strict": the vulnerability DB is 72h old, more than gate.db.maxAge 48h`) {
+		t.Fatalf("deny: %+v %v", v, err)
+	}
+	v, err = f.g.Check(context.Background(), f.image(t, "lenient/app"))
+	if err != nil || !v.Admitted || len(v.Warnings) != 1 || !strings.Contains(v.Message, "warning: the vulnerability DB is 72h old") {
+		t.Fatalf("warn: %+v %v", v, err)
+	}
+	if v, err = f.g.Check(context.Background(), f.image(t, "signed/app")); err != nil || !v.Admitted || len(v.Warnings) != 0 {
+		t.Fatalf("signature-only: %+v %v", v, err)
+	}
+	built = f.now.Add(-time.Hour)
+	if v, err = f.g.Check(context.Background(), f.image(t, "strict/other")); err != nil || !v.Admitted {
+		t.Fatalf("fresh DB: %+v %v", v, err)
+	}
+}

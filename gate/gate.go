@@ -53,8 +53,11 @@ type Options struct {
 	// replica adopted it, images nobody judged yet wait (503, retry).
 	// Default: the scanner's version.
 	DBVersion func() string
-	Log       *slog.Logger
-	Now       func() time.Time // default time.Now
+	// DBBuilt, when set, is when the loaded vulnerability DB was built
+	// (zero: none), for gate.db.maxAge.
+	DBBuilt func() time.Time
+	Log     *slog.Logger
+	Now     func() time.Time // default time.Now
 }
 
 // Cluster runs work once among the replicas sharing the gate's records.
@@ -76,6 +79,7 @@ type Gate struct {
 	blobs   BlobOpener
 	cluster Cluster
 	dbv     func() string
+	dbBuilt func() time.Time
 	records *records.Store
 	log     *slog.Logger
 	now     func() time.Time
@@ -137,6 +141,7 @@ func New(opts Options) (*Gate, error) {
 		blobs:     opts.Blobs,
 		cluster:   opts.Cluster,
 		dbv:       opts.DBVersion,
+		dbBuilt:   opts.DBBuilt,
 		records:   recs,
 		log:       opts.Log,
 		now:       opts.Now,

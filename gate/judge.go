@@ -227,6 +227,14 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *re
 	if sig != nil && rule.Signatures != nil && rule.Signatures.Required && !sig.Verified {
 		refuse(v, rule, ReasonUnsigned, "signature required: "+sig.Reason)
 	}
+	if why := g.staleDB(rule); why != "" {
+		if rule.StaleDB == config.StaleDBWarn {
+			v.Warnings = append(v.Warnings, why)
+			v.Message += "; warning: " + why
+		} else {
+			refuse(v, rule, ReasonStaleDB, why)
+		}
+	}
 	var until time.Time
 	v.Attestations, until = checkAttestations(rule.Attestations, att, g.now())
 	if !until.IsZero() && (d.ValidUntil.IsZero() || until.Before(d.ValidUntil)) {
@@ -252,4 +260,21 @@ func refuse(v *Verdict, rule *policy.Rule, reason, why string) {
 	default:
 		v.Message += "; " + why
 	}
+}
+
+// staleDB says why the loaded DB is too old for a new verdict under rule
+// (gate.db.maxAge), or "" when it is not, or the rule does not scan.
+func (g *Gate) staleDB(rule *policy.Rule) string {
+	maxAge := g.cfg.DB.MaxAge.D()
+	if maxAge <= 0 || !rule.Scans() || g.dbBuilt == nil {
+		return ""
+	}
+	built := g.dbBuilt()
+	if built.IsZero() {
+		return ""
+	}
+	if age := g.now().Sub(built); age > maxAge {
+		return fmt.Sprintf("the vulnerability DB is %s old, more than gate.db.maxAge %s", config.Duration(age.Round(time.Minute)), config.Duration(maxAge))
+	}
+	return ""
 }

@@ -92,6 +92,9 @@ const (
 	ReasonUnsigned   = "signature"
 	// ReasonAttestation: a required attestation is missing or fails.
 	ReasonAttestation = "attestation"
+	// ReasonStaleDB: the vulnerability DB is older than gate.db.maxAge
+	// under a rule whose staleDB is deny.
+	ReasonStaleDB = "stale_db"
 )
 
 // Pending is returned when a verdict was not ready within gate.maxWait:

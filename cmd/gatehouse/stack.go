@@ -107,7 +107,14 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	opts := gate.Options{Config: &cfg.Gate, Meta: s.stores.Gate, Scanner: s.scanner.ForGate(), Blobs: s.content, Log: log}
+	opts := gate.Options{Config: &cfg.Gate, Meta: s.stores.Gate, Scanner: s.scanner.ForGate(), Blobs: s.content, Log: log,
+		DBBuilt: func() time.Time {
+			st, err := s.scanner.DBStatus()
+			if err != nil {
+				return time.Time{}
+			}
+			return st.UpdatedAt
+		}}
 	if s.node != nil {
 		s.cdb = &clusterDB{st: s}
 		opts.Cluster, opts.DBVersion = s.node, s.cdb.Version

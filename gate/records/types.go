@@ -110,10 +110,13 @@ type Verdict struct {
 	Attestations []AttestationCheck `json:"attestations,omitempty"`
 	// Suppressed are the vulnerabilities VEX statements removed.
 	Suppressed []Suppression `json:"suppressed,omitempty"`
-	PolicyHash string        `json:"policyHash,omitempty"`
-	DBVersion  string        `json:"dbVersion,omitempty"`
-	ScannedAt  time.Time     `json:"scannedAt,omitzero"`
-	JudgedAt   time.Time     `json:"judgedAt"`
+	// Warnings are what the verdict admitted despite, e.g. a vulnerability
+	// DB older than gate.db.maxAge under a rule whose staleDB is warn.
+	Warnings   []string  `json:"warnings,omitempty"`
+	PolicyHash string    `json:"policyHash,omitempty"`
+	DBVersion  string    `json:"dbVersion,omitempty"`
+	ScannedAt  time.Time `json:"scannedAt,omitzero"`
+	JudgedAt   time.Time `json:"judgedAt"`
 }
 
 // ImageRecord describes a judged manifest.
