@@ -46,6 +46,8 @@ type Config struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	// Gate configures the vulnerability gate and its policy.
 	Gate Gate `yaml:"gate"`
+	// Events configures the webhooks that receive gatehouse's events.
+	Events Events `yaml:"events"`
 }
 
 // Log configures the slog handler.
@@ -328,6 +330,7 @@ func (c *Config) Finish() error {
 		}
 	}
 	errs = append(errs, c.finishGate()...)
+	errs = append(errs, c.Events.finish()...)
 	errs = append(errs, c.finishStorage()...)
 	if c.DefaultUpstream != "" && c.Upstream(c.DefaultUpstream) == nil {
 		bad("defaultUpstream", "%q is not the name of a configured upstream", c.DefaultUpstream)

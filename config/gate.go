@@ -41,6 +41,12 @@ type Gate struct {
 	// Denials page and GET /api/v1/denials), kept in the verdict database
 	// so that it survives a restart.
 	Denials Denials `yaml:"denials"`
+	// Exceptions are scoped vulnerability exceptions with an owner and an
+	// expiry, in their own file or directory.
+	Exceptions Exceptions `yaml:"exceptions"`
+	// Watch lists repositories whose new tags are fetched and judged
+	// before any client asks.
+	Watch []Watch `yaml:"watch"`
 }
 
 // Denials bounds the record of refused pulls. Denials are queued in memory
@@ -379,6 +385,8 @@ func (g *Gate) finish() []error {
 
 func (c *Config) finishGate() []error {
 	errs := c.Gate.finish()
+	errs = append(errs, c.Gate.Exceptions.finish()...)
+	errs = append(errs, finishWatch(c.Gate.Watch, c)...)
 	for i, r := range c.Gate.Policy.Rules {
 		for j, u := range r.Upstreams {
 			up := c.Upstream(u)

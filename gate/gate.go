@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/events"
 	"github.com/gatehouse/gatehouse/gate/policy"
 	"github.com/gatehouse/gatehouse/gate/records"
 	"github.com/gatehouse/gatehouse/metrics"
@@ -56,8 +57,14 @@ type Options struct {
 	// DBBuilt, when set, is when the loaded vulnerability DB was built
 	// (zero: none), for gate.db.maxAge.
 	DBBuilt func() time.Time
-	Log     *slog.Logger
-	Now     func() time.Time // default time.Now
+	// Events receives the gate's events (pull denied, verdict changed).
+	// Default: none sent.
+	Events events.Publisher
+	// Exceptions, when set, are the scoped vulnerability exceptions
+	// (gate.exceptions) applied on top of each rule's allowlist.
+	Exceptions Exceptions
+	Log        *slog.Logger
+	Now        func() time.Time // default time.Now
 }
 
 // Cluster runs work once among the replicas sharing the gate's records.
@@ -80,6 +87,8 @@ type Gate struct {
 	cluster Cluster
 	dbv     func() string
 	dbBuilt func() time.Time
+	events  events.Publisher
+	excepts Exceptions
 	records *records.Store
 	log     *slog.Logger
 	now     func() time.Time
@@ -112,6 +121,9 @@ func New(opts Options) (*Gate, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Events == nil {
+		opts.Events = events.Nop{}
+	}
 	if opts.Meta == nil {
 		return nil, errors.New("gate: no metadata store")
 	}
@@ -142,6 +154,8 @@ func New(opts Options) (*Gate, error) {
 		cluster:   opts.Cluster,
 		dbv:       opts.DBVersion,
 		dbBuilt:   opts.DBBuilt,
+		events:    opts.Events,
+		excepts:   opts.Exceptions,
 		records:   recs,
 		log:       opts.Log,
 		now:       opts.Now,

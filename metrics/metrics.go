@@ -181,6 +181,9 @@ func Register(reg prometheus.Registerer, src Sources) error {
 		AuthFailures, AccessReloads,
 	}
 	cs = append(cs, ScanLimitsExceeded, ScanBackoffRefusals, BlobsRefused)
+	cs = append(cs, eventCollectors()...)
+	cs = append(cs, exceptionCollectors()...)
+	cs = append(cs, watchCollectors()...)
 	for _, r := range []string{"not_admitted", "denied_image"} {
 		BlobsRefused.WithLabelValues(r)
 	}
