@@ -165,6 +165,8 @@ type Sources struct {
 	RateLimitRemaining map[string]func() int64
 	// DB returns the vulnerability DB version and build time (zero: none).
 	DB func() (version string, updatedAt time.Time)
+	// DBMaxAge is gate.db.maxAge (0: no limit).
+	DBMaxAge time.Duration
 }
 
 // Register registers every collector, the Go and process collectors and the
@@ -237,7 +239,10 @@ func Register(reg prometheus.Registerer, src Sources) error {
 					}
 					return time.Since(at).Seconds()
 				}),
-			&dbInfo{src: src.DB})
+			&dbInfo{src: src.DB},
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "vulndb_max_age_seconds",
+				Help: "gate.db.maxAge: past it, new verdicts follow each rule's staleDB (deny or warn); 0 when unset."},
+				func() float64 { return src.DBMaxAge.Seconds() }))
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {

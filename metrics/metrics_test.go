@@ -18,6 +18,7 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 		DB:                 func() (string, time.Time) { return "2-20261123", time.Now().Add(-time.Hour) },
 		CacheLimit:         100,
 		Disk:               func() (uint64, uint64, error) { return 10, 20, nil },
+		DBMaxAge:           48 * time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +76,9 @@ func TestRegisterExportsEveryFamily(t *testing.T) {
 	}
 	if age := got["gatehouse_vulndb_age_seconds"]; age < 3500 || age > 3700 {
 		t.Errorf("vulndb age %v", age)
+	}
+	if m, ok := got["gatehouse_vulndb_max_age_seconds"]; !ok || m != 48*3600 {
+		t.Errorf("gatehouse_vulndb_max_age_seconds = %v (exported: %v), want 172800", m, ok)
 	}
 }
 

@@ -79,6 +79,8 @@ type policyData struct {
 	DB      DBStatus
 	DBErr   string
 	DBAge   time.Duration
+	// DBStale: the DB is older than gate.db.maxAge.
+	DBStale bool
 	Used    int64
 	Limit   int64
 	UsedPct int
@@ -91,6 +93,7 @@ func (h *Handler) policy(w http.ResponseWriter, r *http.Request) {
 		d.DBErr = err.Error()
 	} else {
 		d.DB, d.DBAge = db, d.Now.Sub(db.UpdatedAt)
+		d.DBStale = db.MaxAge > 0 && d.DBAge > db.MaxAge
 	}
 	d.Used, d.Limit = h.opts.Cache()
 	if d.Limit > 0 {

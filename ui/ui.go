@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/gatehouse/gatehouse/api"
+	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/records"
 )
@@ -38,6 +39,8 @@ type DBStatus struct {
 	Version string
 	// UpdatedAt is when the DB was built.
 	UpdatedAt time.Time
+	// MaxAge is gate.db.maxAge (0: no limit).
+	MaxAge time.Duration
 }
 
 // Options configure the console.
@@ -119,6 +122,7 @@ func New(opts Options) (*Handler, error) {
 		"sevclass": func(s string) string { return "sev-" + strings.ToLower(s) },
 		"lower":    strings.ToLower,
 		"join":     strings.Join,
+		"duration": func(d time.Duration) string { return config.Duration(d).String() },
 		"expired":  func(end time.Time) bool { return !opts.Now().Before(end) },
 		"deref":    func(b *bool) bool { return b != nil && *b },
 		"inlinePEM": func(k string) bool {

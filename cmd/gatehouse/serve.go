@@ -96,7 +96,7 @@ func routes(st *stack, guard *access.Guard, ready *atomic.Bool) (*http.ServeMux,
 	console, err := ui.New(ui.Options{Source: st.gate, Log: st.log,
 		DB: func() (ui.DBStatus, error) {
 			s, err := st.scanner.DBStatus()
-			return ui.DBStatus{Version: s.DBVersion, UpdatedAt: s.UpdatedAt}, err
+			return ui.DBStatus{Version: s.DBVersion, UpdatedAt: s.UpdatedAt, MaxAge: cfg.Gate.DB.MaxAge.D()}, err
 		},
 		Cache: func() (int64, int64) { used, _ := st.store.Usage(); return used, int64(cfg.Cache.MaxSize) },
 	})
@@ -151,6 +151,7 @@ func registerMetrics(reg prometheus.Registerer, st *stack) error {
 			}
 			return s.DBVersion, s.UpdatedAt
 		},
+		DBMaxAge: cfg.Gate.DB.MaxAge.D(),
 	})
 }
 
