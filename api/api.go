@@ -63,6 +63,7 @@ func New(opts Options) *Handler {
 	h.mux.HandleFunc("GET /api/v1/images/{digest}", h.image)
 	h.mux.HandleFunc("GET /api/v1/denials", h.denials)
 	h.mux.HandleFunc("GET /api/v1/policy", h.policy)
+	h.mux.HandleFunc("GET /api/v1/exceptions", h.exceptions)
 	h.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such API endpoint")
 	})

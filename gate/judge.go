@@ -201,10 +201,12 @@ func (g *Gate) decide(s *Subject, info *manifestInfo, rule *policy.Rule, rep *re
 		var vulns []Vuln
 		vulns, suppressed = g.applyVEX(s, rule, rep.Vulns, att)
 		for _, v := range vulns {
-			findings = append(findings, policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed})
+			findings = append(findings, policy.Finding{ID: v.ID, Severity: v.Severity, PkgName: v.PkgName, Installed: v.Installed, Fixed: v.Fixed, PURL: v.PURL})
 		}
 	}
-	d := rule.Evaluate(findings, g.now())
+	// Scoped exceptions (gate.exceptions) move what they cover out of
+	// Blocking, and bound d.ValidUntil by their expiry.
+	d := rule.EvaluateWith(findings, g.now(), g.exceptFor(s, g.now()))
 	if !rule.Scans() && rule.Mode != config.ModeOff {
 		d.Message = fmt.Sprintf("rule %q checks signatures only (vulnerabilities: off)", rule.Name)
 	}

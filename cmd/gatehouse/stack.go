@@ -13,6 +13,7 @@ import (
 	"github.com/gatehouse/gatehouse/cluster"
 	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
+	"github.com/gatehouse/gatehouse/gate/exceptions"
 	"github.com/gatehouse/gatehouse/gate/scan"
 	"github.com/gatehouse/gatehouse/proxy"
 	"github.com/gatehouse/gatehouse/pull"
@@ -38,6 +39,8 @@ type stack struct {
 	node    *cluster.Node // this replica in its cluster; nil on one replica
 	cdb     *clusterDB    // the cluster's vulnerability DB; nil on one replica
 	vex     *vexFilter    // nil when no rule has VEX
+	// excepts are gate.exceptions; nil when unset.
+	excepts *exceptions.Store
 }
 
 // dbDir is where the vulnerability DB lives: shared by serve, check and db.
@@ -137,6 +140,11 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 		rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		vf.refreshRepos(rctx, s.content, time.Now())
 		cancel()
+	}
+	if s.excepts, err = openExceptions(cfg, log); err != nil {
+		return nil, err
+	} else if s.excepts != nil {
+		opts.Exceptions = s.excepts
 	}
 	s.gate, err = gate.New(opts)
 	if err != nil {

@@ -24,6 +24,9 @@ type Finding struct {
 	PkgName   string `json:"pkgName"`
 	Installed string `json:"installed"`
 	Fixed     string `json:"fixed,omitempty"`
+	// PURL is the package URL of the installed package, when known: what
+	// a package-scoped exception may name.
+	PURL string `json:"purl,omitempty"`
 }
 
 // Rule is a configured rule with the hash that keys its verdicts.
@@ -156,6 +159,10 @@ func (r *Rule) score(upstream, repo string) (int, bool) {
 	return score, true
 }
 
+// MatchRepo matches a repository glob as rules do: path.Match, so "*"
+// does not cross "/"; a trailing "/**" matches any depth below.
+func MatchRepo(glob, repo string) bool { return matchRepo(glob, repo) }
+
 // matchRepo matches a repository glob; a trailing "/**" matches any depth.
 func matchRepo(glob, repo string) bool {
 	if prefix, ok := strings.CutSuffix(glob, "/**"); ok {
@@ -202,13 +209,24 @@ type Decision struct {
 	Counts map[string]int `json:"counts"`
 	// Message is the one-line reason given to clients.
 	Message string `json:"message"`
-	// ValidUntil is when an allowlist entry used by this decision expires
-	// (the decision must be made again then); zero when unbounded.
+	// Excepted are findings the rule would block but for a scoped
+	// exception (gate.exceptions) in force, each with its exception.
+	Excepted []Excepted `json:"excepted,omitempty"`
+	// ValidUntil is when an allowlist entry or exception used by this
+	// decision expires (the decision must be made again then); zero when
+	// unbounded.
 	ValidUntil time.Time `json:"validUntil,omitzero"`
 }
 
 // Evaluate applies the rule to findings at time now.
 func (r *Rule) Evaluate(findings []Finding, now time.Time) Decision {
+	return r.EvaluateWith(findings, now, nil)
+}
+
+// EvaluateWith is Evaluate asking except (nil: none) about each finding
+// the rule would block that no allowlist entry covers. An exception that
+// has expired at now is not applied, whatever except says.
+func (r *Rule) EvaluateWith(findings []Finding, now time.Time, except ExceptFunc) Decision {
 	d := Decision{Rule: r.Name, Mode: r.Mode, Counts: map[string]int{}}
 	if r.Mode == config.ModeOff {
 		d.Admitted, d.Message = true, fmt.Sprintf("rule %q is off", r.Name)
@@ -242,6 +260,15 @@ func (r *Rule) Evaluate(findings []Finding, now time.Time) Decision {
 			}
 			continue
 		}
+		if except != nil {
+			if e, ok := except(f); ok && now.Before(e.Expires) {
+				d.Excepted = append(d.Excepted, Excepted{Finding: f, Exception: *e})
+				if d.ValidUntil.IsZero() || e.Expires.Before(d.ValidUntil) {
+					d.ValidUntil = e.Expires
+				}
+				continue
+			}
+		}
 		d.Blocking = append(d.Blocking, f)
 	}
 	sortFindings(d.Blocking)
@@ -254,6 +281,9 @@ func (r *Rule) Evaluate(findings []Finding, now time.Time) Decision {
 		d.Message = fmt.Sprintf("admitted by rule %q in audit mode despite %s", r.Name, blockingText(d.Blocking))
 	default:
 		d.Message = fmt.Sprintf("denied by rule %q: %s", r.Name, blockingText(d.Blocking))
+	}
+	if len(d.Excepted) > 0 {
+		d.Message += "; " + exceptedText(d.Excepted)
 	}
 	return d
 }
