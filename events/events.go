@@ -34,7 +34,10 @@ type Event struct {
 	// subscribers filter by them.
 	Upstream, Repo string
 	Time           time.Time
-	Data           any
+	// Message is a one-line summary for people, the text of chat formats
+	// (slack). Default: the type and the subject.
+	Message string
+	Data    any
 }
 
 // Publisher accepts events. Publish must not block.

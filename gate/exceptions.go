@@ -61,3 +61,32 @@ func (g *Gate) exceptFor(s *Subject, now time.Time) policy.ExceptFunc {
 		return g.excepts.Except(s.Upstream, s.Repo, s.Digest.String(), f, now)
 	}
 }
+
+// exceptionsHold reports whether the exceptions in force now would except
+// the same findings of stored verdict v: none of those it excepted was
+// withdrawn, and none of those blocking it is now excepted. A verdict
+// for which they do not hold is judged again from its stored report (no
+// scan): removing an exception takes effect at the next pull, whichever
+// repository of the image Reevaluate re-judged and whether or not
+// gatehouse restarted in between.
+func (g *Gate) exceptionsHold(v *Verdict) bool {
+	d := v.Decision
+	if d == nil || (len(d.Excepted) == 0 && (g.excepts == nil || len(d.Blocking) == 0)) {
+		return true
+	}
+	if g.excepts == nil {
+		return false // exceptions were used, and none are configured now
+	}
+	now := g.now()
+	for _, e := range d.Excepted {
+		if _, ok := g.excepts.Except(v.Upstream, v.Repo, v.Digest, e.Finding, now); !ok {
+			return false
+		}
+	}
+	for _, f := range d.Blocking {
+		if _, ok := g.excepts.Except(v.Upstream, v.Repo, v.Digest, f, now); ok {
+			return false
+		}
+	}
+	return true
+}

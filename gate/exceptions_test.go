@@ -114,3 +114,39 @@ func TestExceptionsReevaluate(t *testing.T) {
 		t.Fatal("re-judging scanned again")
 	}
 }
+
+// How one would slip past a withdrawn exception: pull the image from a
+// repository whose stored verdict Reevaluate did not re-judge (it re-judges
+// one repository per digest), or across a restart. The stored verdict is
+// checked against the exceptions in force at every use.
+func TestExceptionsHoldOnStoredVerdicts(t *testing.T) {
+	f := newFixture(t, exceptionsYAML)
+	ex := &fakeExceptions{id: critical.ID, repo: "team/app", expires: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
+	f.g.excepts = ex
+	f.scanner.vulns["up.example/team/app"] = []Vuln{critical}
+	s := f.image(t, "team/app")
+	ctx := context.Background()
+	move := func(repo string) {
+		ex.mu.Lock()
+		ex.repo = repo
+		ex.mu.Unlock()
+	}
+	if v, _ := f.g.Check(ctx, s); v == nil || !v.Admitted {
+		t.Fatalf("excepted: %+v", v)
+	}
+	move("team/other") // withdrawn, no Reevaluate
+	if v, _ := f.g.Check(ctx, s); v == nil || v.Admitted {
+		t.Fatalf("withdrawn exception still applied: %+v", v)
+	}
+	move("team/app") // back: the stored denial gives way
+	if v, _ := f.g.Check(ctx, s); v == nil || !v.Admitted {
+		t.Fatalf("exception added, still denied: %+v", v)
+	}
+	f.g.excepts = nil // gate.exceptions removed from the config
+	if v, _ := f.g.Check(ctx, s); v == nil || v.Admitted {
+		t.Fatalf("exceptions unconfigured, still admitted: %+v", v)
+	}
+	if n := f.scanner.scans.Load(); n != 1 {
+		t.Fatalf("%d scans; the stored report suffices", n)
+	}
+}

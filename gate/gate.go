@@ -376,6 +376,9 @@ func (g *Gate) cached(ctx context.Context, key string) *Verdict {
 	if v.Decision != nil && !v.Decision.ValidUntil.IsZero() && !g.now().Before(v.Decision.ValidUntil) {
 		return nil
 	}
+	if !g.exceptionsHold(v) {
+		return nil // an exception was withdrawn or added since
+	}
 	return v
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/events"
 	"github.com/gatehouse/gatehouse/gate/records"
 )
 
@@ -104,7 +105,18 @@ func (g *Gate) reevaluate(ctx context.Context, rec *records.ImageRecord, dbv str
 	if wasAdmitted != v.Admitted {
 		g.log.Warn("verdict changed with the new vulnerability DB", "upstream", rec.Upstream, "repo", rec.Repo, "digest", rec.Digest,
 			"admitted", v.Admitted, "message", v.Message)
+		g.events.Publish(events.Changed(g.now(), events.VerdictChangedData{Upstream: rec.Upstream, Repository: rec.Repo,
+			Digest: rec.Digest, DBVersion: rep.DBVersion, Before: verdictState(rec.Latest), After: verdictState(v)}))
 		return true, nil
 	}
 	return false, nil
+}
+
+// verdictState is v as a VerdictChanged event tells it; nil (never
+// judged) counts as admitted, as reevaluate does.
+func verdictState(v *Verdict) events.VerdictState {
+	if v == nil {
+		return events.VerdictState{Admitted: true}
+	}
+	return events.VerdictState{Admitted: v.Admitted, Rule: ruleName(v), Reason: v.Reason, Message: v.Message}
 }

@@ -209,6 +209,7 @@ func runServer(ctx context.Context, st *stack, srv *http.Server, ln net.Listener
 		return nil
 	})
 	g.Go(func() error { flushLoop(gctx, st); return nil })
+	g.Go(func() error { dbStaleLoop(gctx, st); return nil })
 	g.Go(func() error { exceptionsLoop(gctx, st); return nil })
 	if st.vex != nil && len(st.vex.repos) > 0 {
 		g.Go(func() error { vexRefreshLoop(gctx, st); return nil })

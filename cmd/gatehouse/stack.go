@@ -12,6 +12,7 @@ import (
 	"github.com/gatehouse/gatehouse/cache"
 	"github.com/gatehouse/gatehouse/cluster"
 	"github.com/gatehouse/gatehouse/config"
+	"github.com/gatehouse/gatehouse/events"
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/exceptions"
 	"github.com/gatehouse/gatehouse/gate/scan"
@@ -41,6 +42,9 @@ type stack struct {
 	vex     *vexFilter    // nil when no rule has VEX
 	// excepts are gate.exceptions; nil when unset.
 	excepts *exceptions.Store
+	// events receives what the gate and the loops around it report
+	// (events.webhooks); never nil: events.Nop outside serve.
+	events events.Publisher
 }
 
 // dbDir is where the vulnerability DB lives: shared by serve, check and db.
@@ -67,7 +71,7 @@ func newScanner(cfg *config.Config, log *slog.Logger, persist bool) (*scan.Scann
 // newStack opens everything under stateDir (the cache and the verdicts);
 // the vulnerability DB always comes from cfg.DataDir.
 func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logger) (_ *stack, err error) {
-	s := &stack{cfg: cfg, log: log, clients: map[string]*upstream.Client{}}
+	s := &stack{cfg: cfg, log: log, clients: map[string]*upstream.Client{}, events: events.Nop{}}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -118,6 +122,12 @@ func newStack(cfg *config.Config, stateDir string, persist bool, log *slog.Logge
 			}
 			return st.UpdatedAt
 		}}
+	if persist { // serve: check and db send no events
+		if s.events, err = newEvents(cfg, log); err != nil {
+			return nil, err
+		}
+		opts.Events = s.events
+	}
 	if s.node != nil {
 		s.cdb = &clusterDB{st: s}
 		opts.Cluster, opts.DBVersion = s.node, s.cdb.Version
@@ -169,6 +179,9 @@ func (s *stack) Close() error {
 	var errs []error
 	if s.gate != nil {
 		errs = append(errs, s.gate.Close())
+	}
+	if s.events != nil {
+		errs = append(errs, closeEvents(s.events, s.cfg))
 	}
 	if s.scanner != nil {
 		errs = append(errs, s.scanner.Close())
