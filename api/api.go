@@ -46,24 +46,28 @@ type Options struct {
 	// Config is the gate's configuration, whose blobs and maxWait
 	// settings GET /api/v1/policy shows. Required.
 	Config *config.Gate
+	// PolicyTest serves POST /api/v1/policy/test; nil: 501.
+	PolicyTest PolicyTester
 }
 
 // Handler serves the JSON API under /api/v1/.
 type Handler struct {
-	opts Options
-	mux  *http.ServeMux
+	opts    Options
+	mux     *http.ServeMux
+	testing chan struct{} // a policy test running
 }
 
 var _ http.Handler = (*Handler)(nil)
 
 // New returns the API.
 func New(opts Options) *Handler {
-	h := &Handler{opts: opts, mux: http.NewServeMux()}
+	h := &Handler{opts: opts, mux: http.NewServeMux(), testing: make(chan struct{}, 1)}
 	h.mux.HandleFunc("GET /api/v1/images", h.images)
 	h.mux.HandleFunc("GET /api/v1/images/{digest}", h.image)
 	h.mux.HandleFunc("GET /api/v1/denials", h.denials)
 	h.mux.HandleFunc("GET /api/v1/policy", h.policy)
 	h.mux.HandleFunc("GET /api/v1/exceptions", h.exceptions)
+	h.mux.HandleFunc("POST /api/v1/policy/test", h.policyTest)
 	h.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such API endpoint")
 	})

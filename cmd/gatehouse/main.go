@@ -42,7 +42,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return checkError
 	default:
 		fmt.Fprintf(stderr, "gatehouse: %v\n", err)
-		if len(args) > 0 && args[0] == "check" {
+		if len(args) > 0 && (args[0] == "check" || args[0] == "policy") {
 			return checkError
 		}
 		return 1
