@@ -47,7 +47,7 @@ func commands() *command {
 		example: "gatehouse serve                                  # embedded defaults, :5000, ./gatehouse-data\n" +
 			"gatehouse db update                              # load the vulnerability DB\n" +
 			"gatehouse check docker.io/library/alpine:3.22    # judge an image as a pull would",
-		subs: []*command{serveCmd(), checkCmd(), dbCmd(), cacheCmd(), configCmd(), policyCmd(), healthCmd(), versionCmd()},
+		subs: []*command{serveCmd(), checkCmd(), warmCmd(), dbCmd(), cacheCmd(), configCmd(), policyCmd(), healthCmd(), versionCmd()},
 	}
 	return root
 }

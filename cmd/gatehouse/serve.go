@@ -214,6 +214,7 @@ func runServer(ctx context.Context, st *stack, srv *http.Server, ln net.Listener
 	if st.vex != nil && len(st.vex.repos) > 0 {
 		g.Go(func() error { vexRefreshLoop(gctx, st); return nil })
 	}
+	g.Go(func() error { watchLoop(gctx, st); return nil })
 	g.Go(func() error {
 		// Close (deferred by serve) writes the denials still queued.
 		st.gate.RunDenials(gctx)
