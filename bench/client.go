@@ -77,11 +77,11 @@ func fetch(ctx context.Context, client *http.Client, url string, wantSize int64,
 
 // loadResult is one run of the manifest load generator.
 type loadResult struct {
-	Requests int           // successful requests
-	Errors   int           // failed requests (transport error or unexpected status)
+	Requests int           // successful requests that ended in the measured interval
+	Errors   int           // failed requests (transport error or unexpected status) that ended in it
 	FirstErr string        // the first failure, for the report
 	Elapsed  time.Duration // measured interval
-	P50, P99 time.Duration // latency of successful requests
+	P50, P99 time.Duration // latency of the successful requests counted
 }
 
 // PerSecond is the rate of successful requests.
@@ -104,7 +104,22 @@ func load(ctx context.Context, method, url string, conc int, d time.Duration) (l
 	}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	res, err := measureLoad(ctx, conc, d, func(buf []byte) error {
+		return oneRequest(ctx, client, method, url, buf)
+	})
+	if err == nil && res.Requests == 0 {
+		err = fmt.Errorf("%s %s: no successful request (%d failed; first: %s)", method, url, res.Errors, res.FirstErr)
+	}
+	return res, err
+}
 
+// measureLoad runs do from conc goroutines without pause for a warm-up and
+// then d, the measured interval, and counts the requests that ended in it,
+// wherever they started: the count and the divisor (d) then cover the same
+// time. (Counting only the requests that also started in it would leave
+// out each goroutine's request in flight at either edge, while its time
+// stays in the divisor: a rate low by up to two requests per goroutine.)
+func measureLoad(ctx context.Context, conc int, d time.Duration, do func(buf []byte) error) (loadResult, error) {
 	warmup := min(d/4, time.Second)
 	start := time.Now()
 	measureFrom, stopAt := start.Add(warmup), start.Add(warmup+d)
@@ -126,10 +141,10 @@ func load(ctx context.Context, method, url string, conc int, d time.Duration) (l
 				if !t0.Before(stopAt) {
 					return
 				}
-				err := oneRequest(ctx, client, method, url, buf)
+				err := do(buf)
 				t1 := time.Now()
-				if t0.Before(measureFrom) || t1.After(stopAt) {
-					continue // warm-up, or ends outside the interval
+				if !t1.After(measureFrom) || t1.After(stopAt) {
+					continue // ended in the warm-up or after the interval
 				}
 				if err != nil {
 					if w.bad == 0 {
@@ -161,9 +176,6 @@ func load(ctx context.Context, method, url string, conc int, d time.Duration) (l
 		slices.Sort(lat)
 		res.P50 = lat[len(lat)/2]
 		res.P99 = lat[len(lat)*99/100]
-	}
-	if res.Requests == 0 {
-		return res, fmt.Errorf("%s %s: no successful request (%d failed; first: %s)", method, url, res.Errors, res.FirstErr)
 	}
 	return res, nil
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -100,9 +99,7 @@ func (r *results) summary() []summaryRow {
 	if sr := r.Soak[tGatehouse]; sr != nil {
 		row := summaryRow{measure: fmt.Sprintf("7. soak, %d clients for %s: failed pulls; growth after warm-up", sr.Clients, fmtDur(sr.Duration)),
 			target: "0 failed, no growth", ratio: "—", peer: "—"}
-		grew := sr.grew()
-		row.gatehouse = fmt.Sprintf("%d of %d failed; %s", sr.Failures, sr.Pulls, orDash(strings.Join(grew, ", ")))
-		row.verdict = verdict(sr.Failures == 0 && sr.Pulls > 0 && len(grew) == 0)
+		row.gatehouse, row.verdict = sr.outcome(), verdict(sr.passed())
 		rows = append(rows, row)
 	}
 	return rows

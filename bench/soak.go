@@ -43,8 +43,16 @@ type soakResult struct {
 	Pulls      int64
 	ColdPulls  int64
 	Failures   int64
-	FirstError string
-	Bytes      int64 // blob bytes the clients read in the measured phase
+	FirstError string // the first failed pull, warm-up included
+	Bytes      int64  // blob bytes the clients read in the measured phase
+
+	// WarmupPulls and WarmupFailures count the pulls of the warm-up (not
+	// in Pulls): a failed one fails the soak as much as a measured one.
+	WarmupPulls, WarmupFailures int64
+	// Finished is set once the measured phase ran its whole length and
+	// the settled sample at the end was taken: without it End is not a
+	// figure and nothing can be said about growth.
+	Finished bool
 
 	Warm, End procSample // settled, after the warm-up and after the last pull
 	Peak      procSample // the largest of each, sampled every second meanwhile
@@ -78,6 +86,22 @@ func (r *soakResult) grew() []string {
 	}
 	if r.End.RSS > 2*r.Warm.RSS+64<<20 {
 		out = append(out, fmt.Sprintf("RSS %s → %s", fmtBytes(r.Warm.RSS), fmtBytes(r.End.RSS)))
+	}
+	return out
+}
+
+// passed reports whether the soak meets its target: it finished, pulled,
+// no pull failed (warm-up included) and nothing grew.
+func (r *soakResult) passed() bool {
+	return r.Finished && r.Pulls > 0 && r.Failures == 0 && r.WarmupFailures == 0 && len(r.grew()) == 0
+}
+
+// outcome is the summary's account of the soak: failed pulls of the
+// measured phase and of the warm-up, growth, and whether it finished.
+func (r *soakResult) outcome() string {
+	out := fmt.Sprintf("%d of %d failed (warm-up: %d of %d); %s", r.Failures, r.Pulls, r.WarmupFailures, r.WarmupPulls, orDash(strings.Join(r.grew(), ", ")))
+	if !r.Finished {
+		out = "unfinished; " + out
 	}
 	return out
 }
@@ -182,6 +206,15 @@ func (s *soakRun) run(ctx context.Context) error {
 			return fmt.Errorf("caching %s: %w", img.repo, err)
 		}
 	}
+	return s.phases(ctx)
+}
+
+// phases runs the warm-up and the measured phase against s.gh, whose
+// first sr.Cached images are cached, and samples gatehouse around them.
+// sr.Finished is set only when all of it ran to the end.
+func (s *soakRun) phases(ctx context.Context) error {
+	b, sr := s.b, s.sr
+	var err error
 	// The cold images are released one by one, evenly over the whole run,
 	// so that cold pulls go on until the end.
 	s.next.Store(int64(sr.Cached))
@@ -190,6 +223,9 @@ func (s *soakRun) run(ctx context.Context) error {
 	warmup := b.opts.soakDuration / 5
 	b.logf("soak: %s: %d clients, warm-up %v", s.k.name, sr.Clients, warmup)
 	s.load(ctx, warmup, false)
+	if sr.WarmupFailures > 0 {
+		b.fail(sSoak, s.k.name, fmt.Errorf("%d of %d warm-up pulls failed; first: %s", sr.WarmupFailures, sr.WarmupPulls, sr.FirstError))
+	}
 	if sr.Warm, err = settled(ctx, s.gh); err != nil {
 		return err
 	}
@@ -205,7 +241,11 @@ func (s *soakRun) run(ctx context.Context) error {
 	}
 	sr.Peak.max(sr.End)
 	b.logf("soak: %s: %d pulls (%d cold), %d failed; settled at the end: %+v; peak %+v", s.k.name, sr.Pulls, sr.ColdPulls, sr.Failures, sr.End, sr.Peak)
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sr.Finished = true
+	return nil
 }
 
 // samplePeak samples gatehouse every second into sr.Peak until the
@@ -234,7 +274,8 @@ func (s *soakRun) samplePeak(ctx context.Context) (stop func()) {
 	}
 }
 
-// load runs the clients for d; measured counts their pulls in sr.
+// load runs the clients for d and counts their pulls in sr: as measured
+// ones or as the warm-up's.
 func (s *soakRun) load(ctx context.Context, d time.Duration, measured bool) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -247,11 +288,10 @@ func (s *soakRun) load(ctx context.Context, d time.Duration, measured bool) {
 				// A pull under way when the phase ends runs to its end:
 				// only the start is bounded by the phase.
 				_, err := pull(context.WithoutCancel(ctx), s.gh.base, img)
-				switch {
-				case measured:
+				if measured {
 					s.record(img, cold, err)
-				case err != nil:
-					s.b.fail(sSoak, s.k.name, fmt.Errorf("warm-up pull of %s: %w", img.repo, err))
+				} else {
+					s.recordWarmup(img, err)
 				}
 			}
 		})
@@ -289,6 +329,20 @@ func (s *soakRun) record(img *multiImage, cold bool, err error) {
 		}
 	} else {
 		sr.Bytes += img.size() - img.blobs[0].desc.Size
+	}
+}
+
+// recordWarmup counts one pull of the warm-up.
+func (s *soakRun) recordWarmup(img *multiImage, err error) {
+	sr := s.sr
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sr.WarmupPulls++
+	if err != nil {
+		sr.WarmupFailures++
+		if sr.FirstError == "" {
+			sr.FirstError = "warm-up pull of " + img.repo + ": " + err.Error()
+		}
 	}
 }
 
