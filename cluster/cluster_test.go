@@ -264,7 +264,13 @@ func TestFetchingReplicaDies(t *testing.T) {
 		}
 		done <- err
 	}()
-	time.Sleep(100 * time.Millisecond) // B is streaming from A
+	// A dies once B is streaming from it (a sleep here let A die before
+	// B asked it, and the test pass without a reader mid-stream).
+	for deadline := time.Now().Add(10 * time.Second); b.store.Stats().Peered == 0; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("B did not stream from A within 10 s")
+		}
+	}
 	// A dies: its peer listener goes, its lease is no longer renewed.
 	leaser.mu.Lock()
 	leaser.cut[a.node.ID()] = true

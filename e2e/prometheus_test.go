@@ -119,19 +119,22 @@ func (p *Prometheus) Query(t testing.TB, expr string) ([]promSample, error) {
 	return out, nil
 }
 
-// Value runs expr, which must return at most one sample, and returns its
-// value (0 when the vector is empty).
+// Value runs expr, which must return exactly one sample, and returns its
+// value. An empty vector fails the test, naming the query: a missing
+// series (not exported, not pre-created at 0, renamed) must not read as
+// 0, or "0 failures" would pass on a metric that does not exist.
 func (p *Prometheus) Value(t testing.TB, expr string) float64 {
 	t.Helper()
 	s, err := p.Query(t, expr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s) > 1 {
-		t.Fatalf("query %q: %d samples, want at most 1: %v", expr, len(s), s)
-	}
-	if len(s) == 0 {
-		return 0
+	switch len(s) {
+	case 0:
+		t.Fatalf("query %q: no sample: the series is missing", expr)
+	case 1:
+	default:
+		t.Fatalf("query %q: %d samples, want 1: %v", expr, len(s), s)
 	}
 	return s[0].Value
 }

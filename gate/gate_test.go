@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -296,29 +297,37 @@ func TestVulnerableDeniedCleanAdmitted(t *testing.T) {
 	}
 }
 
+// Ten concurrent checks of one digest cost one scan. The scan is held
+// until every caller is durably blocked (synctest.Wait): none can have
+// found a stored verdict, as there is none yet, so each is either in the
+// scan or waiting for it. How one would slip past: a caller that starts
+// its own scan of a digest already being scanned (no single-flight, or a
+// job keyed by something else than the verdict key) is then blocked in a
+// second scan, counted here; a sleep before releasing the scan, instead,
+// let latecomers hit the stored verdict and pass without sharing.
 func TestConcurrentChecksShareOneScan(t *testing.T) {
-	f := newFixture(t, policyYAML)
-	f.scanner.block = make(chan struct{})
-	s := f.image(t, "team/app")
-	var wg sync.WaitGroup
-	for i := 0; i < 10; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if v, err := f.g.Check(context.Background(), s); err != nil || !v.Admitted {
-				t.Errorf("%+v %v", v, err)
-			}
-		}()
-	}
-	for f.scanner.scans.Load() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	time.Sleep(20 * time.Millisecond)
-	close(f.scanner.block)
-	wg.Wait()
-	if n := f.scanner.scans.Load(); n != 1 {
-		t.Fatalf("%d scans for one digest", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, policyYAML)
+		f.scanner.block = make(chan struct{})
+		s := f.image(t, "team/app")
+		var wg sync.WaitGroup
+		for range 10 {
+			wg.Go(func() {
+				if v, err := f.g.Check(context.Background(), s); err != nil || !v.Admitted {
+					t.Errorf("%+v %v", v, err)
+				}
+			})
+		}
+		synctest.Wait() // every caller blocked: in the scan or waiting for it
+		if n := f.scanner.scans.Load(); n != 1 {
+			t.Errorf("%d scans under way for one digest with 10 callers waiting", n)
+		}
+		close(f.scanner.block)
+		wg.Wait()
+		if n := f.scanner.scans.Load(); n != 1 {
+			t.Fatalf("%d scans for one digest", n)
+		}
+	})
 }
 
 func TestBoundedWaitThenRetryGetsVerdict(t *testing.T) {

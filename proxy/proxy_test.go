@@ -455,8 +455,11 @@ func TestClientHangupDoesNotCancelFetch(t *testing.T) {
 	layer := must(img.Layers())[0]
 	dgst := must(layer.Digest())
 	gate := make(chan struct{})
+	fetching := make(chan struct{}) // closed when the upstream has the blob GET
+	var once sync.Once
 	e.up.mutate = func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == "GET" && strings.HasSuffix(r.URL.Path, dgst.String()) {
+			once.Do(func() { close(fetching) })
 			<-gate
 		}
 		return false
@@ -470,8 +473,12 @@ func TestClientHangupDoesNotCancelFetch(t *testing.T) {
 			resp.Body.Close()
 		}
 	}()
-	for e.store.Stats().Started == 0 {
-		time.Sleep(time.Millisecond)
+	select {
+	case <-fetching:
+	case <-done:
+		t.Fatal("the client's request ended before the upstream was asked for the blob")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream was not asked for the blob within 10 s of the client's GET")
 	}
 	cancel()
 	<-done
