@@ -52,6 +52,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,10 +98,16 @@ type options struct {
 	scaleoutClients int
 	only            string
 
+	// blobClients are the clients of the blob scenarios (clients.go).
+	blobClients []string
+
 	progress io.Writer // progress lines; never nil
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == clientFlag {
+		os.Exit(clientMain(os.Args[2:]))
+	}
 	opts, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -148,7 +155,8 @@ func parseFlags(args []string) (options, error) {
 	var scaleoutSize string
 	fs.StringVar(&scaleoutSize, "scaleout-size", "", "blob size of the scale-out section (default 256MiB, 32MiB with -quick)")
 	fs.IntVar(&opts.scaleoutClients, "scaleout-clients", 16, "concurrent warm clients of the scale-out section, spread over the replicas")
-	fs.StringVar(&opts.only, "only", "", `run one section only: "scaleout" (gatehouse as 1 and 3 replicas on shared storage, and on local storage)`)
+	fs.StringVar(&opts.only, "only", "", `run one section only: "scaleout" (gatehouse as 1 and 3 replicas on shared storage, and on local storage) or "blobs" (the warm and cold blob and warm manifest scenarios)`)
+	blobClients := fs.String("blob-clients", strings.Join([]string{cBench, cCurl, cGGCR}, ","), "clients of the warm and cold blob scenarios, from bench, curl and ggcr")
 	fs.BoolVar(&opts.keep, "keep", false, "keep the temporary directory (logs, configs, stores)")
 	if err := fs.Parse(args); err != nil {
 		return opts, err
@@ -159,14 +167,24 @@ func parseFlags(args []string) (options, error) {
 	if opts.baseline != "" && opts.gatehouse == "" {
 		return opts, fmt.Errorf("-baseline needs -gatehouse (the binary to compare with it)")
 	}
+	opts.blobClients = nil
+	for _, c := range strings.Split(*blobClients, ",") {
+		if _, ok := clientLabels[c]; !ok {
+			return opts, fmt.Errorf("-blob-clients: unknown client %q (want bench, curl or ggcr)", c)
+		}
+		opts.blobClients = append(opts.blobClients, c)
+	}
+	if !slices.Contains(opts.blobClients, cBench) {
+		return opts, fmt.Errorf("-blob-clients: must include bench (its figures are the CPU budget's and the before/after comparison's)")
+	}
 	switch opts.only {
-	case "":
+	case "", onlyBlobs:
 	case onlyScaleout:
 		if opts.gatehouse == "" {
 			return opts, fmt.Errorf("-only %s needs -gatehouse", opts.only)
 		}
 	default:
-		return opts, fmt.Errorf("-only %q: the only section that runs alone is %q", opts.only, onlyScaleout)
+		return opts, fmt.Errorf("-only %q: the sections that run alone are %q and %q", opts.only, onlyScaleout, onlyBlobs)
 	}
 	if err := opts.defaults(size, verdictSize); err != nil {
 		return opts, err

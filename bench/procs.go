@@ -201,6 +201,9 @@ type server struct {
 	*proc
 	base string // http://127.0.0.1:PORT
 	dir  string // private directory (config, storage, log)
+	// fileBase is nginx's second server: the files of its root, and 200
+	// for /v2/, so that registry clients read the blob file as a blob.
+	fileBase string
 }
 
 // startRegistry starts a docker-registry in dir with filesystem storage.
@@ -280,8 +283,15 @@ func registryStored(ctx context.Context, s *server, desc descriptor) error {
 // proxy_pass with buffers in memory, no cache, no temporary files, no
 // digest check. It shows what one extra hop costs on this machine, the
 // least any proxy between the client and the upstream can cost.
+//
+// A second server (fileBase) serves the files of root under every path,
+// /v2/... included, and answers a registry client's ping of /v2/.
 func startNginx(ctx context.Context, bin, dir, root, probe, upstream string) (*server, error) {
 	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	port2, err := freePort()
 	if err != nil {
 		return nil, err
 	}
@@ -320,8 +330,13 @@ http {
       proxy_max_temp_file_size 0;
     }
   }
+  server {
+    listen 127.0.0.1:%[6]d;
+    root %[4]s;
+    location = /v2/ { return 200 "{}"; }
+  }
 }
-`, dir, tmp, port, root, upstream)
+`, dir, tmp, port, root, upstream, port2)
 	confPath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
@@ -331,7 +346,8 @@ http {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{proc: p, base: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir}
+	s := &server{proc: p, base: fmt.Sprintf("http://127.0.0.1:%d", port), dir: dir,
+		fileBase: fmt.Sprintf("http://127.0.0.1:%d", port2)}
 	if err := p.waitReady(ctx, s.base+probe); err != nil {
 		p.stop()
 		return nil, err

@@ -11,13 +11,9 @@ import (
 
 // writeWarm writes the section of scenario 1.
 func writeWarm(p printer, r *results) {
-	p("### 1. Warm %s blob\n\n", fmtBytes(r.Size))
-	p("| target | median MB/s | best MB/s | runs |\n|---|---:|---:|---:|\n")
-	for _, t := range []string{tGatehouse, tBaseline, tDistribution, tNginx, tUpstream} {
-		if xs := rates(r.Size, r.Warm[t]); len(xs) > 0 {
-			p("| %s | %.0f | %.0f | %d |\n", label[t], median(xs), best(xs), len(xs))
-		}
-	}
+	p("### 1. Warm %s blob\n", fmtBytes(r.Size))
+	p("\nEach round every client GETs the blob from every target; the clients and the targets take turns in an order that rotates from round to round. nginx serves the same file as its blob path.\n")
+	writeClientTables(p, r, false)
 }
 
 // writeManifests writes the section of scenario 2.
@@ -64,9 +60,12 @@ func writeCold(p printer, r *results) {
 	if xs := rates(r.Size, r.Write); len(xs) > 0 {
 		p("| *for context: writing a fresh %s file (page cache, no fsync)* | %.0f | %.0f | %d | %s |\n", size, median(xs), best(xs), len(xs), fmtDur(medianDur(r.WriteCPU)))
 	}
+	p("\nThe table above is the bench client's; each client's, with its CPU time:\n")
+	writeClientTables(p, r, true)
 	if b, ok := r.coldBudget(); ok {
 		writeBudget(p, r, b)
 	}
+	writeParts(p, r)
 }
 
 // writeBudget writes the CPU budget of a cold GET (see coldBudget).

@@ -39,13 +39,27 @@ type results struct {
 	// size to a fresh file, hashing it, and (the client's share of the
 	// direct GET) reading it from a socket.
 	WriteCPU, HashCPU, ClientCPU []time.Duration
-	Warm                         map[string][]time.Duration // target -> warm GET times
-	Manifest                     map[string][]loadResult    // target+"/"+mode -> one result per round
-	Fanout                       map[string]fanout          // target -> the concurrent cold clients run
-	Failures                     map[string]string          // scenario+"/"+target -> why it has no figure
-	Verdict                      *verdictResult             // scenario 6; nil when not run
-	Soak                         map[string]*soakResult     // scenario 7: gatehouse target -> its figures; nil when not run
-	Scaleout                     *scaleoutResult            // the scale-out section; nil when not run
+	Warm                         map[string][]time.Duration // target -> warm GET times (the bench client's)
+	// The blob scenarios per client (clients.go), in BlobClients order.
+	BlobClients []string
+	ByClient    map[string]*clientFigures
+	Parts       map[string]*partProfile // gatehouse target -> where its cold GET's CPU time went (profile.go)
+	Manifest    map[string][]loadResult // target+"/"+mode -> one result per round
+	Fanout      map[string]fanout       // target -> the concurrent cold clients run
+	Failures    map[string]string       // scenario+"/"+target -> why it has no figure
+	Verdict     *verdictResult          // scenario 6; nil when not run
+	Soak        map[string]*soakResult  // scenario 7: gatehouse target -> its figures; nil when not run
+	Scaleout    *scaleoutResult         // the scale-out section; nil when not run
+}
+
+// client returns the figures of client c, making them on first use.
+func (r *results) client(c string) *clientFigures {
+	f := r.ByClient[c]
+	if f == nil {
+		f = newClientFigures()
+		r.ByClient[c] = f
+	}
+	return f
 }
 
 // fanout is the outcome of N concurrent cold clients of one blob.
@@ -179,16 +193,19 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 	}
 	b := &bench{opts: opts, client: newBlobClient()}
 	b.res = &results{
-		Started:  time.Now().UTC(),
-		Machine:  readMachine(),
-		Versions: map[string]string{},
-		Size:     opts.size,
-		Cold:     map[string][]time.Duration{},
-		ColdCPU:  map[string][]time.Duration{},
-		Warm:     map[string][]time.Duration{},
-		Manifest: map[string][]loadResult{},
-		Fanout:   map[string]fanout{},
-		Failures: map[string]string{},
+		Started:     time.Now().UTC(),
+		Machine:     readMachine(),
+		Versions:    map[string]string{},
+		Size:        opts.size,
+		Cold:        map[string][]time.Duration{},
+		ColdCPU:     map[string][]time.Duration{},
+		Warm:        map[string][]time.Duration{},
+		ByClient:    map[string]*clientFigures{},
+		BlobClients: opts.blobClients,
+		Parts:       map[string]*partProfile{},
+		Manifest:    map[string][]loadResult{},
+		Fanout:      map[string]fanout{},
+		Failures:    map[string]string{},
 	}
 	b.root, err = os.MkdirTemp(opts.tmpRoot, "gatehouse-bench-")
 	if err != nil {
@@ -210,6 +227,11 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 	}
 	if err := b.coldAndWarm(ctx); err != nil {
 		return nil, err
+	}
+	if opts.only == onlyBlobs {
+		b.res.Machine.LoadEnd = readLoadavg()
+		b.res.Finished = time.Now().UTC()
+		return b.res, nil
 	}
 	if err := b.fanout(ctx); err != nil {
 		return nil, err
@@ -259,11 +281,21 @@ func (b *bench) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("write layer: %w", err)
 	}
+
 	b.img, err = newTestImage("bench/big", "v1", layerPath, layer)
 	if err != nil {
 		return err
 	}
 	b.res.LayerDigest, b.res.ManifestDigest = layer.Digest, b.img.digest
+	// The same file at the blob's registry path, for nginx's second
+	// server, which clients that speak the registry API (ggcr) can read.
+	regPath := filepath.Join(www, filepath.FromSlash(b.img.blobPath()))
+	if err := os.MkdirAll(filepath.Dir(regPath), 0o755); err != nil {
+		return err
+	}
+	if err := os.Link(layerPath, regPath); err != nil {
+		return err
+	}
 
 	dir, err := b.newDir("upstream")
 	if err != nil {
@@ -378,4 +410,5 @@ const (
 	sWarm     = "warm"
 	sManifest = "manifest"
 	sFanout   = "fanout"
+	sProfile  = "cold-profile"
 )

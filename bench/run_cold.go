@@ -26,6 +26,17 @@ func (b *bench) coldAndWarm(ctx context.Context) error {
 			return err
 		}
 	}
+	for _, k := range b.gatehouses() {
+		pp, err := b.profileCold(ctx, k)
+		if err != nil {
+			if err := b.miss(ctx, sProfile, k.name, err); err != nil {
+				return err
+			}
+			continue
+		}
+		b.res.Parts[k.name] = pp
+		b.logf("profiled a cold GET of %s: %d samples", k.name, pp.Total)
+	}
 	if err := b.awaitStored(ctx, warm); err != nil {
 		return err
 	}
@@ -59,28 +70,59 @@ func (b *bench) miss(ctx context.Context, scenario, name string, err error) erro
 	return nil
 }
 
-// coldRound is round r of scenario 3: the write and hash probes, a direct
-// GET from the upstream, one through the nginx relay, and one through a
-// fresh proxy of each kind, which then stays in warm.
+// coldRound is round r of scenario 3: the write and hash probes, then
+// with each client in turn (the order rotating from round to round) a
+// direct GET from the upstream, one through the nginx relay, and one
+// through a fresh proxy of each kind, which then stays in warm; the
+// targets' order rotates too.
 func (b *bench) coldRound(ctx context.Context, r int, warm map[string]*server) error {
 	if err := b.coldProbes(r); err != nil {
 		return err
 	}
-	d, cpu, self, err := b.coldGet(ctx, b.upstream)
-	if err != nil {
-		return fmt.Errorf("direct GET from the upstream: %w", err)
-	}
-	b.res.ClientCPU = append(b.res.ClientCPU, self)
-	b.recordCold(r, tUpstream, "upstream (direct)", d, cpu)
-	if d, cpu, _, err = b.coldGet(ctx, b.nginx); err != nil {
-		return fmt.Errorf("GET through the nginx relay: %w", err)
-	}
-	b.recordCold(r, tRelay, "nginx relay", d, cpu)
+	targets := []string{tUpstream, tRelay}
 	for _, k := range b.kinds {
-		if err := b.coldProxy(ctx, r, k, warm); err != nil {
-			return err
+		targets = append(targets, k.name)
+	}
+	for ci, c := range rotate(b.opts.blobClients, r) {
+		for _, t := range rotate(targets, r+ci) {
+			var err error
+			switch t {
+			case tUpstream:
+				err = b.coldDirect(ctx, r, c, t, b.upstream, "upstream (direct)")
+			case tRelay:
+				err = b.coldDirect(ctx, r, c, t, b.nginx, "nginx relay")
+			default:
+				err = b.coldProxy(ctx, r, c, b.kind(t), warm)
+			}
+			if err != nil {
+				return err
+			}
 		}
 	}
+	return nil
+}
+
+// kind returns the proxy kind called name.
+func (b *bench) kind(name string) proxyKind {
+	for _, k := range b.kinds {
+		if k.name == name {
+			return k
+		}
+	}
+	panic("bench: no proxy kind " + name)
+}
+
+// coldDirect is a cold GET by client c from the upstream or through the
+// relay; either must work.
+func (b *bench) coldDirect(ctx context.Context, r int, c, t string, s *server, what string) error {
+	run, cpu, err := b.coldGet(ctx, c, s)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if t == tUpstream && c == cBench {
+		b.res.ClientCPU = append(b.res.ClientCPU, run.cpu)
+	}
+	b.recordCold(r, c, t, what, run, cpu)
 	return nil
 }
 
@@ -102,27 +144,34 @@ func (b *bench) coldProbes(r int) error {
 	return nil
 }
 
-// coldGet GETs the blob from s after settleDisk and returns the time, the
-// CPU time s used meanwhile and that this process used (the client's).
-func (b *bench) coldGet(ctx context.Context, s *server) (d, cpu, self time.Duration, err error) {
+// coldGet GETs the blob from s with client c after settleDisk and returns
+// the client's run and the CPU time s used meanwhile.
+func (b *bench) coldGet(ctx context.Context, c string, s *server) (run clientRun, cpu time.Duration, err error) {
 	settleDisk()
-	cpu0, self0 := s.cpuTime(), processCPU()
-	d, err = fetch(ctx, b.client, s.base+b.img.blobPath(), b.img.layer.Size, b.verifyDigest())
-	self = processCPU() - self0
-	cpu = s.cpuTime() - cpu0
-	return d, cpu, self, err
+	cpu0 := s.cpuTime()
+	run, err = b.runClient(ctx, c, s.base+b.img.blobPath())
+	return run, s.cpuTime() - cpu0, err
 }
 
-// recordCold keeps one cold GET of target name and logs it.
-func (b *bench) recordCold(r int, name, what string, d, cpu time.Duration) {
-	b.res.Cold[name] = append(b.res.Cold[name], d)
-	b.res.ColdCPU[name] = append(b.res.ColdCPU[name], cpu)
-	b.logf("cold %d/%d: %s %s", r+1, b.opts.coldRuns, what, fmtRate(b.img.layer.Size, d))
+// recordCold keeps one cold GET by client c of target name and logs it.
+// The bench client's figures are also those of the summary's older rows,
+// the CPU budget and the before/after comparison.
+func (b *bench) recordCold(r int, c, name, what string, run clientRun, cpu time.Duration) {
+	f := b.res.client(c)
+	f.Cold[name] = append(f.Cold[name], run.wall)
+	f.ColdCPU[name] = append(f.ColdCPU[name], run.cpu)
+	f.ColdSrv[name] = append(f.ColdSrv[name], cpu)
+	if c == cBench {
+		b.res.Cold[name] = append(b.res.Cold[name], run.wall)
+		b.res.ColdCPU[name] = append(b.res.ColdCPU[name], cpu)
+	}
+	b.logf("cold %d/%d: %s: %s %s (client CPU %s, server CPU %s)", r+1, b.opts.coldRuns, c, what,
+		fmtRate(b.img.layer.Size, run.wall), fmtDur(run.cpu), fmtDur(cpu))
 }
 
 // coldProxy replaces warm's proxy of kind k by a fresh one and times a
-// cold GET through it, after the untimed manifest resolution.
-func (b *bench) coldProxy(ctx context.Context, r int, k proxyKind, warm map[string]*server) error {
+// cold GET by client c through it, after the untimed manifest resolution.
+func (b *bench) coldProxy(ctx context.Context, r int, c string, k proxyKind, warm map[string]*server) error {
 	if _, failed := b.res.Failures[sCold+"/"+k.name]; failed {
 		return nil
 	}
@@ -133,14 +182,15 @@ func (b *bench) coldProxy(ctx context.Context, r int, k proxyKind, warm map[stri
 		return err
 	}
 	warm[k.name] = s
-	var d, cpu time.Duration
+	var run clientRun
+	var cpu time.Duration
 	if err = b.resolve(ctx, s.base); err == nil {
-		d, cpu, _, err = b.coldGet(ctx, s)
+		run, cpu, err = b.coldGet(ctx, c, s)
 	}
 	if err != nil {
 		return b.miss(ctx, sCold, k.name, err)
 	}
-	b.recordCold(r, k.name, k.name, d, cpu)
+	b.recordCold(r, c, k.name, k.name, run, cpu)
 	return nil
 }
 
@@ -165,7 +215,7 @@ func (b *bench) awaitStored(ctx context.Context, warm map[string]*server) error 
 // upstream, opts.warmRuns rounds, each round starting with the next
 // target.
 func (b *bench) warmBlob(ctx context.Context, warm map[string]*server) error {
-	targets := []endpoint{{tNginx, b.nginx.base + "/layer.tar"}}
+	targets := []endpoint{{tNginx, b.nginx.fileBase + b.img.blobPath()}}
 	for _, k := range b.kinds {
 		if s := warm[k.name]; s != nil {
 			targets = append(targets, endpoint{k.name, s.base + b.img.blobPath()})
@@ -178,23 +228,30 @@ func (b *bench) warmBlob(ctx context.Context, warm map[string]*server) error {
 	}
 	size := b.img.layer.Size
 	for r := range b.opts.warmRuns {
-		// Each round starts with the next target, so that no target always
-		// runs first (or right after the same neighbour).
-		for i := range targets {
-			t := targets[(i+r)%len(targets)]
-			if !live[t.name] {
-				continue
-			}
-			d, err := fetch(ctx, b.client, t.url, size, b.verifyDigest())
-			if err != nil {
-				live[t.name] = false
-				if err := b.miss(ctx, sWarm, t.name, err); err != nil {
-					return err
+		// Each round starts with the next client, and each client with the
+		// next target, so that no target always runs first (or right
+		// after the same neighbour).
+		for ci, c := range rotate(b.opts.blobClients, r) {
+			for _, t := range rotate(targets, r+ci) {
+				if !live[t.name] {
+					continue
 				}
-				continue
+				run, err := b.runClient(ctx, c, t.url)
+				if err != nil {
+					live[t.name] = false
+					if err := b.miss(ctx, sWarm, t.name, err); err != nil {
+						return err
+					}
+					continue
+				}
+				f := b.res.client(c)
+				f.Warm[t.name] = append(f.Warm[t.name], run.wall)
+				f.WarmCPU[t.name] = append(f.WarmCPU[t.name], run.cpu)
+				if c == cBench {
+					b.res.Warm[t.name] = append(b.res.Warm[t.name], run.wall)
+				}
+				b.logf("warm %d/%d: %s: %s %s (client CPU %s)", r+1, b.opts.warmRuns, c, t.name, fmtRate(size, run.wall), fmtDur(run.cpu))
 			}
-			b.res.Warm[t.name] = append(b.res.Warm[t.name], d)
-			b.logf("warm %d/%d: %s %s", r+1, b.opts.warmRuns, t.name, fmtRate(size, d))
 		}
 	}
 	b.client.CloseIdleConnections()

@@ -55,7 +55,8 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt *Route) *Er
 	if f := st.File(); f != nil {
 		metrics.CacheRequests.WithLabelValues("blob", "hit").Inc()
 		// A committed file: ServeContent does Range (single and multiple),
-		// If-None-Match and HEAD, and the copy uses sendfile.
+		// If-None-Match and HEAD; the copy goes through a large buffer
+		// (see countingWriter).
 		cw := &countingWriter{ResponseWriter: w}
 		uncork := corked(r.Context())
 		http.ServeContent(cw, r, "", time.Time{}, f)
@@ -114,8 +115,8 @@ func (h *Handler) streamFetch(w http.ResponseWriter, r *http.Request, rt *Route,
 	var n int64
 	var err error
 	if size >= 0 {
-		// From the growing file with sendfile, as bytes arrive.
-		n, err = st.Send(r.Context(), w, start, end+1, flush)
+		// From the growing file, as bytes arrive.
+		n, err = st.Send(r.Context(), &countingWriter{ResponseWriter: w}, start, end+1, flush)
 	} else {
 		// Unknown length: chunked, through a buffer; the chunked encoding
 		// is only finished when the fetch verified.
@@ -135,7 +136,15 @@ func (h *Handler) streamFetch(w http.ResponseWriter, r *http.Request, rt *Route,
 	return nil
 }
 
-// countingWriter counts body bytes and keeps sendfile (ReadFrom) working.
+// countingWriter counts body bytes, and copies what it reads from (a blob
+// file) to the client in large writes through a pooled buffer rather than
+// with sendfile. On loopback and other fast links sendfile leaves all the
+// copying of the bytes to the receiver, which then copies from pages that
+// are cold in every CPU cache: measured with `make bench`, curl spent
+// about twice the CPU on a warm 1 GiB blob sent with sendfile and was
+// slower; with write(2) the server copies while the client reads bytes
+// still warm from that copy, the work is spread over two CPUs, and every
+// client measured was as fast as or faster than with sendfile.
 type countingWriter struct {
 	http.ResponseWriter
 	n int64
@@ -148,7 +157,9 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
-	n, err := io.Copy(c.ResponseWriter, r)
+	bufp := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(writerOnly{c.ResponseWriter}, r, *bufp)
+	copyBufs.Put(bufp)
 	c.n += n
 	return n, err
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need on a Debian machine: the real
-# upstream registry (docker-registry), the real clients (containerd, skopeo)
+# upstream registry (docker-registry), the real clients (containerd, skopeo;
+# curl, a client the benchmark measures blob GETs with, and perf, which
+# profiles gatehouse's cold GET in the benchmark)
 # and the peers the benchmark compares against (nginx), headless
 # Chromium for the web console's browser test, and busybox (the shell the
 # node-hosts DaemonSet's script runs under, run by deploy's tests), and the
@@ -10,7 +12,7 @@
 # (CI runs as root).
 set -euo pipefail
 
-pkgs=(docker-registry containerd skopeo nginx-light apache2-utils prometheus chromium busybox postgresql)
+pkgs=(docker-registry containerd skopeo nginx-light apache2-utils prometheus chromium busybox postgresql curl linux-perf)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
