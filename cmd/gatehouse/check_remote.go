@@ -183,19 +183,9 @@ func (rc *remote) image(ctx context.Context, dgst string) (*records.ImageDetail,
 	if err != nil {
 		return nil, err
 	}
-	rc.auth(req)
-	resp, err := rc.hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		return nil, fmt.Errorf("%s: %s", u, ociErrorMessage(b, resp.Status))
-	}
 	var d records.ImageDetail
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&d); err != nil {
-		return nil, fmt.Errorf("%s: %w", u, err)
+	if err := rc.apiJSON(req, &d); err != nil {
+		return nil, err
 	}
 	return &d, nil
 }

@@ -219,21 +219,30 @@ func policyTestRemote(ctx context.Context, o *policyTestOptions) (*gate.DryRunRe
 	}
 	req.Header.Set("Content-Type", "application/yaml")
 	req.Header.Set("User-Agent", "gatehouse-policy-test/"+version)
+	var res gate.DryRunResult
+	if err := rc.apiJSON(req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// apiJSON sends a JSON API request with the credentials and decodes its
+// 200 answer into v; another status is an error with the API's message.
+func (rc *remote) apiJSON(req *http.Request, v any) error {
 	rc.auth(req)
 	resp, err := rc.hc.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		return nil, fmt.Errorf("%s: %s", u, ociErrorMessage(b, resp.Status))
+		return fmt.Errorf("%s: %s", req.URL, ociErrorMessage(b, resp.Status))
 	}
-	var res gate.DryRunResult
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(&res); err != nil {
-		return nil, fmt.Errorf("%s: %w", u, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 256<<20)).Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", req.URL, err)
 	}
-	return &res, nil
+	return nil
 }
 
 // readBoundedFile reads at most max bytes of path; a bigger file is an
