@@ -223,3 +223,21 @@ func ReadWebhookSecret(file string) ([]byte, error) {
 	}
 	return []byte(key), nil
 }
+
+// Redacted returns e with the path and query of each webhook URL hidden:
+// they may be a credential (a Slack incoming-webhook URL is one). The
+// scheme and host stay, to tell where events go.
+func (e Events) Redacted() Events {
+	e.Webhooks = slices.Clone(e.Webhooks)
+	for i := range e.Webhooks {
+		w := &e.Webhooks[i]
+		u, err := url.Parse(w.URL)
+		switch {
+		case err != nil:
+			w.URL = "<redacted>"
+		case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil:
+			w.URL = u.Scheme + "://" + u.Host + "/<redacted>"
+		}
+	}
+	return e
+}

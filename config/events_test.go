@@ -85,3 +85,19 @@ func TestEventsValidation(t *testing.T) {
 		}
 	}
 }
+
+// config print must not show a webhook URL's secret part.
+func TestEventsRedacted(t *testing.T) {
+	ev := Events{Webhooks: []Webhook{{Name: "a", URL: "https://hooks.slack.com/services/T0/B0/SECRET"},
+		{Name: "b", URL: "https://user:SECRET@siem.example/"}, {Name: "c", URL: "https://siem.example/?token=SECRET"},
+		{Name: "d", URL: "http://receiver.internal:8080/"}}}
+	r := ev.Redacted()
+	for i, want := range []string{"https://hooks.slack.com/<redacted>", "https://siem.example/<redacted>", "https://siem.example/<redacted>", "http://receiver.internal:8080/"} {
+		if r.Webhooks[i].URL != want {
+			t.Errorf("%s: %q; want %q", ev.Webhooks[i].Name, r.Webhooks[i].URL, want)
+		}
+	}
+	if !strings.Contains(ev.Webhooks[0].URL, "SECRET") {
+		t.Errorf("Redacted changed the original")
+	}
+}

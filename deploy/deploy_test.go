@@ -62,6 +62,9 @@ func exportedMetrics(t *testing.T) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { g.Close() })
+	// With a webhook configured (events.webhooks), as the events panels
+	// and GatehouseEventsFailing assume: its series exist from start-up.
+	metrics.InitEventSubscriber("example", config.EventTypes)
 	reg := prometheus.NewRegistry()
 	err = metrics.Register(reg, metrics.Sources{
 		CacheUsage:         func() (int64, int) { return 0, 0 },

@@ -16,8 +16,10 @@ func printConfig(cf *commonFlags, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	red := cfg.Redacted()
+	red.Events = red.Events.Redacted() // a webhook URL may be a credential
 	var doc yaml.Node
-	if err := doc.Encode(cfg.Redacted()); err != nil {
+	if err := doc.Encode(red); err != nil {
 		return err
 	}
 	if rules, _ := mapEntry(mapValue(mapValue(&doc, "gate"), "policy"), "rules"); rules != nil {
