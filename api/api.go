@@ -48,6 +48,10 @@ type Options struct {
 	Config *config.Gate
 	// PolicyTest serves POST /api/v1/policy/test; nil: 501.
 	PolicyTest PolicyTester
+	// Running is the server's whole configuration, into which a policy
+	// test's proposed gate section is put (config.ParseGateProposal).
+	// Required with PolicyTest.
+	Running *config.Config
 }
 
 // Handler serves the JSON API under /api/v1/.

@@ -22,12 +22,13 @@ type PolicyTester func(ctx context.Context, proposed *config.Config) (any, error
 const MaxPolicyTestBody = 1 << 20
 
 // policyTest serves POST /api/v1/policy/test: the body is a configuration
-// file (YAML, or JSON), parsed and validated as at start-up (a mistake
-// answers 400 naming the field; the files it names are read on this
-// server), and the answer is the dry run. One runs at a time: a dry run
+// file (YAML, or JSON) whose gate section is validated as at start-up (a
+// mistake answers 400 naming the field) in place of the server's own; it
+// may name only files the server already reads (config.ParseGateProposal),
+// and the answer is the dry run. One runs at a time: a dry run
 // reads every image on record, and may detect each again with a new DB.
 func (h *Handler) policyTest(w http.ResponseWriter, r *http.Request) {
-	if h.opts.PolicyTest == nil {
+	if h.opts.PolicyTest == nil || h.opts.Running == nil {
 		writeError(w, http.StatusNotImplemented, "policy test is not available on this server")
 		return
 	}
@@ -44,7 +45,7 @@ func (h *Handler) policyTest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "the body must be the proposed configuration (YAML or JSON)")
 		return
 	}
-	proposed, err := config.Parse(body)
+	proposed, err := config.ParseGateProposal(body, h.opts.Running)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 
@@ -32,7 +33,7 @@ func TestAPIPolicyTest(t *testing.T) {
 		}
 		return map[string]any{"summary": map[string]int{"images": 0}, "images": []string(nil)}, nil
 	}
-	h := New(Options{Model: &fakeModel{}, Config: &cfg.Gate, PolicyTest: tester})
+	h := New(Options{Model: &fakeModel{}, Config: &cfg.Gate, PolicyTest: tester, Running: cfg})
 	post := func(body string) *httptest.ResponseRecorder {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/v1/policy/test", strings.NewReader(body)))
@@ -82,3 +83,54 @@ func TestAPIPolicyTest(t *testing.T) {
 		t.Fatalf("without a tester: %d", rec.Code)
 	}
 }
+
+// TestAPIPolicyTestReadsNoNewFile: a proposal sent to the API may name
+// only files the server already reads, and nothing but its gate section is
+// looked at. How one would try to slip past: name /etc/shadow (or any
+// path) as a public key, trusted root, VEX file or exceptions path to make
+// the server open it and tell from the error whether it exists or what it
+// holds; or put a TLS, credential or storage file in other sections. Each
+// is refused before a file is opened, and other sections are ignored.
+func TestAPIPolicyTestReadsNoNewFile(t *testing.T) {
+	dir := t.TempDir()
+	vexFile := dir + "/vex.json"
+	if err := os.WriteFile(vexFile, []byte(openVEX), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	running, err := config.Parse([]byte("gate:\n  policy:\n    rules:\n      - name: default\n        vex: {files: [" + vexFile + "]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got *config.Config
+	tester := func(_ context.Context, p *config.Config) (any, error) { got = p; return map[string]any{}, nil }
+	h := New(Options{Model: &fakeModel{}, Config: &running.Gate, PolicyTest: tester, Running: running})
+	post := func(body string) *httptest.ResponseRecorder {
+		got = nil
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/v1/policy/test", strings.NewReader(body)))
+		return rec
+	}
+	secret := dir + "/not-for-you"
+	for body, field := range map[string]string{
+		"gate: {policy: {rules: [{name: d, signatures: {required: true, identities: [{publicKey: " + secret + "}]}}]}}":          "gate.policy.rules[0].signatures.identities[0].publicKey",
+		"gate: {policy: {rules: [{name: d, signatures: {trustedRoot: " + secret + ", identities: [{issuer: i, subject: s}]}}]}}": "gate.policy.rules[0].signatures.trustedRoot",
+		"gate: {policy: {rules: [{name: d, vex: {files: [" + vexFile + ", " + secret + "]}}]}}":                                  "gate.policy.rules[0].vex.files[1]",
+		"gate: {exceptions: {path: " + secret + "}}":                                                                             "gate.exceptions.path",
+	} {
+		rec := post(body)
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), field) || !strings.Contains(rec.Body.String(), "not a file the running configuration reads") || got != nil {
+			t.Errorf("proposal naming a new file in %s: %d %s", field, rec.Code, rec.Body)
+		}
+	}
+	// The file the server reads already is fine; other sections are not
+	// looked at (their files are never opened), and the running
+	// configuration's own are kept.
+	rec := post("server: {tls: {certFile: " + secret + ", keyFile: " + secret + "}}\nupstreams: [{name: evil.example}]\n" +
+		"gate: {policy: {rules: [{name: d, vex: {files: [" + vexFile + "]}}]}}\n")
+	if rec.Code != http.StatusOK || got == nil || got.Gate.Policy.Rules[0].Name != "d" || got.Server.TLS.CertFile != "" || got.Upstream("evil.example") != nil {
+		t.Errorf("proposal with the server's VEX file and other sections: %d %s (%+v)", rec.Code, rec.Body, got)
+	}
+}
+
+const openVEX = `{"@context": "https://openvex.dev/ns/v0.2.0", "@id": "https://example.com/vex-1", "author": "t",
+ "timestamp": "2026-11-01T00:00:00Z", "version": 1, "statements": []}`

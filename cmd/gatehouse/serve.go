@@ -92,7 +92,7 @@ func routes(st *stack, guard *access.Guard, ready *atomic.Bool) (*http.ServeMux,
 	pulls := guard.Pulls(st.handler)
 	mux.Handle("/v2/", pulls)
 	mux.Handle("/v2", pulls)
-	mux.Handle("/api/", guard.API(api.New(api.Options{Model: st.gate, Config: &cfg.Gate, PolicyTest: st.policyTest})))
+	mux.Handle("/api/", guard.API(api.New(api.Options{Model: st.gate, Config: &cfg.Gate, PolicyTest: st.policyTest, Running: cfg})))
 	console, err := ui.New(ui.Options{Source: st.gate, Log: st.log,
 		DB: func() (ui.DBStatus, error) {
 			s, err := st.scanner.DBStatus()
