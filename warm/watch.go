@@ -123,6 +123,9 @@ func (w *Watcher) Poll(ctx context.Context, wt *config.Watch, st *State) bool {
 		}
 		st.remember(dgst, wt.MaxTags)
 	}
+	if ctx.Err() != nil {
+		return false // shutting down: the poll is not counted
+	}
 	result := "ok"
 	if !ok {
 		result = "error"
@@ -133,13 +136,15 @@ func (w *Watcher) Poll(ctx context.Context, wt *config.Watch, st *State) bool {
 
 // warm warms one new digest of a tag and counts it; it reports whether
 // the digest is done with (judged, or an index without the platforms).
-func (w *Watcher) warm(ctx context.Context, wt *config.Watch, tag string, dgst v1.Hash, log *slog.Logger) bool {
-	ctx, cancel := context.WithTimeout(ctx, imageTimeout)
+func (w *Watcher) warm(parent context.Context, wt *config.Watch, tag string, dgst v1.Hash, log *slog.Logger) bool {
+	ctx, cancel := context.WithTimeout(parent, imageTimeout)
 	defer cancel()
 	start := time.Now()
 	res, err := w.warmer.Warm(ctx, Ref{Upstream: wt.Upstream, Repo: wt.Repo, Tag: tag, Digest: &dgst}, wt.Platforms)
 	var np *NoPlatformError
 	switch {
+	case parent.Err() != nil:
+		return false // shutting down: not a failure of the image
 	case errors.As(err, &np):
 		log.Info("gate.watch: new digest lists none of the watched platforms", "tag", tag, "digest", dgst, "platforms", wt.Platforms)
 		return true

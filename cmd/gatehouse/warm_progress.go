@@ -64,7 +64,7 @@ func (w waitWriter) Write(b []byte) (int, error) {
 
 // finish ends the image's line: admitted, everything read.
 func (p *progress) finish() {
-	p.end(fmt.Sprintf("admitted and cached: %d blobs, %s", p.blobs, size(p.done)))
+	p.end(fmt.Sprintf("admitted and cached: %d blobs, %s", p.blobs, humanBytes(p.done)))
 }
 
 // denied ends the image's line with gatehouse's reason.
@@ -87,21 +87,7 @@ func (p *progress) draw(force bool) {
 		return
 	}
 	p.drawn = time.Now()
-	fmt.Fprintf(p.w, "\r\033[K%s  %s  %s / %s", p.image, p.status, size(p.done), size(p.total))
-}
-
-// size writes a byte count in the largest binary unit under 1024 of it.
-func size(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	fmt.Fprintf(p.w, "\r\033[K%s  %s  %s / %s", p.image, p.status, humanBytes(p.done), humanBytes(p.total))
 }
 
 // isTerminal reports whether w is a terminal (a character device).

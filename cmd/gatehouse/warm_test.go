@@ -129,10 +129,17 @@ func TestWarmDefaultServer(t *testing.T) {
 	}
 }
 
-func TestSize(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1536: "1.5 KiB", 5 << 20: "5.0 MiB"} {
-		if got := size(n); got != want {
-			t.Errorf("size(%d) = %q, want %q", n, got, want)
-		}
+// TestWarmProgressTerminal: on a terminal, one line redrawn in place
+// (carriage return, erase line) and ended with a newline.
+func TestWarmProgressTerminal(t *testing.T) {
+	var b bytes.Buffer
+	p := &progress{w: &b, image: "nginx:1.29", tty: true, status: "pulling manifest", total: 3 << 20}
+	p.event("blob sha256:abc 1024 bytes")
+	p.Write(make([]byte, 2<<20))
+	p.finish()
+	out := b.String()
+	if strings.Count(out, "\n") != 1 || !strings.HasSuffix(out, "\r\033[Knginx:1.29  admitted and cached: 1 blobs, 2.0 MiB\n") ||
+		!strings.Contains(out, "\r\033[Knginx:1.29  blob sha256:abc 1024 bytes  0 B / 3.0 MiB") {
+		t.Errorf("terminal output %q", out)
 	}
 }
