@@ -10,3 +10,6 @@ var (
 	SelectTags = selectTags
 	NextPage   = nextPage
 )
+
+// ListTags is Watcher.listTags, for the tests.
+var ListTags = (*Watcher).listTags
