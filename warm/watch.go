@@ -166,3 +166,35 @@ func (w *Watcher) warm(parent context.Context, wt *config.Watch, tag string, dgs
 		"admitted", res.Admitted(), "images", len(res.Images), "blobs", blobs, "bytes", size, "duration", time.Since(start).Round(time.Millisecond))
 	return true
 }
+
+// Cluster runs work on one replica at a time (package cluster's Node).
+type Cluster interface {
+	// Once runs do under the lease name unless another replica holds it
+	// (have nil: it then returns at once); do's ctx ends when the lease
+	// is lost.
+	Once(ctx context.Context, kind, name string, have func(context.Context) (bool, error), do func(context.Context) error) error
+}
+
+// RunLeader is Run on a cluster of replicas: only the replica holding the
+// watch lease polls (the lease is renewed while it does); the others try
+// to take it every retry, so that one takes over within about a retry
+// and the lease's TTL when the holder dies or stops.
+func (w *Watcher) RunLeader(ctx context.Context, cl Cluster, retry time.Duration) {
+	for {
+		err := cl.Once(ctx, "watch", "gate.watch", nil, func(ctx context.Context) error {
+			w.log.Info("gate.watch: this replica polls the watched repositories")
+			w.Run(ctx)
+			return nil
+		})
+		if err != nil && ctx.Err() == nil {
+			w.log.Warn("gate.watch: taking the watch lease failed; trying again", "err", err)
+		}
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
