@@ -320,6 +320,8 @@ func (g *Gate) deny(v *Verdict, s *Subject) *Verdict {
 	if !v.Admitted {
 		g.records.AddDenial(records.Denial{Time: g.now(), Client: s.Client, Upstream: s.Upstream, Repo: s.Repo, Tag: s.Tag,
 			Digest: s.Digest.String(), Rule: ruleName(v), Message: v.Message})
+		g.events.Publish(events.Denied(g.now(), events.PullDeniedData{Upstream: s.Upstream, Repository: s.Repo, Tag: s.Tag,
+			Digest: s.Digest.String(), Rule: ruleName(v), Reason: v.Reason, Message: v.Message, Client: s.Client}))
 	}
 	return v
 }

@@ -129,7 +129,7 @@ func New(opts Options) (*Handler, error) {
 			return strings.HasPrefix(strings.TrimSpace(k), "-----BEGIN")
 		},
 	}
-	for _, page := range []string{"images", "image", "policy", "denials", "error"} {
+	for _, page := range []string{"images", "image", "policy", "denials", "exceptions", "error"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+page+".html")
 		if err != nil {
 			return nil, fmt.Errorf("ui: %s: %w", page, err)
@@ -146,6 +146,7 @@ func New(opts Options) (*Handler, error) {
 	h.mux.HandleFunc("GET /ui/images/{digest}", h.image)
 	h.mux.HandleFunc("GET /ui/policy", h.policy)
 	h.mux.HandleFunc("GET /ui/denials", h.denials)
+	h.mux.HandleFunc("GET /ui/exceptions", h.exceptions)
 	h.mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
