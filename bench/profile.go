@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/elf"
 	"fmt"
 	"os"
 	"os/exec"
@@ -41,6 +42,7 @@ var parts = []struct{ key, what string }{
 // partProfile is what perf counted for one cold GET.
 type partProfile struct {
 	Samples map[string]int // part -> samples
+	Funcs   map[string]int // Go function (or kernel symbol of "kernel") -> samples, for the Go parts
 	Total   int
 	CPU     time.Duration // the process's CPU time over the GET (/proc), to check the samples against
 	Wall    time.Duration
@@ -48,6 +50,30 @@ type partProfile struct {
 
 func (pp *partProfile) cpu(part string) time.Duration {
 	return time.Duration(pp.Samples[part]) * time.Second / perfFreq
+}
+
+// top names the functions most of part's samples were in, as ": most in
+// f (n%), g (m%)", or "" when the part is not broken down.
+func (pp *partProfile) top(part string) string {
+	type fn struct {
+		name string
+		n    int
+	}
+	var fns []fn
+	for k, n := range pp.Funcs {
+		if p, name, _ := strings.Cut(k, "\x00"); p == part {
+			fns = append(fns, fn{orDash(name), n})
+		}
+	}
+	if len(fns) == 0 {
+		return ""
+	}
+	slices.SortFunc(fns, func(a, b fn) int { return b.n - a.n })
+	var out []string
+	for _, f := range fns[:min(3, len(fns))] {
+		out = append(out, fmt.Sprintf("`%s` %.0f%%", f.name, 100*float64(f.n)/float64(pp.Total)))
+	}
+	return "; most in " + strings.Join(out, ", ")
 }
 
 // profileCold makes the profiled cold GET of gatehouse kind k.
@@ -82,7 +108,8 @@ func (b *bench) profileCold(ctx context.Context, k proxyKind) (*partProfile, err
 	if gerr != nil {
 		return nil, gerr
 	}
-	if werr != nil {
+	// perf record writes its data on SIGINT and then dies of it.
+	if ws, ok := rec.ProcessState.Sys().(syscall.WaitStatus); werr != nil && !(ok && ws.Signaled() && ws.Signal() == syscall.SIGINT) {
 		return nil, fmt.Errorf("perf record: %v: %s", werr, strings.TrimSpace(stderr.String()))
 	}
 	script := exec.CommandContext(ctx, perf, "script", "-i", out, "-F", "ip,sym")
@@ -90,10 +117,17 @@ func (b *bench) profileCold(ctx context.Context, k proxyKind) (*partProfile, err
 	if err != nil {
 		return nil, fmt.Errorf("perf script: %w", err)
 	}
-	pp := &partProfile{Samples: map[string]int{}, CPU: cpu, Wall: run.wall}
+	pp := &partProfile{Samples: map[string]int{}, Funcs: map[string]int{}, CPU: cpu, Wall: run.wall}
 	for _, frames := range splitSamples(text) {
-		pp.Samples[classify(frames, syms)]++
+		part := classify(frames, syms)
+		pp.Samples[part]++
 		pp.Total++
+		switch part {
+		case "runtime", "other":
+			pp.Funcs[part+"\x00"+syms.lookup(frames[0].addr)]++
+		case "kernel":
+			pp.Funcs[part+"\x00"+frames[0].sym]++
+		}
 	}
 	if pp.Total == 0 {
 		return nil, fmt.Errorf("perf recorded no samples: %s", strings.TrimSpace(stderr.String()))
@@ -191,6 +225,10 @@ func isKernel(addr uint64) bool { return addr >= 0xffff800000000000 }
 type symbols struct {
 	addrs []uint64
 	names []string
+	// base is the executable segment's address less its file offset:
+	// perf prints the addresses of a binary it has no symbols for as
+	// file offsets.
+	base uint64
 }
 
 func loadSymbols(ctx context.Context, bin string) (*symbols, error) {
@@ -215,14 +253,27 @@ func loadSymbols(ctx context.Context, bin string) (*symbols, error) {
 		s.addrs = append(s.addrs, a)
 		s.names = append(s.names, f[2])
 	}
-	if !slices.IsSorted(s.addrs) {
-		return nil, fmt.Errorf("go tool nm %s: symbols not sorted", bin)
+	if len(s.addrs) == 0 || !slices.IsSorted(s.addrs) {
+		return nil, fmt.Errorf("go tool nm %s: no sorted text symbols", bin)
+	}
+	ef, err := elf.Open(bin)
+	if err != nil {
+		return nil, err
+	}
+	defer ef.Close()
+	for _, p := range ef.Progs {
+		if p.Type == elf.PT_LOAD && p.Flags&elf.PF_X != 0 {
+			s.base = p.Vaddr - p.Off
+			break
+		}
 	}
 	return s, nil
 }
 
-// lookup returns the function containing addr ("" when none).
+// lookup returns the function containing addr, a file offset as perf
+// prints it ("" when none).
 func (s *symbols) lookup(addr uint64) string {
+	addr += s.base // a file offset (see base)
 	i := sort.Search(len(s.addrs), func(i int) bool { return s.addrs[i] > addr })
 	if i == 0 {
 		return ""
@@ -244,7 +295,7 @@ func writeParts(p printer, r *results) {
 		p("| part | CPU time | share |\n|---|---:|---:|\n")
 		for _, part := range parts {
 			if n := pp.Samples[part.key]; n > 0 {
-				p("| %s | %s | %.0f%% |\n", part.what, fmtDur(pp.cpu(part.key)), 100*float64(n)/float64(pp.Total))
+				p("| %s%s | %s | %.0f%% |\n", part.what, pp.top(part.key), fmtDur(pp.cpu(part.key)), 100*float64(n)/float64(pp.Total))
 			}
 		}
 		p("| **all samples** | **%s** | 100%% |\n", fmtDur(time.Duration(pp.Total)*time.Second/perfFreq))

@@ -64,6 +64,12 @@ func writeHeader(p printer, opts options, r *results) {
 	if note := r.coldBound(); note != "" {
 		p("\n%s\n", note)
 	}
+	if notes := r.missedNotes(); len(notes) > 0 {
+		p("\n**Targets missed, and what this run measured about why:**\n\n")
+		for _, n := range notes {
+			p("- %s\n", n)
+		}
+	}
 	writeBeforeAfter(p, r)
 	if len(r.Failures) > 0 {
 		p("\n**Failures** (no figure for these):\n\n")

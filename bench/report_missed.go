@@ -1,0 +1,115 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// missedNotes explains, from this run's own measurements, each blob
+// target of the summary that was missed: the runs' ranges (is the
+// difference beyond what the runs of one target differ by?), the clients'
+// and servers' CPU time, the machine's load, and where gatehouse's cold
+// GET spent its CPU (profile.go).
+func (r *results) missedNotes() []string {
+	var notes []string
+	for _, c := range r.BlobClients {
+		for _, peer := range []string{tDistribution, tNginx} {
+			if n := r.missedWarm(c, peer); n != "" {
+				notes = append(notes, n)
+			}
+		}
+	}
+	for _, c := range r.BlobClients {
+		if n := r.missedCold(c); n != "" {
+			notes = append(notes, n)
+		}
+	}
+	if n := r.missedColdCPU(); n != "" {
+		notes = append(notes, n)
+	}
+	if n := r.missedColdBest(); n != "" {
+		notes = append(notes, n)
+	}
+	if len(notes) > 0 && r.Machine.LoadStart != "" {
+		notes = append(notes, fmt.Sprintf("The load average (1/5/15 min) was %s at the start and %s at the end of the run, on %d CPUs: "+
+			"other work on the machine shares the CPUs with every server and client measured.",
+			r.Machine.LoadStart, r.Machine.LoadEnd, r.Machine.CPUs))
+	}
+	return notes
+}
+
+// rangeNote describes how the runs of gatehouse and peer compare: whether
+// their ranges overlap.
+func rangeNote(size int64, g, p []time.Duration) string {
+	gx, px := rates(size, g), rates(size, p)
+	if len(gx) == 0 || len(px) == 0 {
+		return ""
+	}
+	s := fmt.Sprintf("gatehouse's runs %.0f–%.0f MB/s, the peer's %.0f–%.0f MB/s", slices.Min(gx), slices.Max(gx), slices.Min(px), slices.Max(px))
+	if slices.Max(gx) >= slices.Min(px) && slices.Max(px) >= slices.Min(gx) {
+		return s + ": the ranges overlap, the medians' difference is within this run's spread"
+	}
+	return s + ": the ranges do not overlap"
+}
+
+func (r *results) missedWarm(c, peer string) string {
+	f := r.ByClient[c]
+	g, p := r.clientRate(c, tGatehouse, false), r.clientRate(c, peer, false)
+	if f == nil || g == 0 || p == 0 || g/p >= targetWarmPeer {
+		return ""
+	}
+	return fmt.Sprintf("Warm, %s client, against %s (%.2f×): %s; the client's CPU per GET %s from gatehouse, %s from %s.",
+		c, peer, g/p, rangeNote(r.Size, f.Warm[tGatehouse], f.Warm[peer]),
+		fmtDur(medianDur(f.WarmCPU[tGatehouse])), fmtDur(medianDur(f.WarmCPU[peer])), peer)
+}
+
+func (r *results) missedCold(c string) string {
+	f := r.ByClient[c]
+	g, p := r.clientRate(c, tGatehouse, true), r.clientRate(c, tDistribution, true)
+	if f == nil || g == 0 || p == 0 || g/p >= targetColdDist {
+		return ""
+	}
+	return fmt.Sprintf("Cold, %s client, against distribution (%.2f×): %s; server CPU per GET %s for gatehouse, %s for distribution. %s",
+		c, g/p, rangeNote(r.Size, f.Cold[tGatehouse], f.Cold[tDistribution]),
+		fmtDur(medianDur(f.ColdSrv[tGatehouse])), fmtDur(medianDur(f.ColdSrv[tDistribution])), r.coldPathNote())
+}
+
+// coldPathNote says, with the profile's figures, what stands between the
+// upstream and gatehouse's first client.
+func (r *results) coldPathNote() string {
+	pp := r.Parts[tGatehouse]
+	if pp == nil || pp.Total == 0 {
+		return ""
+	}
+	share := func(k string) float64 { return 100 * float64(pp.Samples[k]) / float64(pp.Total) }
+	return fmt.Sprintf("gatehouse's first client is sent the blob from the cache file the fetch writes, once each chunk is written: "+
+		"the file write (%.0f%% of gatehouse's CPU in the profiled cold GET, %s) is on the client's path, while the distribution proxy "+
+		"writes its copy beside the client's stream and goes on storing it after the client has its last byte. "+
+		"Socket read %.0f%%, hash %.0f%%, reading the file back %.0f%%, send %.0f%%.",
+		share("write"), fmtDur(pp.cpu("write")), share("read"), share("hash"), share("fileread"), share("send"))
+}
+
+func (r *results) missedColdCPU() string {
+	row := r.coldCPURow()
+	if row.verdict != verdictFail {
+		return ""
+	}
+	return fmt.Sprintf("Cold CPU time: gatehouse %s, distribution %s per GET (median over every client's GETs). %s",
+		row.gatehouse, strings.TrimPrefix(row.peer, "distribution: "), r.coldPathNote())
+}
+
+func (r *results) missedColdBest() string {
+	b, ok := r.coldBudget()
+	up := r.rateMedian(r.Cold, tUpstream)
+	g := r.rateMedian(r.Cold, tGatehouse)
+	if !ok || up == 0 || g == 0 || g/(b.bestRatio*up) >= targetColdBest {
+		return ""
+	}
+	return fmt.Sprintf("Cold against the best a verifying cache could reach (%.2f×): that figure has the upstream, the client and the least "+
+		"relay, hash and write (%s) share %d CPUs with none idle and nothing else running; gatehouse used %s of CPU per cold GET "+
+		"(bench client, median), %s more than that least. %s",
+		g/(b.bestRatio*up), fmtDur(b.least), r.Machine.CPUs, fmtDur(medianDur(r.ColdCPU[tGatehouse])),
+		fmtDur(medianDur(r.ColdCPU[tGatehouse])-b.least), r.coldPathNote())
+}
