@@ -262,3 +262,54 @@ func eventsCounted(t *testing.T, gh *Gatehouse, subscriber, outcome string) floa
 	}
 	return sum
 }
+
+// TestEventsDBStale: serve started with a vulnerability DB older than
+// gate.db.maxAge tells a Slack-format webhook once, signed when the
+// webhook has a secret.
+func TestEventsDBStale(t *testing.T) {
+	requireGatehouse(t)
+	reg := StartRegistry(t, RegistryOptions{})
+	old := scantest.V1()
+	old.UpdatedAt, old.NextUpdate = time.Now().Add(-30*24*time.Hour), time.Now().Add(-30*24*time.Hour+6*time.Hour)
+	archive := filepath.Join(t.TempDir(), "db.tar.gz")
+	if err := os.WriteFile(archive, old.Archive(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(t.TempDir(), "webhook.key")
+	if err := os.WriteFile(key, []byte(eventsKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	type message struct {
+		text     string
+		verified bool
+	}
+	got := make(chan message, 10)
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		var m struct{ Text string }
+		_ = json.Unmarshal(body, &m)
+		got <- message{m.Text, events.Verify([]byte(eventsKey), r.Header.Get(events.TimestampHeader), r.Header.Get(events.SignatureHeader), body, time.Now(), 5*time.Minute) == nil}
+	}))
+	t.Cleanup(rc.Close)
+	gh := StartGatehouse(t, GatehouseConfig{Upstreams: []GatehouseUpstream{reg.Upstream()},
+		Gate: &GateConfig{DB: GateDB{UpdateInterval: "0s"}, Policy: GatePolicy{Rules: []GateRule{{Name: "default", Mode: "off"}}}}, DBArchive: archive,
+		Extra: map[string]any{"events": map[string]any{"webhooks": []map[string]any{
+			{"name": "chat", "url": rc.URL + "/services/T0/B0/x", "format": "slack", "secretFile": key, "types": []string{"db.stale"}},
+		}}},
+	})
+	// Without maxAge no DB is stale; with it, the one loaded is.
+	gh.Stop(t)
+	if len(got) != 0 {
+		t.Errorf("db.stale sent without gate.db.maxAge: %+v", <-got)
+	}
+	setGateConfig(t, gh, map[string]any{"maxAge": "48h", "updateInterval": "0s"}, []attestRule{{GateRule: GateRule{Name: "default", Mode: "off"}}})
+	gh.Start(t)
+	select {
+	case m := <-got:
+		if !strings.Contains(m.text, "vulnerability DB") || !strings.Contains(m.text, "more than gate.db.maxAge 48h") || !m.verified {
+			t.Errorf("slack message %q (signature verified: %v); want the DB's age against maxAge 48h, signed", m.text, m.verified)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("no db.stale message within 2m of start")
+	}
+}

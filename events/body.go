@@ -58,8 +58,13 @@ func encodeSlack(e Event) ([]byte, error) {
 	}
 	return json.Marshal(struct {
 		Text string `json:"text"`
-	}{":warning: " + text})
+	}{":warning: " + slackEscape.Replace(text)})
 }
+
+// slackEscape escapes what Slack's mrkdwn reads as markup: an image's
+// package names and messages come from whoever pushed it, and must not
+// become a link or an @channel.
+var slackEscape = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
 
 // newID is a random UUID (version 4).
 func newID() string {

@@ -3,6 +3,8 @@ package events
 import (
 	"fmt"
 	"time"
+
+	"github.com/gatehouse/gatehouse/config"
 )
 
 // PullDeniedData is the data of a PullDenied event.
@@ -71,7 +73,7 @@ type DBStaleData struct {
 func Stale(t time.Time, d DBStaleData) Event {
 	return Event{Type: DBStale, Subject: "vulnerability-db", Time: t, Data: d,
 		Message: fmt.Sprintf("gatehouse's vulnerability DB (built %s) is %s old, more than gate.db.maxAge %s: new verdicts follow each rule's staleDB",
-			d.UpdatedAt.UTC().Format(time.RFC3339), (time.Duration(d.AgeSeconds) * time.Second).Round(time.Minute), d.MaxAge)}
+			d.UpdatedAt.UTC().Format(time.RFC3339), config.Duration((time.Duration(d.AgeSeconds) * time.Second).Round(time.Minute)), d.MaxAge)}
 }
 
 // imageName is upstream/repo:tag@digest, without what is empty.

@@ -401,6 +401,19 @@ func TestSlack(t *testing.T) {
 	if r.header.Get("Content-Type") != "application/json" || r.header.Get(SignatureHeader) != "" {
 		t.Errorf("headers %v", r.header)
 	}
+
+	// How one would slip a link or a mention into the channel: a message
+	// carrying Slack markup (package names come from the image).
+	e := denied("library/nginx")
+	e.Message = "pkg <!channel> <https://evil.example|update here> & more"
+	s.Publish(e)
+	r = <-rc.got
+	if err := json.Unmarshal(r.body, &body); err != nil {
+		t.Fatal(err)
+	}
+	if strings.ContainsAny(body["text"], "<>") || !strings.Contains(body["text"], "&lt;!channel&gt; &lt;https://evil.example|update here&gt; &amp; more") {
+		t.Errorf("markup not escaped: %q", body["text"])
+	}
 }
 
 // A new key in the secret file signs the next delivery.
