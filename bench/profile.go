@@ -5,8 +5,8 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"debug/gosym"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -82,7 +82,7 @@ func (b *bench) profileCold(ctx context.Context, k proxyKind) (*partProfile, err
 	if err != nil {
 		return nil, fmt.Errorf("perf not found (Debian package linux-perf): %w", err)
 	}
-	syms, err := loadSymbols(ctx, k.bin)
+	syms, err := loadSymbols(k.bin)
 	if err != nil {
 		return nil, err
 	}
@@ -220,8 +220,9 @@ func classify(frames []frame, syms *symbols) string {
 
 func isKernel(addr uint64) bool { return addr >= 0xffff800000000000 }
 
-// symbols are the text symbols of a Go binary (from `go tool nm`, which
-// reads the pclntab that stripped binaries keep), sorted by address.
+// symbols are the functions of a Go binary, from its pclntab (which a
+// binary stripped with -s -w keeps: the runtime needs it), sorted by
+// address.
 type symbols struct {
 	addrs []uint64
 	names []string
@@ -231,36 +232,32 @@ type symbols struct {
 	base uint64
 }
 
-func loadSymbols(ctx context.Context, bin string) (*symbols, error) {
-	goBin := "go"
-	if root := os.Getenv("GOROOT"); root != "" {
-		goBin = filepath.Join(root, "bin", "go")
-	}
-	out, err := exec.CommandContext(ctx, goBin, "tool", "nm", "-sort", "address", bin).Output()
-	if err != nil {
-		return nil, fmt.Errorf("go tool nm %s: %w", bin, err)
-	}
-	s := &symbols{}
-	for line := range strings.Lines(string(out)) {
-		f := strings.Fields(line)
-		if len(f) < 3 || (f[1] != "T" && f[1] != "t") {
-			continue
-		}
-		a, err := strconv.ParseUint(f[0], 16, 64)
-		if err != nil {
-			continue
-		}
-		s.addrs = append(s.addrs, a)
-		s.names = append(s.names, f[2])
-	}
-	if len(s.addrs) == 0 || !slices.IsSorted(s.addrs) {
-		return nil, fmt.Errorf("go tool nm %s: no sorted text symbols", bin)
-	}
+func loadSymbols(bin string) (*symbols, error) {
 	ef, err := elf.Open(bin)
 	if err != nil {
 		return nil, err
 	}
 	defer ef.Close()
+	pcln, text := ef.Section(".gopclntab"), ef.Section(".text")
+	if pcln == nil || text == nil {
+		return nil, fmt.Errorf("%s: no .gopclntab or .text section", bin)
+	}
+	data, err := pcln.Data()
+	if err != nil {
+		return nil, err
+	}
+	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", bin, err)
+	}
+	s := &symbols{}
+	for _, fn := range tab.Funcs {
+		s.addrs = append(s.addrs, fn.Entry)
+		s.names = append(s.names, fn.Name)
+	}
+	if len(s.addrs) == 0 || !slices.IsSorted(s.addrs) {
+		return nil, fmt.Errorf("%s: no sorted functions in the pclntab", bin)
+	}
 	for _, p := range ef.Progs {
 		if p.Type == elf.PT_LOAD && p.Flags&elf.PF_X != 0 {
 			s.base = p.Vaddr - p.Off
@@ -291,7 +288,7 @@ func writeParts(p printer, r *results) {
 		p("\n**Where %s's CPU time goes in a cold GET** (one more cold GET by the bench client through a fresh %s, after the rounds above, untimed: %s, %s of CPU by `/proc`). ", label[t], label[t], fmtDur(pp.Wall), fmtDur(pp.CPU))
 		p("Method: `perf record -g -F %d -p <pid>` over the GET; each sample is put in the part of the work its call chain shows: ", perfFreq)
 		p("for a sample in the kernel, the system call it is in (the first of `tcp_recvmsg`, `tcp_sendmsg`/`sendfile`/`splice`, a write, a read from the leaf up); ")
-		p("for one in Go code, the function it is in (named from the binary's own symbol table with `go tool nm`). Each sample stands for 1/%d s of CPU.\n\n", perfFreq)
+		p("for one in Go code, the function it is in (named from the binary's pclntab with Go's debug/gosym). Each sample stands for 1/%d s of CPU.\n\n", perfFreq)
 		p("| part | CPU time | share |\n|---|---:|---:|\n")
 		for _, part := range parts {
 			if n := pp.Samples[part.key]; n > 0 {
