@@ -20,16 +20,15 @@ const (
 // tags returns the tags a poll asks about: the literal tags of the
 // patterns, then the listed tags matching a glob, highest version first,
 // at most wt.MaxTags in all. The tag list is read only when a pattern is
-// a glob.
+// a glob; when it cannot be read, the literal tags are returned with the
+// error.
 func (w *Watcher) tags(ctx context.Context, wt *config.Watch) ([]string, error) {
 	var listed []string
+	var err error
 	if slices.ContainsFunc(wt.Tags, config.IsTagGlob) {
-		var err error
-		if listed, err = w.listTags(ctx, wt); err != nil {
-			return nil, err
-		}
+		listed, err = w.listTags(ctx, wt)
 	}
-	return selectTags(listed, wt.Tags, wt.MaxTags), nil
+	return selectTags(listed, wt.Tags, wt.MaxTags), err
 }
 
 // listTags reads the repository's tag list upstream, page by page

@@ -38,6 +38,8 @@ type counting struct {
 	next http.Handler
 	mu   sync.Mutex
 	hits map[string]int // "GET blobs", "HEAD manifests", "GET tags", ...
+	// failTags makes tag lists fail (500).
+	failTags atomic.Bool
 }
 
 func (c *counting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -50,6 +52,10 @@ func (c *counting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
 	c.hits[r.Method+" "+kind]++
 	c.mu.Unlock()
+	if kind == "tags" && c.failTags.Load() {
+		http.Error(w, "tag list unavailable", http.StatusInternalServerError)
+		return
+	}
 	c.next.ServeHTTP(w, r)
 }
 

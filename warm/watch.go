@@ -88,18 +88,19 @@ func (s *State) remember(dgst v1.Hash, max int) {
 }
 
 // Poll checks the tags of one watched repository once: it selects the
-// tags (listing them when a pattern is a glob), asks upstream for each
+// tags (listing them when a pattern is a glob; the literal ones are asked
+// about even when the list cannot be read), asks upstream for each
 // one's digest (HEAD) and warms every digest not warmed before. It
 // reports whether everything succeeded.
 func (w *Watcher) Poll(ctx context.Context, wt *config.Watch, st *State) bool {
 	log := w.log.With("repository", wt.Repository)
+	ok := true
 	tags, err := w.tags(ctx, wt)
 	if err != nil {
+		// The literal tags are still asked about.
 		log.Warn("gate.watch: listing tags failed", "err", err)
-		metrics.WatchPolls.WithLabelValues("error").Inc()
-		return false
+		ok = false
 	}
-	ok := true
 	for _, tag := range tags {
 		if ctx.Err() != nil {
 			return false

@@ -95,6 +95,19 @@ func TestWatchPollErrors(t *testing.T) {
 	if !w.Poll(t.Context(), watchOf(e, "team/none", []string{"v1"}, 10), warm.NewState()) {
 		t.Error("a literal tag not (yet) upstream failed the poll")
 	}
+	// A tag list that cannot be read fails the poll, but the literal
+	// tags are still judged.
+	img0, _ := random.Image(500, 1)
+	e.push(t, "team/lit", "v1", img0)
+	scans := e.scanner.scans.Load()
+	e.up.failTags.Store(true)
+	if w.Poll(t.Context(), watchOf(e, "team/lit", []string{"v1", "v*"}, 10), warm.NewState()) {
+		t.Error("a poll whose tag list failed succeeded")
+	}
+	e.up.failTags.Store(false)
+	if e.scanner.scans.Load() != scans+1 {
+		t.Error("the literal tag was not judged when the tag list failed")
+	}
 	e.scanner.vulnerable[e.host+"/team/bad"] = true
 	img, _ := random.Image(500, 1)
 	e.push(t, "team/bad", "v1", img)
