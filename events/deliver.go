@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -72,7 +73,7 @@ func (d *deliverer) deliver(ctx context.Context, e Event) string {
 		d.log.Error("event not sent: encoding", "type", e.Type, "err", err)
 		return "failed"
 	}
-	wait := d.opts.backoff
+	wait := min(d.opts.backoff, d.cfg.MaxBackoff.D())
 	for attempt := 1; ; attempt++ {
 		retryAfter, err := d.attempt(ctx, body)
 		if err == nil {
@@ -86,7 +87,7 @@ func (d *deliverer) deliver(ctx context.Context, e Event) string {
 			d.log.Warn("event not delivered", "type", e.Type, "subject", e.Subject, "attempts", attempt, "err", err)
 			return "failed"
 		}
-		pause := min(wait, d.cfg.MaxBackoff.D())
+		pause := wait
 		// Equal jitter: half fixed, half random, so that many gatehouses
 		// failing together do not retry together.
 		pause = pause/2 + rand.N(pause/2+1)
@@ -97,7 +98,7 @@ func (d *deliverer) deliver(ctx context.Context, e Event) string {
 		if d.opts.sleep(ctx, pause) != nil {
 			return "dropped"
 		}
-		wait *= 2
+		wait = min(2*wait, d.cfg.MaxBackoff.D())
 	}
 }
 
@@ -136,7 +137,12 @@ func (d *deliverer) attempt(ctx context.Context, body []byte) (time.Duration, er
 	resp, err := d.client.Do(req)
 	if err != nil {
 		metrics.EventAttempts.WithLabelValues(d.cfg.Name, "error").Inc()
-		return 0, errors.New("no answer") // the error names the URL, which may be a credential
+		// Without the URL, which may be a credential.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return 0, fmt.Errorf("no answer: %w", err)
 	}
 	// Drain (capped) so the connection is reused.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))

@@ -115,9 +115,9 @@ func (s *Sender) Close(ctx context.Context) error {
 	for _, sub := range s.subs {
 		// Published between the check of closed and the workers' end.
 		for len(sub.queue) > 0 {
+			sub.queued.Dec()
 			sub.count((<-sub.queue).Type, "dropped")
 		}
-		sub.queued.Set(0)
 		sub.deliverer.client.CloseIdleConnections()
 	}
 	return nil
@@ -165,7 +165,7 @@ func (s *subscriber) wants(e *Event) bool {
 func (s *subscriber) offer(e Event) {
 	select {
 	case s.queue <- e:
-		s.queued.Set(float64(len(s.queue)))
+		s.queued.Inc()
 	default:
 		s.count(e.Type, "dropped")
 	}
@@ -196,6 +196,6 @@ func (s *subscriber) run(ctx context.Context, closing <-chan struct{}) {
 }
 
 func (s *subscriber) handle(ctx context.Context, e Event) {
-	s.queued.Set(float64(len(s.queue)))
+	s.queued.Dec()
 	s.count(e.Type, s.deliverer.deliver(ctx, e))
 }

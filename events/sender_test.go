@@ -357,6 +357,9 @@ func TestFullQueueDrops(t *testing.T) {
 	if n := count(w.Name, PullDenied, "dropped"); n != extra+queue+1 {
 		t.Errorf("dropped after Close = %v; want %d", n, extra+queue+1)
 	}
+	if n := testutil.ToFloat64(metrics.EventQueueLength.WithLabelValues(w.Name)); n != 0 {
+		t.Errorf("queue length after Close = %v; want 0", n)
+	}
 	s.Publish(denied("a"))
 	if n := count(w.Name, PullDenied, "dropped"); n != extra+queue+2 {
 		t.Errorf("published after Close: dropped = %v; want %d", n, extra+queue+2)
@@ -431,5 +434,31 @@ func TestSecretReloaded(t *testing.T) {
 	r := <-rc.got
 	if err := Verify([]byte(newKey), r.header.Get(TimestampHeader), r.header.Get(SignatureHeader), r.body, time.Now(), time.Minute); err != nil {
 		t.Errorf("not signed with the new key: %v", err)
+	}
+}
+
+// However many attempts, each wait stays within (0, maxBackoff]: the
+// doubling never overflows into a negative wait.
+func TestBackoffCapped(t *testing.T) {
+	rc := newReceiver(t, func(_ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) })
+	var p pauses
+	w := webhook(t, "cap", rc.URL, func(w *config.Webhook) { w.MaxAttempts, w.MaxBackoff = 80, config.Duration(2*time.Second) })
+	s := start(t, &p, w)
+	s.Publish(denied("a"))
+	for range 80 {
+		<-rc.got
+	}
+	s.Close(context.Background())
+	ws := p.all()
+	if len(ws) != 79 {
+		t.Fatalf("%d waits; want 79", len(ws))
+	}
+	for i, d := range ws {
+		if d <= 0 || d > 2*time.Second {
+			t.Errorf("wait %d is %v; want within (0, 2s]", i, d)
+		}
+	}
+	if count(w.Name, PullDenied, "failed") != 1 || testutil.ToFloat64(metrics.EventQueueLength.WithLabelValues(w.Name)) != 0 {
+		t.Errorf("failed %v, queue %v; want 1 and 0", count(w.Name, PullDenied, "failed"), testutil.ToFloat64(metrics.EventQueueLength.WithLabelValues(w.Name)))
 	}
 }
