@@ -317,7 +317,7 @@ func (g *Gate) await(ctx context.Context, s Subject, info *manifestInfo, rule *p
 
 // deny records a refused pull in the denial log and passes v through.
 func (g *Gate) deny(v *Verdict, s *Subject) *Verdict {
-	if !v.Admitted {
+	if !v.Admitted && !s.Ahead {
 		g.records.AddDenial(records.Denial{Time: g.now(), Client: s.Client, Upstream: s.Upstream, Repo: s.Repo, Tag: s.Tag,
 			Digest: s.Digest.String(), Rule: ruleName(v), Message: v.Message})
 		g.events.Publish(events.Denied(g.now(), events.PullDeniedData{Upstream: s.Upstream, Repository: s.Repo, Tag: s.Tag,

@@ -77,6 +77,11 @@ type Subject struct {
 	// Pull marks a GET (the manifest body is served): counted as a pull
 	// of the image. A HEAD resolves a tag and is not counted.
 	Pull bool
+	// Ahead marks a judgement made before any client asked (gate.watch,
+	// package warm): its denial is no refused pull, so it is neither
+	// logged as a denial nor sent as a pull.denied event (the verdict is
+	// recorded as always).
+	Ahead bool
 }
 
 // Reasons of a verdict, used as a low-cardinality label too.

@@ -189,7 +189,7 @@ func Register(reg prometheus.Registerer, src Sources) error {
 	for _, r := range []string{"not_admitted", "denied_image"} {
 		BlobsRefused.WithLabelValues(r)
 	}
-	for _, k := range []string{"fetch", "scan", "evict", "db"} {
+	for _, k := range []string{"fetch", "scan", "evict", "db", "watch"} {
 		for _, r := range []string{"acquired", "held_elsewhere", "lost", "error"} {
 			ClusterLeases.WithLabelValues(k, r)
 		}

@@ -213,7 +213,7 @@ func choose(m *pull.Manifest, platforms []string) ([]v1.Descriptor, error) {
 // judge asks the gate about m, asking again while it is being judged.
 func (w *Warmer) judge(ctx context.Context, ref Ref, tag string, m *pull.Manifest) (*gate.Verdict, error) {
 	s := gate.Subject{Upstream: ref.Upstream, Repo: ref.Repo, Tag: tag, Digest: m.Digest, MediaType: m.MediaType,
-		Manifest: m.Data, Client: w.client}
+		Manifest: m.Data, Client: w.client, Ahead: true}
 	for {
 		v, err := w.gate.Check(ctx, s)
 		var p *gate.Pending

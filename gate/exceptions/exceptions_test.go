@@ -253,7 +253,8 @@ func TestReloadAndCheck(t *testing.T) {
 		t.Fatal("a failed reload dropped the exceptions in force, or was not counted")
 	}
 	rec := &recorder{}
-	if s.Check(now, rec); len(rec.got) != 1 || rec.got[0].Type != events.ExceptionExpiring || rec.got[0].Subject != "CVE-1" {
+	if s.Check(now, rec); len(rec.got) != 1 || rec.got[0].Type != events.ExceptionExpiring || rec.got[0].Subject != "CVE-1" ||
+		!strings.Contains(rec.got[0].Message, "exception for CVE-1 (owner ") {
 		t.Fatalf("events %+v, want one ExceptionExpiring", rec.got)
 	}
 	if d := rec.got[0].Data.(ExpiringData); d.Owner != "o" || d.Source != p || d.Scope.Repositories[0] != "a" {

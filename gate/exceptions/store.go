@@ -253,5 +253,7 @@ type ExpiringData struct {
 
 func expiringEvent(x *exception, now time.Time) events.Event {
 	return events.Event{Type: events.ExceptionExpiring, Subject: x.ID, Time: now,
+		Message: fmt.Sprintf("exception for %s (owner %s) expires %s, in %s: renew it or fix the image; after that it is no longer applied",
+			x.ID, x.Owner, x.Expires.UTC().Format(time.RFC3339), x.Expires.Sub(now).Round(time.Hour)),
 		Data: ExpiringData{ID: x.ID, Owner: x.Owner, Reason: x.Reason, Expires: x.Expires, Scope: x.scope, Source: x.Source}}
 }
