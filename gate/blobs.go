@@ -19,11 +19,21 @@ import (
 //     artifacts and over images of other repositories);
 //  3. a pass-through artifact of the same repository lists it: yes;
 //  4. otherwise no.
+//
+// An admitted image counts only while its verdict would still be used for
+// its manifest (see cached): not past the expiry of an allowlist entry or
+// exception it relied on, and, if it relied on exceptions, while those in
+// force still except the same findings. Otherwise the blob is refused and
+// the client, pulling the manifest again, gets it judged again.
 func (g *Gate) BlobAllowed(ctx context.Context, upstream, repo string, dgst v1.Hash) (bool, error) {
 	if g.cfg.Blobs == "any" {
 		return true, nil
 	}
-	c, err := g.records.BlobClaims(ctx, upstream, repo, dgst, g.policy.Match(upstream, repo), g.DBVersion())
+	holds := func(key string) bool {
+		v := g.cached(ctx, key)
+		return v != nil && v.Admitted
+	}
+	c, err := g.records.BlobClaims(ctx, upstream, repo, dgst, g.policy.Match(upstream, repo), g.DBVersion(), g.now(), holds)
 	if err != nil {
 		return false, err
 	}

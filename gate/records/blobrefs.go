@@ -3,6 +3,7 @@ package records
 import (
 	"context"
 	"encoding/json"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -18,7 +19,10 @@ import (
 //	"d" upstream \x00 blob \x00 repository \x00 manifest → blobRef (a denied image lists it)
 //
 // An opening entry counts only while it was made under the rule that now
-// governs its repository and, for rules that scan, the current DB. A denial
+// governs its repository and, for rules that scan, the current DB, and
+// while the verdict that made it would still be used for its manifest:
+// the allowlist entries and exceptions it relied on have not expired, and
+// the exceptions in force still except the same findings. A denial
 // counts until a judgement of the same manifest in the same repository
 // replaces it (fail closed: a policy or DB change does not reopen a denied
 // image's layers). Lookups read the request's repository's entries and the
@@ -43,6 +47,24 @@ type blobRef struct {
 	// DiffID is the uncompressed digest the image's config declares for
 	// this layer; "" for configs, artifacts and records of earlier versions.
 	DiffID string `json:"i,omitempty"`
+	// Until is when the first allowlist entry or exception the verdict
+	// relied on expires (its Decision.ValidUntil); zero: none.
+	Until time.Time `json:"u,omitzero"`
+	// Plain: the verdict relied on no exception and blocked on nothing an
+	// exception could cover, so the entry opens by itself until Until.
+	// Otherwise (and for records of earlier versions) it opens only while
+	// the gate, asked of the verdict, says the verdict holds.
+	Plain bool `json:"p,omitempty"`
+}
+
+// newBlobRef is the reference verdict v gives the blobs it lists.
+func newBlobRef(v *Verdict) blobRef {
+	ref := blobRef{Kind: refKind(v), Rule: v.PolicyHash, DB: v.DBVersion, Plain: true}
+	if d := v.Decision; d != nil {
+		ref.Until = d.ValidUntil
+		ref.Plain = len(d.Excepted) == 0 && len(d.Blocking) == 0
+	}
+	return ref
 }
 
 func openKey(upstream string, blob v1.Hash, repo string) []byte {
@@ -73,12 +95,13 @@ func refKind(v *Verdict) string {
 // lists, replacing what an earlier judgement of it in the same repository
 // said.
 func setBlobRefs(tx storage.Tx, m *Manifest, v *Verdict) error {
-	kind := refKind(v)
+	base := newBlobRef(v)
+	kind := base.Kind
 	for i, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
 		if d.Digest.Hex == "" {
 			continue
 		}
-		ref := blobRef{Kind: kind, Rule: v.PolicyHash, DB: v.DBVersion}
+		ref := base
 		if i > 0 && i-1 < len(m.DiffIDs) {
 			ref.DiffID = m.DiffIDs[i-1].String()
 		}
@@ -143,22 +166,35 @@ func (c *BlobClaims) Consistent() bool {
 }
 
 // BlobClaims reads the blob index for blob dgst as served to a client of
-// upstream/repo, whose rule is rule, with DB dbv loaded: the repository's
-// opening entries still current, and the upstream's denials.
-func (s *Store) BlobClaims(ctx context.Context, upstream, repo string, dgst v1.Hash, rule *policy.Rule, dbv string) (BlobClaims, error) {
+// upstream/repo, whose rule is rule, with DB dbv loaded, at now: the
+// repository's opening entries still current, and the upstream's denials.
+// An admitted image's entry that is not Plain counts only when holds
+// reports true of its verdict's key (see VerdictKey); holds is called
+// after the read, outside its transaction.
+func (s *Store) BlobClaims(ctx context.Context, upstream, repo string, dgst v1.Hash, rule *policy.Rule, dbv string, now time.Time,
+	holds func(key string) bool) (BlobClaims, error) {
 	var c BlobClaims
+	var ask []blobRef
+	var keys []string
+	if !rule.Scans() {
+		dbv = "" // as the gate keys verdicts of rules that do not scan
+	}
+	prefix := openKey(upstream, dgst, repo)
 	err := s.meta.View(ctx, func(tx storage.Tx) error {
-		err := tx.Scan(tableBlobRefs, openKey(upstream, dgst, repo), false, func(_, val []byte) (bool, error) {
+		err := tx.Scan(tableBlobRefs, prefix, false, func(key, val []byte) (bool, error) {
 			var ref blobRef
-			if json.Unmarshal(val, &ref) != nil || !ref.current(rule, dbv) {
+			if json.Unmarshal(val, &ref) != nil || !ref.current(rule, dbv, now) {
 				return true, nil
 			}
-			switch ref.Kind {
-			case refImage:
+			switch {
+			case ref.Kind == refArtifact:
+				c.Artifact = true
+			case ref.Kind == refImage && ref.Plain:
 				c.Image = true
 				c.Opened = append(c.Opened, ref.DiffID)
-			case refArtifact:
-				c.Artifact = true
+			case ref.Kind == refImage:
+				ask = append(ask, ref)
+				keys = append(keys, VerdictKey(string(key[len(prefix):]), upstream, repo, rule.Hash, dbv))
 			}
 			return true, nil
 		})
@@ -173,14 +209,24 @@ func (s *Store) BlobClaims(ctx context.Context, upstream, repo string, dgst v1.H
 			return true, nil
 		})
 	})
-	return c, err
+	if err != nil {
+		return c, err
+	}
+	for i, ref := range ask {
+		if holds(keys[i]) {
+			c.Image = true
+			c.Opened = append(c.Opened, ref.DiffID)
+		}
+	}
+	return c, nil
 }
 
 // current reports whether an opening reference was made under rule, the
-// one that now governs its repository, and, for rules that scan, under the
-// current DB dbv.
-func (ref *blobRef) current(rule *policy.Rule, dbv string) bool {
-	if ref.Rule != rule.Hash {
+// one that now governs its repository, for rules that scan under the
+// current DB dbv, and whether what its verdict relied on is still valid
+// at now.
+func (ref *blobRef) current(rule *policy.Rule, dbv string, now time.Time) bool {
+	if ref.Rule != rule.Hash || (!ref.Until.IsZero() && !now.Before(ref.Until)) {
 		return false
 	}
 	return ref.Kind == refArtifact || !rule.Scans() || ref.DB == dbv
