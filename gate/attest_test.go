@@ -323,4 +323,21 @@ func TestStaleDB(t *testing.T) {
 	if v, err = f.g.Check(context.Background(), f.image(t, "strict/other")); err != nil || !v.Admitted {
 		t.Fatalf("fresh DB: %+v %v", v, err)
 	}
+	// How one would slip past: make the DB's status unreadable (stack.go
+	// then reports a zero build time), or run without one: an unknown age
+	// is no fresh DB.
+	for _, dbBuilt := range []func() time.Time{func() time.Time { return time.Time{} }, nil} {
+		f.g.dbBuilt = dbBuilt
+		v, err = f.g.Check(context.Background(), f.image(t, "strict/app"))
+		if err != nil || v.Admitted || v.Reason != ReasonStaleDB || !strings.Contains(v.Message, "the vulnerability DB's age is unknown") {
+			t.Fatalf("unknown age, deny: %+v %v", v, err)
+		}
+		v, err = f.g.Check(context.Background(), f.image(t, "lenient/app"))
+		if err != nil || !v.Admitted || len(v.Warnings) != 1 || !strings.Contains(v.Message, "warning: the vulnerability DB's age is unknown") {
+			t.Fatalf("unknown age, warn: %+v %v", v, err)
+		}
+		if v, err = f.g.Check(context.Background(), f.image(t, "signed/app")); err != nil || !v.Admitted || len(v.Warnings) != 0 {
+			t.Fatalf("unknown age, signature-only: %+v %v", v, err)
+		}
+	}
 }

@@ -265,15 +265,20 @@ func refuse(v *Verdict, rule *policy.Rule, reason, why string) {
 }
 
 // staleDB says why the loaded DB is too old for a new verdict under rule
-// (gate.db.maxAge), or "" when it is not, or the rule does not scan.
+// (gate.db.maxAge), or "" when it is not, or the rule does not scan. A DB
+// whose build time is unknown (none reported, or its status could not be
+// read) counts as too old: fail closed.
 func (g *Gate) staleDB(rule *policy.Rule) string {
 	maxAge := g.cfg.DB.MaxAge.D()
-	if maxAge <= 0 || !rule.Scans() || g.dbBuilt == nil {
+	if maxAge <= 0 || !rule.Scans() {
 		return ""
 	}
-	built := g.dbBuilt()
+	var built time.Time
+	if g.dbBuilt != nil {
+		built = g.dbBuilt()
+	}
 	if built.IsZero() {
-		return ""
+		return fmt.Sprintf("the vulnerability DB's age is unknown (its build time could not be read), gate.db.maxAge %s", config.Duration(maxAge))
 	}
 	if age := g.now().Sub(built); age > maxAge {
 		return fmt.Sprintf("the vulnerability DB is %s old, more than gate.db.maxAge %s", config.Duration(age.Round(time.Minute)), config.Duration(maxAge))
