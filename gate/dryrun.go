@@ -20,8 +20,9 @@ type DryRunOptions struct {
 	// VEX applies the VEX statements of the proposed rules (by their
 	// names); required when a proposed rule has a vex section.
 	VEX VEXFilter
-	// Exceptions, when set, replace the gate's scoped exceptions. Nil:
-	// those in force.
+	// Exceptions are the proposal's (its gate.exceptions); nil: none, as
+	// for a proposal without them. Those in force never apply: a proposal
+	// that drops them must show what they admit becoming denied.
 	Exceptions Exceptions
 }
 
@@ -32,11 +33,13 @@ type DryRunResult struct {
 	// with; "" when none is loaded.
 	DBVersion string        `json:"dbVersion"`
 	Summary   DryRunSummary `json:"summary"`
-	// Images lists every image on record, changes first.
+	// Images lists every image on record once per repository it was
+	// judged in, changes first.
 	Images []DryRunImage `json:"images"`
 }
 
-// DryRunSummary counts the images by change.
+// DryRunSummary counts the images by change, an image once per
+// repository.
 type DryRunSummary struct {
 	Images int `json:"images"`
 	// BecomeDenied are admitted now and would be denied.
@@ -72,7 +75,8 @@ const (
 	DryNone         = "none" // no verdict on record
 )
 
-// DryRunImage is one image on record, judged now and as proposed.
+// DryRunImage is one image on record in one repository, judged now (its
+// latest verdict there) and as proposed.
 type DryRunImage struct {
 	Upstream string   `json:"upstream"`
 	Repo     string   `json:"repository"`
@@ -97,8 +101,8 @@ type DryRunVerdict struct {
 	Blocking []policy.Finding `json:"blocking"`
 }
 
-// DryRun judges every image on record under the proposed gate
-// configuration, from what is stored: scan reports (detected again with
+// DryRun judges every image on record, in every repository it was judged
+// in, under the proposed gate configuration, from what is stored: scan reports (detected again with
 // the loaded DB when made with another, as Reevaluate does, without
 // storing the result), and signature results verified under an identical
 // rule. It downloads nothing, verifies nothing and stores nothing: an
@@ -129,9 +133,18 @@ func (g *Gate) DryRun(ctx context.Context, proposed *config.Gate, opts DryRunOpt
 		if d.Kind == "index" {
 			continue
 		}
-		im := g.dryRunImage(ctx, view, &d.ImageRecord)
-		res.Images = append(res.Images, im)
-		res.Summary.count(&im)
+		judged, err := g.judgedIn(ctx, &d.ImageRecord)
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range judged {
+			// Each repository under its own rule, against its own verdict.
+			rec := d.ImageRecord
+			rec.Upstream, rec.Repo, rec.Latest = in.Upstream, in.Repo, in.Latest
+			im := g.dryRunImage(ctx, view, &rec)
+			res.Images = append(res.Images, im)
+			res.Summary.count(&im)
+		}
 	}
 	sortDryRun(res.Images)
 	return res, nil
@@ -143,10 +156,7 @@ func (g *Gate) DryRun(ctx context.Context, proposed *config.Gate, opts DryRunOpt
 // (a slip that tried to store or fetch would fail, never write).
 func (g *Gate) under(cfg *config.Gate, opts DryRunOptions) *Gate {
 	v := &Gate{cfg: cfg, policy: policy.New(cfg.Policy.Rules, cfg.PassArtifactTypes...), scanner: g.scanner, vex: opts.VEX,
-		dbv: g.dbv, dbBuilt: g.dbBuilt, events: g.events, excepts: g.excepts, log: g.log, now: g.now, pass: map[string]bool{}}
-	if opts.Exceptions != nil {
-		v.excepts = opts.Exceptions
-	}
+		dbv: g.dbv, dbBuilt: g.dbBuilt, events: g.events, excepts: opts.Exceptions, log: g.log, now: g.now, pass: map[string]bool{}}
 	for _, t := range cfg.PassArtifactTypes {
 		v.pass[t] = true
 	}

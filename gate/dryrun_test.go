@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/random"
 
 	"github.com/gatehouse/gatehouse/storage"
 )
@@ -253,5 +256,65 @@ gate:
 	res, err := f.g.DryRun(context.Background(), &cfg.Gate, DryRunOptions{VEX: vex})
 	if err != nil || byRepo(t, res, "team/crit").Change != ChangeAdmitted {
 		t.Fatalf("VEX suppressing the CRITICAL: %+v %v", res, err)
+	}
+}
+
+// The same image pulled in dev/app, where a rule blocks HIGH (denied), and
+// in prod/app (admitted); a proposal moves that rule to prod/*. How one
+// would slip past: the image record names only the repository of the
+// first pull, and its latest verdict is that of another repository; a dry
+// run judging one repository per image against that verdict reports both
+// unchanged, while every pull of prod/app would be denied. Each repository
+// is judged under its own rule, against its own verdict.
+func TestDryRunEveryRepository(t *testing.T) {
+	live := strings.Replace(dryRunLive, "      - {name: default", "      - {name: dev, repositories: [dev/*], block: [CRITICAL, HIGH]}\n      - {name: default", 1)
+	f := newFixtureWith(t, live, newRuleSigs())
+	img, err := random.Image(1000, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.scanner.vulns["up.example/dev/app"] = []Vuln{high}
+	f.scanner.vulns["up.example/prod/app"] = []Vuln{high}
+	for repo, admitted := range map[string]bool{"dev/app": false, "prod/app": true} {
+		if v, err := f.g.Check(context.Background(), f.subject(repo, img)); err != nil || v.Admitted != admitted {
+			t.Fatalf("%s: %+v %v", repo, v, err)
+		}
+	}
+	res := dryRun(t, f, strings.Replace(live, "name: dev, repositories: [dev/*]", "name: prod, repositories: [prod/*]", 1))
+	got := changes(res)
+	if len(res.Images) != 2 || got["prod/app"] != ChangeDenied || got["dev/app"] != ChangeAdmitted || !res.Summary.Fails() ||
+		res.Summary.Images != 2 || res.Summary.BecomeDenied != 1 || res.Summary.BecomeAdmitted != 1 {
+		t.Fatalf("rule moved to prod: %v %+v", got, res.Summary)
+	}
+	prod, dev := byRepo(t, res, "prod/app"), byRepo(t, res, "dev/app")
+	if prod.Digest != dev.Digest || prod.Proposed.Rule != "prod" || prod.Current.Rule != "default" || dev.Current.Rule != "dev" ||
+		dev.Proposed.Rule != "default" {
+		t.Fatalf("prod %+v\ndev %+v", prod, dev)
+	}
+	if res := dryRun(t, f, live); res.Summary.Unchanged != 2 || res.Summary.Fails() {
+		t.Fatalf("the live policy itself: %+v", res.Summary)
+	}
+}
+
+// The proposal's exceptions apply, never those in force. How one would
+// slip past: a proposal that drops gate.exceptions, tested while the live
+// exceptions still apply, is reported unchanged, and once in force denies
+// every image the exceptions admitted.
+func TestDryRunProposedExceptions(t *testing.T) {
+	f, _ := dryFixture(t)
+	f.scanner.vulns["up.example/team/exc"] = []Vuln{critical}
+	exc := f.image(t, "team/exc")
+	f.g.excepts = &fakeExceptions{id: critical.ID, repo: "team/exc", expires: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if v, err := f.g.Check(context.Background(), exc); err != nil || !v.Admitted {
+		t.Fatalf("excepted: %+v %v", v, err)
+	}
+	res := dryRun(t, f, dryRunLive) // no exceptions proposed
+	if im := byRepo(t, res, "team/exc"); im.Change != ChangeDenied || im.Proposed.Verdict != DryDenied || !res.Summary.Fails() {
+		t.Fatalf("exceptions dropped: %+v", im)
+	}
+	cfg := parseConfig(t, dryRunLive)
+	res, err := f.g.DryRun(context.Background(), &cfg.Gate, DryRunOptions{Exceptions: f.g.excepts})
+	if err != nil || res.Summary.Unchanged != 5 || res.Summary.Fails() {
+		t.Fatalf("the same exceptions: %+v %v", res, err)
 	}
 }

@@ -11,14 +11,17 @@ import (
 
 // Reevaluation summarises a Reevaluate run.
 type Reevaluation struct {
+	// Images counts the judgements made again: an image once per
+	// repository it was judged in.
 	Images  int `json:"images"`
 	Flipped int `json:"flipped"` // verdicts that changed from admitted to denied or back
 	Failed  int `json:"failed"`
 }
 
 // Reevaluate applies the current DB to every scanned image from its stored
-// package inventory (no layer is downloaded again) and stores new verdicts:
-// an image admitted yesterday is denied today if a new CVE hits it.
+// package inventory (no layer is downloaded again) and stores new verdicts,
+// in every repository the image was judged in, each under its own rule: an
+// image admitted yesterday is denied today if a new CVE hits it.
 func (g *Gate) Reevaluate(ctx context.Context) (Reevaluation, error) {
 	var res Reevaluation
 	dbv := g.scanner.DBVersion()
@@ -30,18 +33,27 @@ func (g *Gate) Reevaluate(ctx context.Context) (Reevaluation, error) {
 		return res, err
 	}
 	for _, rec := range recs {
-		if err := ctx.Err(); err != nil {
+		judged, err := g.judgedIn(ctx, &rec)
+		if err != nil {
 			return res, err
 		}
-		res.Images++
-		flipped, err := g.reevaluate(ctx, &rec, dbv)
-		if err != nil {
-			res.Failed++
-			g.log.Error("re-evaluating image", "digest", rec.Digest, "err", err)
-			continue
-		}
-		if flipped {
-			res.Flipped++
+		for _, in := range judged {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
+			// Each repository under its own rule, against its own verdict.
+			r := rec
+			r.Upstream, r.Repo, r.Latest = in.Upstream, in.Repo, in.Latest
+			res.Images++
+			flipped, err := g.reevaluate(ctx, &r, dbv)
+			if err != nil {
+				res.Failed++
+				g.log.Error("re-evaluating image", "upstream", r.Upstream, "repo", r.Repo, "digest", r.Digest, "err", err)
+				continue
+			}
+			if flipped {
+				res.Flipped++
+			}
 		}
 	}
 	g.log.Info("re-evaluated cached verdicts with the new vulnerability DB", "db", dbv, "images", res.Images, "flipped", res.Flipped, "failed", res.Failed)
@@ -119,4 +131,35 @@ func verdictState(v *Verdict) events.VerdictState {
 		return events.VerdictState{Admitted: true}
 	}
 	return events.VerdictState{Admitted: v.Admitted, Rule: ruleName(v), Reason: v.Reason, Message: v.Message}
+}
+
+// judgedIn lists the repositories rec was judged in, each with its latest
+// verdict there: those of the verdicts table, the record's first
+// repository, and that of its latest verdict (one not stored under a
+// verdict key: audit without a scan, a denial that may not last).
+func (g *Gate) judgedIn(ctx context.Context, rec *records.ImageRecord) ([]records.RepoVerdict, error) {
+	judged, err := g.records.Judged(ctx, rec.Digest)
+	if err != nil {
+		return nil, err
+	}
+	at := func(upstream, repo string) *records.RepoVerdict {
+		for i := range judged {
+			if judged[i].Upstream == upstream && judged[i].Repo == repo {
+				return &judged[i]
+			}
+		}
+		judged = append(judged, records.RepoVerdict{Upstream: upstream, Repo: repo})
+		return &judged[len(judged)-1]
+	}
+	at(rec.Upstream, rec.Repo)
+	if v := rec.Latest; v != nil {
+		in := at(rec.Upstream, rec.Repo)
+		if v.Upstream != "" && v.Repo != "" {
+			in = at(v.Upstream, v.Repo)
+		}
+		if in.Latest == nil || !v.JudgedAt.Before(in.Latest.JudgedAt) {
+			in.Latest = v
+		}
+	}
+	return judged, nil
 }
