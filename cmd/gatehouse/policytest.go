@@ -54,13 +54,14 @@ func policyCmd() *command {
 	var o policyTestOptions
 	return &command{name: "policy", summary: "Try a policy change on the images on record",
 		subs: []*command{{name: "policy test", nargs: 0, summary: "Show what a proposed configuration would admit and deny",
-			long: `Judges every image on record again under the proposed configuration's gate
-section (rules, passArtifactTypes, db.maxAge) from what is stored: scan
-reports (detected again with the loaded DB when made with an older one),
-and signature results verified under an identical rule. Nothing is
-downloaded, verified, scanned or stored. An image whose proposed verdict
-needs a signature or attestations not on record, or a scan never made,
-is undetermined, never admitted.
+			long: `Judges every image on record again, in each repository it was judged in,
+under the proposed configuration's gate section (rules, passArtifactTypes,
+db.maxAge, exceptions: those of the proposal, none when it names none)
+from what is stored: scan reports (detected again with the loaded DB when
+made with an older one), and signature results verified under an
+identical rule. Nothing is downloaded, verified, scanned or stored. An
+image whose proposed verdict needs a signature or attestations not on
+record, or a scan never made, is undetermined, never admitted.
 
 Without --server it opens the current configuration's data directory,
 which a running gatehouse holds locked: stop it, or use --server. With
@@ -149,11 +150,11 @@ func policyTestLocal(ctx context.Context, o *policyTestOptions) (*gate.DryRunRes
 		return nil, err
 	}
 	defer g.Close()
-	vf, err := dryRunVEX(proposed, nil, log)
+	opts, err := dryRunOptions(proposed, cfg, nil, log)
 	if err != nil {
 		return nil, err
 	}
-	return g.DryRun(ctx, &proposed.Gate, gate.DryRunOptions{VEX: vf})
+	return g.DryRun(ctx, &proposed.Gate, opts)
 }
 
 // noFetch stands in for what fetches: a dry run asks none of them.
@@ -194,11 +195,30 @@ func dryRunVEX(proposed *config.Config, live *vexFilter, log *slog.Logger) (gate
 // policyTest is the API's dry run on the serving stack (POST
 // /api/v1/policy/test).
 func (s *stack) policyTest(ctx context.Context, proposed *config.Config) (any, error) {
-	vf, err := dryRunVEX(proposed, s.vex, s.log)
+	opts, err := dryRunOptions(proposed, proposed, s.vex, s.log)
 	if err != nil {
 		return nil, err
 	}
-	return s.gate.DryRun(ctx, &proposed.Gate, gate.DryRunOptions{VEX: vf})
+	return s.gate.DryRun(ctx, &proposed.Gate, opts)
+}
+
+// dryRunOptions are the proposal's VEX filter (see dryRunVEX) and its
+// exceptions: its gate.exceptions read now, the upstreams they name
+// resolved by base's (the current configuration's: the records'
+// upstreams); none when unset, whatever is in force. Through the API the
+// path is one the server reads already (config.ParseGateProposal).
+func dryRunOptions(proposed, base *config.Config, live *vexFilter, log *slog.Logger) (gate.DryRunOptions, error) {
+	vf, err := dryRunVEX(proposed, live, log)
+	if err != nil {
+		return gate.DryRunOptions{}, err
+	}
+	c := *base
+	c.Gate = proposed.Gate
+	ex, err := openExceptions(&c, log)
+	if err != nil || ex == nil {
+		return gate.DryRunOptions{VEX: vf}, err // no typed nil: none
+	}
+	return gate.DryRunOptions{VEX: vf, Exceptions: ex}, nil
 }
 
 // policyTestRemote posts the proposed file to a running gatehouse.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +17,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/gatehouse/gatehouse/config"
 	"github.com/gatehouse/gatehouse/gate"
 	"github.com/gatehouse/gatehouse/gate/policy"
 	"github.com/gatehouse/gatehouse/gate/records"
@@ -162,5 +164,42 @@ func TestPolicyTestServer(t *testing.T) {
 	bad := writeConfig(t, "gate:\n  policy:\n    rules: [{name: x, mode: bad}]\n")
 	if code, _, errOut := runOut(t, "policy", "test", "--config", bad, "--server", srv.URL); code != 2 || !strings.Contains(errOut, "gate.policy.rules[0].mode") {
 		t.Fatalf("server's 400: exit %d: %s", code, errOut)
+	}
+}
+
+// The dry run's exceptions are the proposal's: none when it names none
+// (not those in force: a proposal dropping gate.exceptions must show what
+// they admitted becoming denied; gate's TestDryRunProposedExceptions),
+// its file read now otherwise, the upstreams it names resolved by the
+// current configuration's (a proposed file may list no upstreams); a file
+// that does not load names the field.
+func TestDryRunOptionsExceptions(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	current, err := config.Parse([]byte("upstreams: [{name: registry-1.docker.io, aliases: [docker.io]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "x.yaml")
+	os.WriteFile(p, []byte("exceptions:\n  - {id: CVE-1, upstreams: [docker.io], repositories: [team/app], owner: o, reason: r, expires: 2099-01-01}\n"), 0o600)
+	current.Gate.Exceptions.Path = p // in force: never applies to a proposal without it
+	proposed, err := config.Parse([]byte("gate:\n  policy:\n    rules: [{name: d, block: [CRITICAL]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts, err := dryRunOptions(proposed, current, nil, log); err != nil || opts.Exceptions != nil {
+		t.Fatalf("none proposed: %v %v", opts.Exceptions, err)
+	}
+	proposed.Gate.Exceptions.Path = p
+	opts, err := dryRunOptions(proposed, current, nil, log)
+	if err != nil || opts.Exceptions == nil {
+		t.Fatalf("proposed: %v %v", opts.Exceptions, err)
+	}
+	f := policy.Finding{ID: "CVE-1", Severity: "CRITICAL", PkgName: "openssl"}
+	if _, ok := opts.Exceptions.Except("registry-1.docker.io", "team/app", "sha256:"+strings.Repeat("a", 64), f, time.Now()); !ok {
+		t.Fatal("the proposal's exception does not apply")
+	}
+	os.WriteFile(p, []byte("exceptions: [{id: CVE-1}]\n"), 0o600)
+	if _, err := dryRunOptions(proposed, current, nil, log); err == nil || !strings.Contains(err.Error(), "config: gate.exceptions.path: ") {
+		t.Fatalf("bad file: %v", err)
 	}
 }
