@@ -191,6 +191,9 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 	if opts.progress == nil {
 		opts.progress = io.Discard
 	}
+	if len(opts.blobClients) == 0 {
+		opts.blobClients = []string{cBench, cCurl, cGGCR}
+	}
 	b := &bench{opts: opts, client: newBlobClient()}
 	b.res = &results{
 		Started:     time.Now().UTC(),
