@@ -283,6 +283,9 @@ func writeParts(p printer, r *results) {
 	for _, t := range r.gatehouseTargets() {
 		pp := r.Parts[t]
 		if pp == nil {
+			if e := r.PartsErr[t]; e != "" {
+				p("\n**Where %s's CPU time goes in a cold GET**: not measured (%s).\n", label[t], oneLine(e))
+			}
 			continue
 		}
 		p("\n**Where %s's CPU time goes in a cold GET** (one more cold GET by the bench client through a fresh %s, after the rounds above, untimed: %s, %s of CPU by `/proc`). ", label[t], label[t], fmtDur(pp.Wall), fmtDur(pp.CPU))

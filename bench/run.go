@@ -44,6 +44,7 @@ type results struct {
 	BlobClients []string
 	ByClient    map[string]*clientFigures
 	Parts       map[string]*partProfile // gatehouse target -> where its cold GET's CPU time went (profile.go)
+	PartsErr    map[string]string       // gatehouse target -> why it has no profile
 	Manifest    map[string][]loadResult // target+"/"+mode -> one result per round
 	Fanout      map[string]fanout       // target -> the concurrent cold clients run
 	Failures    map[string]string       // scenario+"/"+target -> why it has no figure
@@ -206,6 +207,7 @@ func measure(ctx context.Context, opts options) (res *results, err error) {
 		ByClient:    map[string]*clientFigures{},
 		BlobClients: opts.blobClients,
 		Parts:       map[string]*partProfile{},
+		PartsErr:    map[string]string{},
 		Manifest:    map[string][]loadResult{},
 		Fanout:      map[string]fanout{},
 		Failures:    map[string]string{},
