@@ -330,7 +330,7 @@ func (c *Config) Finish() error {
 		}
 	}
 	errs = append(errs, c.finishGate()...)
-	errs = append(errs, c.Events.finish()...)
+	errs = append(errs, c.Events.finish(c.Upstream)...)
 	errs = append(errs, c.finishStorage()...)
 	if c.DefaultUpstream != "" && c.Upstream(c.DefaultUpstream) == nil {
 		bad("defaultUpstream", "%q is not the name of a configured upstream", c.DefaultUpstream)

@@ -68,9 +68,10 @@ type Webhook struct {
 	// "io.gatehouse.pull.denied". Empty: all.
 	Types []string `yaml:"types,omitempty"`
 	// Upstreams and Repositories filter the events about an image, like a
-	// policy rule's (names as configured; globs where "*" does not cross
-	// "/" and a trailing "/**" matches everything below). Empty: all.
-	// Events about no image (DB stale) pass these filters.
+	// policy rule's (upstreams by a configured name or alias, resolved to
+	// the upstream's name: an unknown one is an error; globs where "*"
+	// does not cross "/" and a trailing "/**" matches everything below).
+	// Empty: all. Events about no image (DB stale) pass these filters.
 	Upstreams    []string `yaml:"upstreams,omitempty"`
 	Repositories []string `yaml:"repositories,omitempty"`
 	// QueueSize bounds the events waiting for this subscriber; when it is
@@ -85,19 +86,29 @@ type Webhook struct {
 	// MaxBackoff caps the wait between attempts, a Retry-After included.
 	// Default 1m.
 	MaxBackoff Duration `yaml:"maxBackoff,omitempty"`
+	// RepeatWindow coalesces repeats: after an event is sent, the same
+	// event again (same type and image digest, or subject; for
+	// verdict.changed also the same new verdict) within the window is
+	// counted (outcome coalesced) and not sent; the first one sent after
+	// the window carries how many were left out (repeats). Unset: 10m;
+	// 0 sends every event.
+	RepeatWindow *Duration `yaml:"repeatWindow,omitempty"`
 	// CAFile is a PEM bundle of extra roots trusted for an https URL.
 	CAFile string `yaml:"caFile,omitempty"`
 }
 
 // Defaults of a webhook.
 const (
-	DefaultEventQueueSize   = 1000
-	DefaultEventTimeout     = 10 * time.Second
-	DefaultEventMaxAttempts = 6
-	DefaultEventMaxBackoff  = time.Minute
+	DefaultEventQueueSize    = 1000
+	DefaultEventTimeout      = 10 * time.Second
+	DefaultEventMaxAttempts  = 6
+	DefaultEventMaxBackoff   = time.Minute
+	DefaultEventRepeatWindow = 10 * time.Minute
 )
 
-func (e *Events) finish() []error {
+// finish fills in defaults and validates; upstream looks up a configured
+// upstream by name or alias (Config.Upstream), for the upstreams filters.
+func (e *Events) finish(upstream func(string) *Upstream) []error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("config: events.%s: %s", field, fmt.Sprintf(format, args...)))
@@ -121,6 +132,18 @@ func (e *Events) finish() []error {
 		names[w.Name] = field
 		for _, err := range w.finish() {
 			bad(field+"."+err.field, "%s", err.msg)
+		}
+		for j, u := range w.Upstreams {
+			if u == "" {
+				continue // reported by w.finish
+			}
+			up := upstream(u)
+			if up == nil {
+				bad(fmt.Sprintf("%s.upstreams[%d]", field, j), "%q is not a configured upstream", u)
+				continue
+			}
+			// Events carry the upstream's name, never an alias.
+			w.Upstreams[j] = up.Name
 		}
 	}
 	return errs
@@ -195,6 +218,12 @@ func (w *Webhook) finish() []webhookError {
 	}
 	if w.MaxBackoff < 0 {
 		bad("maxBackoff", "must not be negative (0 means the default)")
+	}
+	if w.RepeatWindow == nil {
+		d := Duration(DefaultEventRepeatWindow)
+		w.RepeatWindow = &d
+	} else if *w.RepeatWindow < 0 {
+		bad("repeatWindow", "must not be negative (0 sends every event)")
 	}
 	setDur(&w.Timeout, DefaultEventTimeout)
 	setDur(&w.MaxBackoff, DefaultEventMaxBackoff)

@@ -23,6 +23,7 @@ events:
   - name: chat
     url: http://chat.example/hooks/x
     format: slack
+    repeatWindow: 0s
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -32,13 +33,14 @@ events:
 		t.Errorf("source %q", ev.Source)
 	}
 	w := ev.Webhooks[0]
-	if w.Format != FormatCloudEvents || w.QueueSize != 1000 || w.MaxAttempts != 6 || w.Timeout.D() != 10*time.Second || w.MaxBackoff.D() != time.Minute {
+	if w.Format != FormatCloudEvents || w.QueueSize != 1000 || w.MaxAttempts != 6 || w.Timeout.D() != 10*time.Second || w.MaxBackoff.D() != time.Minute ||
+		w.RepeatWindow == nil || w.RepeatWindow.D() != 10*time.Minute {
 		t.Errorf("defaults not filled in: %+v", w)
 	}
 	if strings.Join(w.Types, ",") != "io.gatehouse.pull.denied,io.gatehouse.db.stale" {
 		t.Errorf("types %v; want the full names", w.Types)
 	}
-	if ev.Webhooks[1].SecretFile != "" || ev.Webhooks[1].Format != FormatSlack {
+	if ev.Webhooks[1].SecretFile != "" || ev.Webhooks[1].Format != FormatSlack || ev.Webhooks[1].RepeatWindow.D() != 0 {
 		t.Errorf("slack webhook %+v", ev.Webhooks[1])
 	}
 	none, err := Parse(nil)
@@ -72,6 +74,9 @@ func TestEventsValidation(t *testing.T) {
 		{`[{name: a, url: "http://a/", insecureNoSignature: true, queueSize: -1}]`, "events.webhooks[0].queueSize: must not be negative"},
 		{`[{name: a, url: "http://a/", insecureNoSignature: true, maxAttempts: -2}]`, "events.webhooks[0].maxAttempts: must not be negative"},
 		{`[{name: a, url: "http://a/", insecureNoSignature: true, timeout: -1s}]`, "events.webhooks[0].timeout: must not be negative"},
+		{`[{name: a, url: "http://a/", insecureNoSignature: true, repeatWindow: -1m}]`, "events.webhooks[0].repeatWindow: must not be negative"},
+		{`[{name: a, url: "http://a/", insecureNoSignature: true, upstreams: [docker.io, ghrc.io]}]`, "events.webhooks[0].upstreams[1]: \"ghrc.io\" is not a configured upstream"},
+		{`[{name: a, url: "http://a/", insecureNoSignature: true, upstreams: [""]}]`, "events.webhooks[0].upstreams[0]: must not be empty"},
 		{`[{name: a, url: "https://a/", insecureNoSignature: true, caFile: /nonexistent/ca.pem}]`, "events.webhooks[0].caFile: stat /nonexistent/ca.pem"},
 		{`[{name: a, url: "http://a/", insecureNoSignature: true, sign: true}]`, "field sign not found"},
 	} {
@@ -83,6 +88,26 @@ func TestEventsValidation(t *testing.T) {
 		if strings.Contains(err.Error(), "SECRET-TOKEN") {
 			t.Errorf("the error shows the URL, which may be a credential: %v", err)
 		}
+	}
+}
+
+// An upstreams filter names upstreams as policy rules do: an alias or
+// another case resolves to the upstream's name, which events carry
+// (compared as written, registry-1.docker.io would match no event).
+func TestEventsUpstreamsResolved(t *testing.T) {
+	cfg, err := Parse([]byte(`
+events:
+  webhooks:
+  - name: a
+    url: http://a/
+    insecureNoSignature: true
+    upstreams: [registry-1.docker.io, GHCR.io, quay.io]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.Events.Webhooks[0].Upstreams, ","); got != "docker.io,ghcr.io,quay.io" {
+		t.Errorf("upstreams %s; want docker.io,ghcr.io,quay.io", got)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Headers of a signed request.
@@ -36,6 +37,10 @@ type CloudEvent struct {
 	Time            string          `json:"time"`
 	DataContentType string          `json:"datacontenttype"`
 	Data            json.RawMessage `json:"data"`
+	// Repeats is an extension attribute: how many of the same event the
+	// webhook's repeatWindow left out since the previous one was sent.
+	// Absent when none were.
+	Repeats int `json:"repeats,omitempty"`
 }
 
 // encodeCloudEvent is e as a CloudEvent from source, with a new id (the
@@ -47,7 +52,7 @@ func encodeCloudEvent(e Event, source string) ([]byte, error) {
 		return nil, err
 	}
 	return json.Marshal(CloudEvent{SpecVersion: "1.0", ID: newID(), Source: source, Type: e.Type, Subject: e.Subject,
-		Time: e.Time.UTC().Format(time.RFC3339Nano), DataContentType: "application/json", Data: data})
+		Time: e.Time.UTC().Format(time.RFC3339Nano), DataContentType: "application/json", Data: data, Repeats: e.repeats})
 }
 
 // encodeSlack is e as Slack's incoming-webhook message: {"text": ...}.
@@ -56,14 +61,38 @@ func encodeSlack(e Event) ([]byte, error) {
 	if text == "" {
 		text = e.Type + ": " + e.Subject
 	}
+	text = ":warning: " + chatText(text)
+	if e.repeats > 0 {
+		text += " (" + strconv.Itoa(e.repeats) + " more like it not sent since the previous notice)"
+	}
 	return json.Marshal(struct {
 		Text string `json:"text"`
-	}{":warning: " + slackEscape.Replace(text)})
+	}{text})
 }
 
-// slackEscape escapes what Slack's mrkdwn reads as markup: an image's
-// package names and messages come from whoever pushed it, and must not
-// become a link or an @channel.
+// chatText is s as one code span of chat markup. An image's package names
+// and messages come from whoever pushed it and must not become a link, an
+// image, a mention or formatting: Slack's mrkdwn reads <…> as links and
+// mentions (escaped to entities, which Slack requires even in code);
+// Mattermost and Rocket.Chat read Markdown ([x](url), ![x](url),
+// @channel), which a code span shows as written. A backtick would end
+// the span and a blank line the paragraph: backticks become quotes and
+// control characters (line breaks) spaces.
+func chatText(s string) string {
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case r == '`':
+			return '\''
+		case unicode.IsControl(r):
+			return ' '
+		}
+		return r
+	}, s)
+	return "`" + slackEscape.Replace(s) + "`"
+}
+
+// slackEscape escapes what Slack's mrkdwn reads as markup (<!channel>,
+// <https://…|text>), as Slack asks of every message.
 var slackEscape = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")
 
 // newID is a random UUID (version 4).

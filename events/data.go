@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/gatehouse/gatehouse/config"
@@ -22,11 +23,18 @@ type PullDeniedData struct {
 	Client string `json:"client,omitempty"`
 }
 
-// Denied is the PullDenied event of d at t.
+// Denied is the PullDenied event of d at t. Denials of one image (by
+// digest: whatever the tag, client or method) are the same event for a
+// webhook's repeatWindow.
 func Denied(t time.Time, d PullDeniedData) Event {
-	return Event{Type: PullDenied, Subject: imageName(d.Upstream, d.Repository, d.Tag, d.Digest),
-		Upstream: d.Upstream, Repo: d.Repository, Time: t, Data: d,
-		Message: fmt.Sprintf("gatehouse refused %s to %s: %s", imageName(d.Upstream, d.Repository, d.Tag, d.Digest), orUnknown(d.Client), d.Message)}
+	name := imageName(d.Upstream, d.Repository, d.Tag, d.Digest)
+	key := name
+	if d.Digest != "" {
+		key = imageName(d.Upstream, d.Repository, "", d.Digest)
+	}
+	return Event{Type: PullDenied, Subject: name, Upstream: d.Upstream, Repo: d.Repository, Time: t, Data: d,
+		Message: fmt.Sprintf("gatehouse refused %s to %s: %s", name, orUnknown(d.Client), d.Message),
+		key:     PullDenied + "\x00" + key}
 }
 
 // VerdictState is an image's verdict before or after a re-evaluation.
@@ -48,7 +56,9 @@ type VerdictChangedData struct {
 	After     VerdictState `json:"after"`
 }
 
-// Changed is the VerdictChanged event of d at t.
+// Changed is the VerdictChanged event of d at t. Changes of one image
+// are the same event for a webhook's repeatWindow only when they lead to
+// the same verdict: admitted→denied and then denied→admitted are both sent.
 func Changed(t time.Time, d VerdictChangedData) Event {
 	now := "now admitted"
 	if !d.After.Admitted {
@@ -56,7 +66,8 @@ func Changed(t time.Time, d VerdictChangedData) Event {
 	}
 	name := imageName(d.Upstream, d.Repository, "", d.Digest)
 	return Event{Type: VerdictChanged, Subject: name, Upstream: d.Upstream, Repo: d.Repository, Time: t, Data: d,
-		Message: fmt.Sprintf("gatehouse re-evaluated %s, %s: %s", name, now, d.After.Message)}
+		Message: fmt.Sprintf("gatehouse re-evaluated %s, %s: %s", name, now, d.After.Message),
+		key:     strings.Join([]string{VerdictChanged, name, now, d.After.Rule, d.After.Reason}, "\x00")}
 }
 
 // DBStaleData is the data of a DBStale event.

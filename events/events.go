@@ -38,6 +38,12 @@ type Event struct {
 	// (slack). Default: the type and the subject.
 	Message string
 	Data    any
+
+	// key makes two events the same for coalescing (repeatKey).
+	key string
+	// repeats counts the same event left out, by the subscriber's
+	// repeatWindow, since the previous one was sent (set by the sender).
+	repeats int
 }
 
 // Publisher accepts events. Publish must not block.

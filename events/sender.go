@@ -17,8 +17,9 @@ import (
 )
 
 // Sender delivers events to the configured webhooks: one bounded queue and
-// one worker goroutine per subscriber. Publish filters and enqueues and
-// never waits; a full queue drops the event and counts it.
+// one worker goroutine per subscriber. Publish filters, coalesces repeats
+// (a webhook's repeatWindow) and enqueues, and never waits; a full queue
+// drops the event and counts it.
 type Sender struct {
 	subs    []*subscriber
 	log     *slog.Logger
@@ -33,7 +34,8 @@ var _ Publisher = (*Sender)(nil)
 // Options configure a Sender.
 type Options struct {
 	Log *slog.Logger
-	// Now is the clock of the signatures' timestamps. Default time.Now.
+	// Now is the clock of the signatures' timestamps and of the
+	// webhooks' repeatWindow. Default time.Now.
 	Now func() time.Time
 	// sleep waits between attempts (tests record it instead). Default:
 	// a timer, cut short by ctx.
@@ -41,6 +43,9 @@ type Options struct {
 	// backoff is the first wait between attempts, doubled after each
 	// failure up to the webhook's maxBackoff. Default 1s.
 	backoff time.Duration
+	// repeatKeys bounds the events each subscriber remembers for its
+	// repeatWindow. Default maxRepeatKeys.
+	repeatKeys int
 }
 
 // New starts a Sender for cfg (finished by config). With no webhooks it
@@ -57,6 +62,9 @@ func New(cfg *config.Events, opts Options) (*Sender, error) {
 	}
 	if opts.backoff == 0 {
 		opts.backoff = time.Second
+	}
+	if opts.repeatKeys == 0 {
+		opts.repeatKeys = maxRepeatKeys
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s := &Sender{log: opts.Log, closing: make(chan struct{}), stop: stop}
@@ -130,6 +138,7 @@ type subscriber struct {
 	queue     chan Event
 	queued    prometheus.Gauge
 	deliverer *deliverer
+	repeats   *coalescer // nil: repeatWindow 0, every event is sent
 }
 
 func newSubscriber(w *config.Webhook, source string, opts *Options) (*subscriber, error) {
@@ -142,8 +151,12 @@ func newSubscriber(w *config.Webhook, source string, opts *Options) (*subscriber
 		types = Types
 	}
 	metrics.InitEventSubscriber(w.Name, types)
-	return &subscriber{cfg: w, types: w.Types, queue: make(chan Event, w.QueueSize),
-		queued: metrics.EventQueueLength.WithLabelValues(w.Name), deliverer: d}, nil
+	sub := &subscriber{cfg: w, types: w.Types, queue: make(chan Event, w.QueueSize),
+		queued: metrics.EventQueueLength.WithLabelValues(w.Name), deliverer: d}
+	if w.RepeatWindow != nil && *w.RepeatWindow > 0 {
+		sub.repeats = newCoalescer(w.RepeatWindow.D(), opts.repeatKeys, opts.Now)
+	}
+	return sub, nil
 }
 
 // wants reports whether e passes the subscriber's filters. An event about
@@ -161,13 +174,26 @@ func (s *subscriber) wants(e *Event) bool {
 	return len(s.cfg.Repositories) == 0 || slices.ContainsFunc(s.cfg.Repositories, func(g string) bool { return policy.MatchRepo(g, e.Repo) })
 }
 
-// offer enqueues e, or drops it when the queue is full.
+// offer enqueues e unless it repeats one sent within the repeatWindow
+// (counted as coalesced), or drops it when the queue is full.
 func (s *subscriber) offer(e Event) {
+	if s.repeats == nil {
+		s.enqueue(e)
+	} else if s.repeats.offer(e, s.enqueue) {
+		s.count(e.Type, "coalesced")
+	}
+}
+
+// enqueue queues e and reports true, or drops and counts it when the
+// queue is full.
+func (s *subscriber) enqueue(e Event) bool {
 	select {
 	case s.queue <- e:
 		s.queued.Inc()
+		return true
 	default:
 		s.count(e.Type, "dropped")
+		return false
 	}
 }
 

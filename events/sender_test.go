@@ -74,6 +74,9 @@ func webhook(t *testing.T, name, url string, edit func(*config.Webhook)) config.
 	}
 	// Unique per run: the counters are package-global (-count=N).
 	w := config.Webhook{Name: fmt.Sprintf("%s-%d", name, seq.Add(1)), URL: url, SecretFile: key}
+	// Every event sent, unless the test is about repeats (coalesce_test.go).
+	every := config.Duration(0)
+	w.RepeatWindow = &every
 	if edit != nil {
 		edit(&w)
 	}
@@ -416,6 +419,31 @@ func TestSlack(t *testing.T) {
 	}
 	if strings.ContainsAny(body["text"], "<>") || !strings.Contains(body["text"], "&lt;!channel&gt; &lt;https://evil.example|update here&gt; &amp; more") {
 		t.Errorf("markup not escaped: %q", body["text"])
+	}
+}
+
+// Mattermost and Rocket.Chat read the slack format's text as Markdown.
+// How one would slip a link, a tracking image or a mention into the
+// channel: a package name (from whoever pushed the image) written as
+// Markdown, a backtick to close a code span, a blank line to end it.
+// The whole text is one code span, which shows it as written.
+func TestChatMarkdown(t *testing.T) {
+	for _, pkg := range []string{"[click](http://evil)", "![x](http://evil/x.png)", "a`[click](http://evil)`", "x\n\n![x](http://evil/x.png) @channel", "**bold** _it_ <http://evil>"} {
+		e := denied("library/nginx")
+		e.Message = "denied: 1 CRITICAL in " + pkg + " (CVE-2024-1)"
+		b, err := encodeSlack(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]string
+		if err := json.Unmarshal(b, &body); err != nil {
+			t.Fatal(err)
+		}
+		span, ok := strings.CutPrefix(body["text"], ":warning: `")
+		span, ok2 := strings.CutSuffix(span, "`")
+		if !ok || !ok2 || strings.ContainsAny(span, "`\r\n<>") || !strings.Contains(span, "(CVE-2024-1)") {
+			t.Errorf("%q: text %q is not one code span of the message", pkg, body["text"])
+		}
 	}
 }
 

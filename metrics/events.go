@@ -3,15 +3,17 @@ package metrics
 import "github.com/prometheus/client_golang/prometheus"
 
 // Outcomes of an event for one subscriber (label outcome of Events).
-var EventOutcomes = []string{"delivered", "failed", "dropped"}
+var EventOutcomes = []string{"delivered", "failed", "dropped", "coalesced"}
 
 var (
 	// Events counts events by subscriber (a webhook's name), type and
 	// outcome: delivered (a 2xx answer), failed (every attempt failed, or
 	// an answer that is not retried: 3xx, 4xx other than 408 and 429),
-	// dropped (the subscriber's queue was full, or shutdown came first).
+	// dropped (the subscriber's queue was full, or shutdown came first),
+	// coalesced (the same event was sent within the webhook's
+	// repeatWindow: not sent, on purpose, and counted in the next one).
 	Events = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "events_total",
-		Help: "Events by subscriber, type and outcome (delivered, failed: every attempt failed or the answer is not retried, dropped: queue full or shut down before delivery)."},
+		Help: "Events by subscriber, type and outcome (delivered, failed: every attempt failed or the answer is not retried, dropped: queue full or shut down before delivery, coalesced: a repeat within the webhook's repeatWindow, not sent on purpose)."},
 		[]string{"subscriber", "type", "outcome"})
 	// EventAttempts counts delivery attempts by subscriber and result: the
 	// status class (2xx, 3xx, 4xx, 5xx) or error (no answer).
