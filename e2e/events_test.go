@@ -163,11 +163,14 @@ func TestEvents(t *testing.T) {
 			}
 		},
 		Extra: map[string]any{"events": map[string]any{"webhooks": []map[string]any{
-			{"name": "signed", "url": signed.URL, "secretFile": key},
+			// Every event, repeats included (repeatWindow 0s): this
+			// test counts deliveries and drops; coalescing is tested in
+			// package events.
+			{"name": "signed", "url": signed.URL, "secretFile": key, "repeatWindow": "0s"},
 			// One attempt that waits an hour: it holds its first event
 			// for the whole test; two more fit in its queue.
 			{"name": "stuck", "url": stuck.URL, "insecureNoSignature": true, "types": []string{"pull.denied"},
-				"queueSize": 2, "maxAttempts": 1, "timeout": "1h"},
+				"queueSize": 2, "maxAttempts": 1, "timeout": "1h", "repeatWindow": "0s"},
 		}}},
 	})
 	// Cleanups run last-registered first: the stuck receiver lets go
