@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/gatehouse/gatehouse/gate/scan/scantest"
 )
 
@@ -43,7 +41,7 @@ func TestExceptions(t *testing.T) {
 		Gate:      &GateConfig{DB: GateDB{UpdateInterval: "0s"}, Policy: GatePolicy{Rules: []GateRule{{Name: "strict", Block: []string{"CRITICAL"}}}}},
 		DBArchive: writeTestDB(t)})
 	gh.Stop(t)
-	setExceptionsConfig(t, gh, map[string]any{"path": file, "reloadInterval": "1s", "warnBefore": "168h"})
+	setGateKey(t, gh, "exceptions", map[string]any{"path": file, "reloadInterval": "1s", "warnBefore": "168h"})
 	gh.Start(t)
 
 	ctrd := StartContainerd(t)
@@ -140,31 +138,6 @@ exceptions:
 		t.Fatal(err)
 	}
 	if err := os.Rename(tmp, file); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// setExceptionsConfig writes gate.exceptions into a stopped gatehouse's
-// config file.
-func setExceptionsConfig(t *testing.T, gh *Gatehouse, exc map[string]any) {
-	t.Helper()
-	b, err := os.ReadFile(gh.ConfigPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		t.Fatal(err)
-	}
-	g, _ := doc["gate"].(map[string]any)
-	if g == nil {
-		t.Fatalf("%s has no gate section", gh.ConfigPath)
-	}
-	g["exceptions"] = exc
-	if b, err = yaml.Marshal(doc); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(gh.ConfigPath, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -63,6 +63,14 @@ func TestStaleDB(t *testing.T) {
 // gatehouse's config file (what the harness's types cannot express).
 func setGateConfig(t *testing.T, gh *Gatehouse, db map[string]any, rules []attestRule) {
 	t.Helper()
+	setGateKey(t, gh, "db", db)
+	setGateKey(t, gh, "policy", map[string]any{"rules": rules})
+}
+
+// setGateKey sets gate.<key> in a stopped gatehouse's config file (what
+// the harness's GateConfig does not express).
+func setGateKey(t *testing.T, gh *Gatehouse, key string, value any) {
+	t.Helper()
 	b, err := os.ReadFile(gh.ConfigPath)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +83,7 @@ func setGateConfig(t *testing.T, gh *Gatehouse, db map[string]any, rules []attes
 	if g == nil {
 		t.Fatalf("%s has no gate section", gh.ConfigPath)
 	}
-	g["db"], g["policy"] = db, map[string]any{"rules": rules}
+	g[key] = value
 	if b, err = yaml.Marshal(doc); err != nil {
 		t.Fatal(err)
 	}

@@ -2,14 +2,12 @@ package e2e
 
 import (
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"gopkg.in/yaml.v3"
 
 	"github.com/gatehouse/gatehouse/gate/scan/scantest"
 )
@@ -85,31 +83,6 @@ func TestWarm(t *testing.T) {
 	res = gh.Run(t, "warm", "--server", gh.URL, bad.Ref(reg.Host))
 	if res.ExitCode() != 1 || !strings.Contains(res.Output(), "DENIED") || !strings.Contains(res.Output(), scantest.CVEAlpineOpenSSL) {
 		t.Errorf("gatehouse warm of a vulnerable image: %s", res)
-	}
-}
-
-// setGateKey sets gate.<key> in a stopped gatehouse's config file (what
-// the harness's GateConfig does not express).
-func setGateKey(t *testing.T, gh *Gatehouse, key string, value any) {
-	t.Helper()
-	b, err := os.ReadFile(gh.ConfigPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		t.Fatal(err)
-	}
-	g, _ := doc["gate"].(map[string]any)
-	if g == nil {
-		t.Fatalf("%s has no gate section", gh.ConfigPath)
-	}
-	g[key] = value
-	if b, err = yaml.Marshal(doc); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(gh.ConfigPath, b, 0o600); err != nil {
-		t.Fatal(err)
 	}
 }
 
