@@ -107,10 +107,7 @@ func TestBlobsCloseWhenExceptionExpires(t *testing.T) {
 }
 
 func TestBlobsCloseWhenExceptionWithdrawn(t *testing.T) {
-	f := newFixture(t, exceptionsYAML)
-	ex := &fakeExceptions{id: critical.ID, repo: "team/app", expires: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
-	f.g.excepts = ex
-	f.scanner.vulns["up.example/team/app"] = []Vuln{critical}
+	f, ex := newExceptedFixture(t)
 	s, clean := f.image(t, "team/app"), f.image(t, "team/clean")
 	f.admit(t, s, clean)
 	if !allAre(f.blobsOK(t, s), true) {

@@ -92,10 +92,7 @@ func TestExceptionsInDecide(t *testing.T) {
 // Reevaluate applies changed exceptions to the stored verdicts: an image
 // admitted by an exception that was removed is denied, and back.
 func TestExceptionsReevaluate(t *testing.T) {
-	f := newFixture(t, exceptionsYAML)
-	ex := &fakeExceptions{id: critical.ID, repo: "team/app", expires: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
-	f.g.excepts = ex
-	f.scanner.vulns["up.example/team/app"] = []Vuln{critical}
+	f, ex := newExceptedFixture(t)
 	s := f.image(t, "team/app")
 	ctx := context.Background()
 	if v, _ := f.g.Check(ctx, s); v == nil || !v.Admitted {
@@ -115,15 +112,12 @@ func TestExceptionsReevaluate(t *testing.T) {
 	}
 }
 
-// How one would slip past a withdrawn exception: pull the image from a
-// repository whose stored verdict Reevaluate did not re-judge (it re-judges
-// one repository per digest), or across a restart. The stored verdict is
-// checked against the exceptions in force at every use.
+// How one would slip past a withdrawn exception: pull the image before
+// Reevaluate has re-judged it (the reload runs every reloadInterval), or
+// across a restart. The stored verdict is checked against the exceptions
+// in force at every use.
 func TestExceptionsHoldOnStoredVerdicts(t *testing.T) {
-	f := newFixture(t, exceptionsYAML)
-	ex := &fakeExceptions{id: critical.ID, repo: "team/app", expires: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
-	f.g.excepts = ex
-	f.scanner.vulns["up.example/team/app"] = []Vuln{critical}
+	f, ex := newExceptedFixture(t)
 	s := f.image(t, "team/app")
 	ctx := context.Background()
 	move := func(repo string) {
@@ -149,4 +143,15 @@ func TestExceptionsHoldOnStoredVerdicts(t *testing.T) {
 	if n := f.scanner.scans.Load(); n != 1 {
 		t.Fatalf("%d scans; the stored report suffices", n)
 	}
+}
+
+// newExceptedFixture is a gate whose exceptions except critical in
+// team/app until 2027, with team/app's image vulnerable to it.
+func newExceptedFixture(t *testing.T) (*fixture, *fakeExceptions) {
+	t.Helper()
+	f := newFixture(t, exceptionsYAML)
+	ex := &fakeExceptions{id: critical.ID, repo: "team/app", expires: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
+	f.g.excepts = ex
+	f.scanner.vulns["up.example/team/app"] = []Vuln{critical}
+	return f, ex
 }
