@@ -58,11 +58,15 @@ type FetchStats struct {
 	// Peered counts requests streamed from the replica fetching the blob.
 	Peered int64
 	Bytes  int64 // bytes read from upstream
+	// Memory counts the bytes readers of fetches were sent from the
+	// fetches' chunks in memory rather than from the cache file.
+	Memory int64
 }
 
 // fetch is one upstream download of a blob. The bytes go to a BlobWriter
-// while they are hashed; every reader of the blob (the first included)
-// streams from the writer's Partial reader of them.
+// while they are hashed; every reader of the blob (the first included) is
+// sent them from the fetch's chunks in memory while it has them, and from
+// the writer's Partial reader after that (recent.go).
 type fetch struct {
 	dgst     v1.Hash
 	w        storage.BlobWriter
@@ -76,38 +80,61 @@ type fetch struct {
 	// stops and readers go on from upstream directly.
 	broken atomic.Bool
 
-	mu      sync.Mutex
-	written int64
-	done    bool // verified or failed
-	err     error
-	wake    chan struct{} // closed (and replaced) to wake readers
-	// Bytes written since readers were last woken, and the timer that
+	s *Store
+
+	mu       sync.Mutex
+	received int64 // bytes read from upstream, in order
+	written  int64 // of them, bytes the blob writer has
+	done     bool  // verified or failed
+	err      error
+	wake     chan struct{} // closed (and replaced) to wake readers
+	// Bytes received since readers were last woken, and the timer that
 	// wakes them for those at the latest after wakeDelay.
 	unwoken   int64
 	wakeTimer *time.Timer
+	// The chunks readers may copy from (see recent.go): those of the bytes
+	// from recentOff to received, each holding a reference.
+	recent    []*chunk
+	recentOff int64
 }
 
 func (f *fetch) failed() bool { return f.broken.Load() }
 
-// Readers are woken for every wakeBytes written, and at the latest
-// wakeDelay after a write: often enough that bytes reach clients as they
-// arrive, seldom enough that eight clients of a fast upstream do not cost
-// eight wake-ups and file reads per network read.
+// Readers are woken for every wakeBytes received, and at the latest
+// wakeDelay after a chunk arrived: often enough that bytes reach clients
+// as they arrive, seldom enough that eight clients of a fast upstream do
+// not cost eight wake-ups per network read.
 const (
 	wakeBytes = chunkSize
 	wakeDelay = time.Millisecond
 )
 
+// progress records n more bytes written to the blob writer, or the end of
+// the fetch: done once verified, or err.
 func (f *fetch) progress(n int64, done bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.written += n
-	f.unwoken += n
 	if done || err != nil {
 		f.done, f.err = true, err
+		f.trimLocked(-1)
 		f.wakeLocked()
 		return
 	}
+	f.trimLocked(f.retain())
+}
+
+// arrive hands readers a chunk just read from upstream; its bytes follow
+// those received before.
+func (f *fetch) arrive(c *chunk) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.recent) == 0 {
+		f.recentOff = f.received
+	}
+	f.recent = append(f.recent, c)
+	f.received += int64(c.n)
+	f.unwoken += int64(c.n)
 	switch {
 	case f.unwoken >= wakeBytes:
 		f.wakeLocked()
@@ -221,7 +248,7 @@ func (s *Store) startOrJoin(ctx context.Context, dgst v1.Hash, upstream string, 
 		}
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	f := &fetch{dgst: dgst, w: w, upstream: upstream, claim: claim, ready: make(chan struct{}), size: -1, wake: make(chan struct{})}
+	f := &fetch{s: s, dgst: dgst, w: w, upstream: upstream, claim: claim, ready: make(chan struct{}), size: -1, wake: make(chan struct{})}
 	s.fetches[dgst] = f
 	s.stats.Started++
 	metrics.FetchesStarted.Inc()
@@ -252,6 +279,7 @@ func (s *Store) Stats() FetchStats {
 	st := s.stats
 	s.mu.Unlock()
 	st.Bytes = s.fetchedBytes.Load()
+	st.Memory = s.memoryBytes.Load()
 	return st
 }
 
@@ -377,7 +405,8 @@ type chunk struct {
 }
 
 // newChunk takes a buffer from the store's budget, waiting while every
-// chunk of it is in use; it fails only when ctx ends. Waiting for a buffer
+// chunk of it is in use (and letting go of the written chunks fetches
+// keep for their readers meanwhile); it fails only when ctx ends. Waiting for a buffer
 // is not upstream's silence: pause(true) stops the download's timers
 // meanwhile and pause(false) starts them again.
 func (s *Store) newChunk(ctx context.Context, pause func(bool)) (*chunk, error) {
@@ -385,6 +414,9 @@ func (s *Store) newChunk(ctx context.Context, pause func(bool)) (*chunk, error) 
 	case s.chunks <- struct{}{}:
 	default:
 		pause(true)
+		s.squeezed.Add(1)
+		defer s.squeezed.Add(-1)
+		s.dropRetained()
 		select {
 		case s.chunks <- struct{}{}:
 		case <-ctx.Done():
@@ -423,14 +455,15 @@ const DefaultMaxFetchChunks = 128
 const chunkSize = 1 << 20
 
 // pipelineDepth bounds the chunks between the upstream reader and the blob
-// writer or the hasher: a fetch holds at most pipelineDepth+3 chunks (the
-// queue, and one each in the reader, the writer and the hasher).
+// writer or the hasher: a fetch holds at most pipelineDepth+3 chunks in
+// its pipeline (the queue, and one each in the reader, the writer and the
+// hasher), and retainChunks more it keeps for its readers (recent.go).
 const pipelineDepth = 4
 
 // download copies upstream's body to the blob writer and hashes it. The
 // three jobs run side by side, each on its own goroutine, so that a cold
 // blob moves as fast as the slowest of them rather than their sum; readers
-// see each chunk once it is written. A body that goes silent or breaks
+// see each chunk once it is read, before it is written. A body that goes silent or breaks
 // off is resumed from the bytes received (see transfer); the hash runs over
 // every byte in order, so the digest is verified end to end all the same.
 func (s *Store) download(ctx context.Context, f *fetch, src Source, stall *time.Timer, stallAfter time.Duration) error {

@@ -187,7 +187,8 @@ func (t *transfer) readBody(ctx context.Context, toHash, toFile chan<- *chunk) e
 				return ErrSizeMismatch
 			}
 			c.n = n
-			c.refs.Store(2)
+			c.refs.Store(3) // the hasher's, the writer's, the readers' (recent)
+			t.f.arrive(c)
 			toHash <- c
 			toFile <- c
 		}

@@ -107,6 +107,8 @@ type Store struct {
 	closed   bool
 
 	fetchedBytes  atomic.Int64
+	memoryBytes   atomic.Int64 // bytes readers copied from fetches' chunks
+	squeezed      atomic.Int32 // downloads waiting for a chunk buffer
 	stallTimeout  time.Duration
 	stallTimeouts map[string]time.Duration
 	resumeAfter   time.Duration

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -338,8 +339,17 @@ func TestSecondOpenLeavesPartialDownloads(t *testing.T) {
 // concurrent downloads still all complete (each chunk goes back once the
 // writer and the hasher are done with it), and afterwards every token is
 // back.
+// Fetches share the chunk budget, the chunks they keep for their readers
+// included: with a budget of one chunk, or of fewer than three fetches
+// would keep, every fetch completes and every token comes back.
 func TestFetchesShareTheChunkBudget(t *testing.T) {
-	s, err := openDir(t.TempDir(), Options{maxChunks: 1, Log: slog.New(slog.DiscardHandler)})
+	for _, max := range []int{1, 8} {
+		t.Run(fmt.Sprint(max), func(t *testing.T) { testChunkBudget(t, max) })
+	}
+}
+
+func testChunkBudget(t *testing.T, max int) {
+	s, err := openDir(t.TempDir(), Options{maxChunks: max, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +358,7 @@ func TestFetchesShareTheChunkBudget(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	for i := range 3 {
-		data, d := blob(3*chunkSize+123, byte('a'+i))
+		data, d := blob(6*chunkSize+123, byte('a'+i))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
