@@ -16,6 +16,9 @@ import (
 type layerFlight struct {
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // closed when the claim ends
+	// waiting counts the scans waiting for another's claim (for tests:
+	// they wait for it instead of sleeping).
+	waiting atomic.Int32
 }
 
 // scanCache is the layer cache as one scan sees it: it claims the layers
@@ -47,11 +50,14 @@ func (c *scanCache) MissingBlobs(ctx context.Context, artifactID string, blobIDs
 			c.missing.Store(int64(len(missing)))
 			return missingArtifact, missing, nil
 		}
+		c.flight.waiting.Add(1)
 		select {
 		case <-wait:
 		case <-ctx.Done():
+			c.flight.waiting.Add(-1)
 			return false, nil, ctx.Err()
 		}
+		c.flight.waiting.Add(-1)
 	}
 }
 

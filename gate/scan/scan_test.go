@@ -1184,7 +1184,17 @@ func TestConcurrentScansShareLayers(t *testing.T) {
 			reps[i], errs[i] = s.Scan(context.Background(), wrap(img), "img")
 		}()
 	}
-	time.Sleep(200 * time.Millisecond) // the second scan reaches the claimed base
+	// The second scan reaches the base the first has claimed, and waits for
+	// it: only then is the first let go, so a second analysis (or a second
+	// read) of the base cannot hide behind the first one's cached result.
+	for deadline := time.Now().Add(time.Minute); s.flight.waiting.Load() != 1; {
+		if time.Now().After(deadline) {
+			close(release)
+			wg.Wait()
+			t.Fatalf("the second scan never waited for the first's claim on the base (reads: %d)", reads.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
 	close(release)
 	wg.Wait()
 	for _, err := range errs {
