@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -32,6 +33,35 @@ func (b *bench) resolve(ctx context.Context, base string) error {
 // throttle the next writer to the disk's writeback speed, which would
 // charge this run's history to whichever proxy writes next.
 func settleDisk() { syscall.Sync() }
+
+// settleCold prepares the machine for a timed cold transfer of the blob:
+// settleDisk, then the blob's size and a quarter more written to a
+// scratch file that is removed at once, so that the transfer starts with
+// that much memory freed a moment before. On a virtual machine whose
+// balloon hands memory left free for a few seconds back to the host
+// (virtio free page reporting), the page cache's next write into such
+// memory costs many times the CPU: here 1 GiB written into memory freed
+// at once took 0.2 s of system time, into memory freed 3 s or more
+// earlier 1.5-1.8 s, into memory the machine had never used 8-9 s.
+// Without this, each cold figure would depend on how long ago the
+// previous target freed its copy of the blob.
+func (b *bench) settleCold() error {
+	settleDisk()
+	path := filepath.Join(b.root, "recycle")
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for left := b.img.layer.Size + b.img.layer.Size/4; left > 0; left -= int64(len(buf)) {
+		if _, err := f.Write(buf[:min(left, int64(len(buf)))]); err != nil {
+			return fmt.Errorf("recycling memory: %w", err)
+		}
+	}
+	return f.Close()
+}
 
 // writeProbe times writing the blob's size of zeros to a new file in 256
 // KiB writes (no fsync), and removes the file. It returns the wall time

@@ -167,7 +167,14 @@ of the untimed ones).
   concurrent clients below) the benchmark calls sync(2), so that the
   gigabytes it wrote earlier are not still being written back: left
   pending, they make the kernel throttle the next writer to the disk's
-  speed. Each round also GETs the blob through nginx relaying the
+  speed. It then writes 1.25 times the blob's size to a scratch file and
+  removes it, so that every transfer starts with that much memory freed a
+  moment before: on a virtual machine whose balloon hands memory left free
+  for a few seconds back to the host, writing into such memory costs many
+  times the CPU (1 GiB: 0.2 s of system time into memory freed at once,
+  1.5–1.8 s into memory freed 3 s before, 8–9 s into memory never used,
+  measured on this kind of machine), which would otherwise charge one
+  target's timing to the one before it. Each round also GETs the blob through nginx relaying the
   upstream (` + "`proxy_pass`" + ` with 4 MiB of buffers in memory, no cache, no
   temporary file, no digest check): the cost of one extra hop between
   client and upstream on this machine, which every proxy pays before it

@@ -136,7 +136,9 @@ func (b *bench) coldDirect(ctx context.Context, r int, c, t string, s *server, w
 // such a file into the page cache bounds any proxy that serves from the
 // file it writes) and hashing it.
 func (b *bench) coldProbes(r int) error {
-	settleDisk()
+	if err := b.settleCold(); err != nil {
+		return err
+	}
 	w, wcpu, err := b.writeProbe()
 	if err != nil {
 		return fmt.Errorf("write probe: %w", err)
@@ -148,10 +150,12 @@ func (b *bench) coldProbes(r int) error {
 	return nil
 }
 
-// coldGet GETs the blob from s with client c after settleDisk and returns
+// coldGet GETs the blob from s with client c after settleCold and returns
 // the client's run and the CPU time s used meanwhile.
 func (b *bench) coldGet(ctx context.Context, c string, s *server) (run clientRun, cpu time.Duration, err error) {
-	settleDisk()
+	if err := b.settleCold(); err != nil {
+		return clientRun{}, 0, err
+	}
 	cpu0 := s.cpuTime()
 	run, err = b.runClient(ctx, c, s.base+b.img.blobPath())
 	return run, s.cpuTime() - cpu0, err

@@ -41,7 +41,9 @@ func (b *bench) fanout(ctx context.Context) error {
 func (b *bench) fanoutOne(ctx context.Context, name, url string, s *server) error {
 	b.counter.reset()
 	fo := fanout{Clients: b.opts.clients, PerClient: make([]time.Duration, b.opts.clients)}
-	settleDisk()
+	if err := b.settleCold(); err != nil {
+		return err
+	}
 	var cpu0 time.Duration
 	stopSampling := func() {}
 	if s != nil {
