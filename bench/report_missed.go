@@ -94,8 +94,30 @@ func (r *results) missedColdCPU() string {
 	if row.verdict != verdictFail {
 		return ""
 	}
-	return fmt.Sprintf("Cold CPU time: gatehouse %s, distribution %s per GET (median over every client's GETs). %s",
-		row.gatehouse, strings.TrimPrefix(row.peer, "distribution: "), r.coldPathNote())
+	return fmt.Sprintf("Cold CPU time: gatehouse %s, distribution %s per GET (median over every client's GETs); per client, median (range): %s. %s",
+		row.gatehouse, strings.TrimPrefix(row.peer, "distribution: "), r.coldCPURanges(), r.coldPathNote())
+}
+
+// coldCPURanges gives, for each client, the server CPU time per cold GET
+// of gatehouse and of distribution, median and range, and whether the
+// ranges overlap.
+func (r *results) coldCPURanges() string {
+	var parts []string
+	for _, c := range r.BlobClients {
+		f := r.ByClient[c]
+		if f == nil || len(f.ColdSrv[tGatehouse]) == 0 || len(f.ColdSrv[tDistribution]) == 0 {
+			continue
+		}
+		g, d := f.ColdSrv[tGatehouse], f.ColdSrv[tDistribution]
+		overlap := "ranges overlap"
+		if slices.Max(g) < slices.Min(d) || slices.Max(d) < slices.Min(g) {
+			overlap = "ranges apart"
+		}
+		parts = append(parts, fmt.Sprintf("%s client gatehouse %s (%s–%s), distribution %s (%s–%s), %s", c,
+			fmtDur(medianDur(g)), fmtDur(slices.Min(g)), fmtDur(slices.Max(g)),
+			fmtDur(medianDur(d)), fmtDur(slices.Min(d)), fmtDur(slices.Max(d)), overlap))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (r *results) missedColdBest() string {
