@@ -78,10 +78,11 @@ func (f *fetch) fromMemory(p []byte, pos int64) (n int, inFile int64) {
 	pieces := held[:0]
 	f.mu.Lock()
 	off := f.recentOff
-	for _, c := range f.recent {
-		if pos < f.recentOff {
-			break // before the chunks in memory: the file has it
-		}
+	recent := f.recent
+	if pos < off {
+		recent = nil // before the chunks in memory: the file has it
+	}
+	for _, c := range recent {
 		end := off + int64(c.n)
 		if end > pos && off < pos+int64(len(p)) {
 			c.refs.Add(1)
