@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -54,13 +55,20 @@ func (b *bench) settleCold() error {
 	}
 	defer os.Remove(path)
 	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for left := b.img.layer.Size + b.img.layer.Size/4; left > 0; left -= int64(len(buf)) {
-		if _, err := f.Write(buf[:min(left, int64(len(buf)))]); err != nil {
-			return fmt.Errorf("recycling memory: %w", err)
-		}
+	if err := writeZeros(f, b.img.layer.Size+b.img.layer.Size/4, make([]byte, 1<<20)); err != nil {
+		return fmt.Errorf("recycling memory: %w", err)
 	}
 	return f.Close()
+}
+
+// writeZeros writes size zero bytes to w, len(buf) at a time.
+func writeZeros(w io.Writer, size int64, buf []byte) error {
+	for left := size; left > 0; left -= int64(len(buf)) {
+		if _, err := w.Write(buf[:min(left, int64(len(buf)))]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeProbe times writing the blob's size of zeros to a new file in 256
@@ -78,12 +86,8 @@ func (b *bench) writeProbe() (time.Duration, time.Duration, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	start, cpu0 := time.Now(), threadCPU()
-	for left := b.img.layer.Size; left > 0; {
-		n := min(left, int64(len(buf)))
-		if _, err := f.Write(buf[:n]); err != nil {
-			return 0, 0, err
-		}
-		left -= n
+	if err := writeZeros(f, b.img.layer.Size, buf); err != nil {
+		return 0, 0, err
 	}
 	return time.Since(start), threadCPU() - cpu0, f.Close()
 }
